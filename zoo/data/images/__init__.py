@@ -1,0 +1,1 @@
+"""Image datasets (MNIST, CIFAR, folders) and their transforms."""

@@ -1,0 +1,1 @@
+"""Point-cloud datasets (ModelNet, ScanObjectNN, synthetic shapes) and their transforms."""

@@ -1,0 +1,66 @@
+"""Data loaders whose order depends only on (seed, epoch), so resumed and multi-process runs see the same batches."""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sized
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["EpochSampler", "build_loader", "seed_worker"]
+
+
+class EpochSampler(Sampler[int]):
+    """Yields ``range(len(data))``, shuffled with a generator seeded by ``seed + epoch`` when ``shuffle``.
+
+    Call :meth:`set_epoch` before each epoch (the Trainer does). The order never depends on global RNG state,
+    which makes resume exact and lets ``accelerate`` split the same global batches across processes.
+    """
+
+    def __init__(self, data: Sized, shuffle: bool = True, seed: int = 0):
+        self.n = len(data)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy in each DataLoader worker from torch's per-worker seed (torch seeds only itself and ``random``)."""
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    collate_fn: Callable | None = None,
+) -> DataLoader:
+    """A ``DataLoader`` over ``dataset`` with an :class:`EpochSampler` (global batch size ``batch_size``)."""
+    if len(dataset) == 0:
+        raise ValueError(f"{type(dataset).__name__} is empty: check the dataset root and split")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(dataset, shuffle=shuffle, seed=seed),
+        num_workers=num_workers,
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        worker_init_fn=seed_worker,
+        persistent_workers=num_workers > 0,
+    )

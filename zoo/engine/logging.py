@@ -1,0 +1,87 @@
+"""Run logs: a CSV file of per-epoch metrics, optional TensorBoard scalars, and console lines."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Mapping
+
+__all__ = ["RunLogger", "setup_console_logging", "progress_enabled"]
+
+_logger = logging.getLogger("zoo")
+
+
+def setup_console_logging(level: int = logging.INFO) -> None:
+    """Send ``zoo`` log records to stderr once (idempotent)."""
+    if not any(getattr(h, "_zoo", False) for h in _logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler._zoo = True  # type: ignore[attr-defined]
+        _logger.addHandler(handler)
+    _logger.setLevel(level)
+
+
+def progress_enabled(setting: bool | None, is_main_process: bool) -> bool:
+    """Whether to draw tqdm bars: explicit ``setting`` wins; by default only on the main process and a TTY."""
+    if not is_main_process:
+        return False
+    if setting is not None:
+        return setting
+    return sys.stderr.isatty() and os.environ.get("CI") is None
+
+
+class RunLogger:
+    """Appends one row per call to ``<run_dir>/metrics.csv`` and mirrors scalars to TensorBoard.
+
+    The CSV header grows when new metric names appear (the file is rewritten with the union of columns), so
+    rows are never silently dropped. Only the main process writes.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.csv"
+        self.enabled = enabled
+        self._writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(Path(run_dir) / "tb"))
+            except ImportError:  # tensorboard is a dependency, but a stripped install should still train
+                _logger.warning("tensorboard is not installed; logging to metrics.csv only")
+
+    def _read(self) -> tuple[list[str], list[dict]]:
+        if not self.path.exists():
+            return [], []
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+
+    def log(self, row: Mapping[str, float | int | str], step: int) -> None:
+        """Record ``row`` (e.g. epoch, lr, losses, eval metrics) at global optimiser step ``step``."""
+        if not self.enabled:
+            return
+        fields, rows = self._read()
+        new = [k for k in row if k not in fields]
+        if new or not fields:
+            fields = fields + new
+            rows.append(dict(row))
+            tmp = self.path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.path)
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields).writerow(dict(row))
+        if self._writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

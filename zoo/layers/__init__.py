@@ -1,0 +1,1 @@
+"""Reusable building blocks. Import submodules directly (``from zoo.layers.mamba import Mamba``)."""

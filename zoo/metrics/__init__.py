@@ -1,0 +1,1 @@
+"""Metrics (classification accuracy, confusion matrices, PSNR/SSIM, ...)."""

@@ -1,0 +1,76 @@
+"""What every recipe provides, the common config sections, and the recipe registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from zoo._registry_base import Registry
+from zoo.engine.optim import OptimConfig, ScheduleConfig
+from zoo.engine.trainer import TrainerConfig
+
+__all__ = ["RecipeConfig", "Recipe", "RECIPES", "register_recipe", "get_recipe"]
+
+RECIPES = Registry("recipe", populate=("zoo.recipes",))
+
+
+def register_recipe(name: str) -> Callable:
+    """Register a :class:`Recipe` subclass under ``name`` (the ``recipe:`` key of a config)."""
+    return RECIPES.register(name)
+
+
+def get_recipe(name: str) -> type["Recipe"]:
+    """The recipe class registered as ``name`` (``KeyError`` naming the closest ones otherwise)."""
+    return RECIPES.get(name)
+
+
+@dataclass
+class RecipeConfig:
+    """Sections shared by all recipes. A recipe's own ``Config`` subclasses this and adds its sections."""
+
+    recipe: str = ""
+    seed: int = 0
+    output_dir: str | None = None  # default: runs/<config file stem>
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+class Recipe:
+    """A task: builds model and data from its config, defines one training step and one evaluation.
+
+    Subclasses set ``Config`` (a :class:`RecipeConfig` dataclass) and ``main_metric`` (used to keep the best
+    checkpoint), and implement the four methods below. Nothing here reads the config file: the recipe gets a
+    validated dataclass.
+    """
+
+    Config: ClassVar[type[RecipeConfig]] = RecipeConfig
+    main_metric: ClassVar[str | None] = None
+
+    def __init__(self, cfg: RecipeConfig):
+        self.cfg = cfg
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_dataloaders(self) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+        """(train loader, eval loader); batch sizes are global."""
+        raise NotImplementedError
+
+    def build_eval_loader(self) -> torch.utils.data.DataLoader:
+        """The eval loader alone (``tools/eval.py`` uses it so the training split is never read)."""
+        return self.build_dataloaders()[1]
+
+    def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Losses of one batch; must contain ``"loss"`` (the one to back-propagate)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
+        """Metrics over the whole ``loader`` (gathered across processes). Writes artefacts to ``output_dir`` if given."""
+        raise NotImplementedError
+
+    def optimizer_params(self, model: nn.Module) -> nn.Module | list:
+        """What the optimiser trains: the whole model by default (grouped for weight decay)."""
+        return model

@@ -1,0 +1,181 @@
+"""Image and point-cloud classification: cross-entropy (+ the model's auxiliary losses), top-k / per-class accuracy."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.data import build_dataset
+from zoo.engine.data import build_loader
+from zoo.metrics.classification import classification_metrics, confusion_matrix, save_confusion_matrix
+from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
+from zoo.registry import create_model
+
+__all__ = ["ClassifyDataConfig", "ClassifyConfig", "ClassifyRecipe", "split_model_output"]
+
+_logger = logging.getLogger("zoo")
+
+
+@dataclass
+class ClassifyDataConfig:
+    """Config section ``data``: which dataset, its arguments, transforms and loader settings."""
+
+    name: str = "synthetic_shapes"
+    root: str | None = None
+    batch_size: int = 32  # global batch per optimiser micro-step, split across processes
+    eval_batch_size: int | None = None  # default: batch_size
+    num_workers: int = 0
+    drop_last: bool = True  # training only
+    train_split: str = "train"
+    eval_split: str = "test"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # dataset arguments for both splits (e.g. num_points)
+    train_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_kwargs: dict[str, Any] = field(default_factory=dict)
+    train_transforms: list[Any] = field(default_factory=list)  # per-sample, by name (see the dataset's transforms)
+    eval_transforms: list[Any] = field(default_factory=list)
+    batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, training only
+
+
+@dataclass
+class LossConfig:
+    """Config section ``loss``."""
+
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    """Config section ``eval``."""
+
+    topk: list[int] = field(default_factory=lambda: [1, 5])
+    num_votes: int = 1  # > 1: average logits over augmented views (test-time voting)
+    vote_transforms: list[Any] = field(default_factory=lambda: ["scale_translate"])
+
+
+@dataclass
+class ClassifyConfig(RecipeConfig):
+    """Config of the ``classify`` recipe. ``model`` holds ``name`` plus constructor arguments for ``create_model``."""
+
+    recipe: str = "classify"
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "pointnet"})
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def split_model_output(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(logits, aux_losses)`` from a classifier's output: a logits tensor, or ``{"logits", "losses"}`` in training."""
+    if isinstance(out, dict):
+        return out["logits"], dict(out.get("losses", {}))
+    return out, {}
+
+
+def _point_transforms(specs: list[Any], batch: bool = False) -> Callable | None:
+    if not specs:
+        return None
+    from zoo.data.pointcloud import transforms as T
+
+    return (T.build_batch_transforms if batch else T.build_transforms)(specs)
+
+
+@register_recipe("classify")
+class ClassifyRecipe(Recipe):
+    """Supervised classification of images ``(B, C, H, W)`` or point clouds ``(B, N, 3)``.
+
+    Loss: cross-entropy (optional label smoothing) plus any auxiliary losses the model returns in training
+    mode. Metrics: ``top1``, ``top5``, ``mean_class_acc`` (percent); the final evaluation also writes the
+    confusion matrix (CSV + PNG) and per-class accuracy into the run directory.
+    """
+
+    Config = ClassifyConfig
+    main_metric = "top1"
+
+    def __init__(self, cfg: ClassifyConfig):
+        super().__init__(cfg)
+        if "name" not in cfg.model:
+            raise ValueError("config section 'model' needs a 'name' (a registered model, see zoo.list_models())")
+
+    # ---------------------------------------------------------------- data
+    def _dataset(self, split: str, extra: dict, transforms: list) -> Any:
+        d = self.cfg.data
+        kwargs = {**d.kwargs, **extra}
+        transform = _point_transforms(transforms)
+        if transform is not None:
+            kwargs["transform"] = transform
+        return build_dataset(d.name, root=d.root, split=split, **kwargs)
+
+    @cached_property
+    def train_dataset(self):
+        d = self.cfg.data
+        return self._dataset(d.train_split, d.train_kwargs, d.train_transforms)
+
+    @cached_property
+    def eval_dataset(self):
+        d = self.cfg.data
+        return self._dataset(d.eval_split, d.eval_kwargs, d.eval_transforms)
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        return list(getattr(self.eval_dataset, "classes", []))
+
+    @cached_property
+    def _batch_transform(self) -> Callable | None:
+        return _point_transforms(self.cfg.data.batch_transforms, batch=True)
+
+    def build_dataloaders(self):
+        d = self.cfg.data
+        train = build_loader(self.train_dataset, d.batch_size, shuffle=True, seed=self.cfg.seed,
+                             num_workers=d.num_workers, drop_last=d.drop_last and len(self.train_dataset) > d.batch_size)
+        return train, self.build_eval_loader()
+
+    def build_eval_loader(self):
+        d = self.cfg.data
+        return build_loader(self.eval_dataset, d.eval_batch_size or d.batch_size, shuffle=False, num_workers=d.num_workers)
+
+    # ---------------------------------------------------------------- model
+    def build_model(self) -> nn.Module:
+        kwargs = dict(self.cfg.model)
+        name = kwargs.pop("name")
+        if "num_classes" not in kwargs and self.class_names:
+            kwargs["num_classes"] = len(self.class_names)
+        return create_model(name, **kwargs)
+
+    # ---------------------------------------------------------------- steps
+    def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        inputs, target = batch
+        if self._batch_transform is not None:
+            inputs = self._batch_transform(inputs)
+        logits, aux = split_model_output(model(inputs))
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.loss.label_smoothing)
+        losses = {"loss": ce + sum(aux.values()) if aux else ce, "ce": ce.detach()}
+        losses.update({k: v.detach() for k, v in aux.items()})
+        return losses
+
+    def predict(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)``; averaged over ``eval.num_votes`` augmented views when voting is on."""
+        if self.cfg.eval.num_votes > 1:
+            from zoo.data.pointcloud.voting import predict_with_votes
+
+            return predict_with_votes(model, inputs, self.cfg.eval.num_votes, _point_transforms(self.cfg.eval.vote_transforms, batch=True))
+        logits, _ = split_model_output(model(inputs))
+        return logits
+
+    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
+        all_logits, all_targets = [], []
+        for inputs, target in loader:
+            logits = self.predict(model, inputs).float()
+            logits, target = accelerator.gather_for_metrics((logits, target))
+            all_logits.append(logits.cpu())
+            all_targets.append(target.cpu())
+        logits, target = torch.cat(all_logits), torch.cat(all_targets)
+        metrics = classification_metrics(logits, target, self.cfg.eval.topk)
+        metrics["loss"] = F.cross_entropy(logits, target).item()
+        if output_dir is not None and accelerator.is_main_process:
+            cm = confusion_matrix(logits.argmax(1), target, logits.shape[1])
+            save_confusion_matrix(cm, self.class_names, output_dir)
+        return metrics
