@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""Speed and memory benchmarks, printed as ratios against a baseline measured in the same run.
+
+    python tools/benchmark.py --list
+    python tools/benchmark.py scan [--quick] [--device cuda]
+    python tools/benchmark.py pointops [--quick]
+
+Each subcommand is a module ``tools/benchmarks/<name>.py`` with ``add_arguments(parser)`` and ``run(args)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchmarks  # noqa: E402  (tools/benchmarks, found through the path above)
+from benchmarks._common import describe_machine  # noqa: E402
+
+
+def discover() -> dict[str, object]:
+    """Subcommand name -> module, for every public module in tools/benchmarks/."""
+    return {
+        info.name: importlib.import_module(f"benchmarks.{info.name}")
+        for info in pkgutil.iter_modules(benchmarks.__path__)
+        if not info.name.startswith("_")
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    modules = discover()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    sub = parser.add_subparsers(dest="command")
+    for name, module in sorted(modules.items()):
+        doc = (module.__doc__ or "").strip().splitlines()
+        p = sub.add_parser(name, help=doc[0] if doc else name, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--json", help="also write the measured rows to this JSON file")
+        module.add_arguments(p)
+    args = parser.parse_args(argv)
+    if args.list or not args.command:
+        for name, module in sorted(modules.items()):
+            print(f"{name:12s} {((module.__doc__ or '').strip().splitlines() or [''])[0]}")
+        return 0
+    print(describe_machine())
+    modules[args.command].run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

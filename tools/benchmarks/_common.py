@@ -1,0 +1,139 @@
+"""Shared measuring helpers for benchmarks: median wall time, peak memory, and a ratio table.
+
+Every figure is measured in the same run as its baseline; tables print ratios against the baseline row.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = ["sync", "time_fn", "peak_memory", "Row", "print_table", "write_json", "describe_machine"]
+
+
+def sync(device: str | torch.device | None) -> None:
+    """Wait for queued CUDA work when ``device`` is a CUDA device (no-op on CPU)."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 5, device: str | torch.device | None = None) -> float:
+    """Median seconds of ``repeat`` calls of ``fn()`` after ``warmup`` untimed calls (CUDA-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _read_status(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_cpu_peak() -> bool:
+    """Reset the process's peak RSS (VmHWM) on Linux by writing 5 to /proc/self/clear_refs."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> int | None:
+    """Extra bytes at the peak of one call of ``fn()`` above the memory in use before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak. CPU: peak resident set size (VmHWM,
+    reset through /proc/self/clear_refs) minus the RSS before the call; ``None`` where the OS gives no such
+    counter. Allocations of ``fn``'s inputs made before the call are not counted.
+    """
+    gc.collect()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        fn()
+        torch.cuda.synchronize(dev)
+        return torch.cuda.max_memory_allocated(dev) - base
+    if not _reset_cpu_peak():
+        return None
+    base = _read_status("VmRSS")
+    fn()
+    peak = _read_status("VmHWM")
+    if base is None or peak is None:
+        return None
+    return max(0, peak - base)
+
+
+class Row(dict):
+    """One measured configuration: ``name`` plus numeric columns (e.g. ``time_ms``, ``peak_mb``)."""
+
+    def __init__(self, name: str, **values: Any):
+        super().__init__(name=name, **values)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def print_table(title: str, rows: Sequence[Row], baseline: str, ratios: dict[str, str] | None = None) -> list[dict]:
+    """Print ``rows`` as a table with ratio columns against the row named ``baseline``.
+
+    ``ratios`` maps a column to how its ratio reads: ``"speedup"`` (baseline / value, higher is better) or
+    ``"fraction"`` (value / baseline, lower is better). Default: ``time_ms`` -> speedup, ``peak_mb`` -> fraction.
+    Returns the rows with the ratio columns added.
+    """
+    ratios = ratios or {"time_ms": "speedup", "peak_mb": "fraction"}
+    base = next((r for r in rows if r["name"] == baseline), None)
+    if base is None:
+        raise ValueError(f"baseline row '{baseline}' not among {[r['name'] for r in rows]}")
+    out = []
+    for r in rows:
+        r = dict(r)
+        for col, kind in ratios.items():
+            b, v = base.get(col), r.get(col)
+            if b and v:
+                label = f"{col}_x" if kind == "speedup" else f"{col}_frac"
+                r[label] = b / v if kind == "speedup" else v / b
+        out.append(r)
+    cols = list(dict.fromkeys(k for r in out for k in r))
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in out)) for c in cols}
+    print(f"\n{title}  (ratios vs '{baseline}', measured in this run)")
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in out:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in cols))
+    return out
+
+
+def describe_machine() -> str:
+    """One line naming torch, threads and the device, printed above every benchmark."""
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {dev}"
+
+
+def write_json(path: str | None, payload: Any) -> None:
+    """Write ``payload`` as JSON when ``path`` is given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2, default=str))
