@@ -209,7 +209,11 @@ class Trainer:
     def _train_epoch(self) -> dict[str, float]:
         acc, cfg = self.accelerator, self.cfg
         self.model.train()
-        if self._sampler is not None and hasattr(self._sampler, "set_epoch"):
+        # accelerate's prepared loader calls sampler.set_epoch(<its own iteration count>) on every __iter__, and
+        # that count restarts at 0 in a resumed process: set it (and through it the sampler) to the true epoch.
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(self.epoch)
+        elif self._sampler is not None and hasattr(self._sampler, "set_epoch"):
             self._sampler.set_epoch(self.epoch)
         sums: dict[str, float] = defaultdict(float)
         count = 0
