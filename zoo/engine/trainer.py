@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from zoo.engine.checkpoint import atomic_save, capture_rng_state, restore_rng_state
 from zoo.engine.ema import ModelEma
 from zoo.engine.logging import RunLogger, progress_enabled
-from zoo.engine.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
+from zoo.engine.optim import OptimConfig, ScheduleConfig, build_scheduler
 
 __all__ = ["TrainerConfig", "Trainer", "find_resume_checkpoint"]
 
@@ -46,6 +46,7 @@ class TrainerConfig:
     clip_grad_norm: float | None = None
     ema_decay: float | None = None  # e.g. 0.999; evaluation then uses the EMA weights
     eval_every: int = 1  # epochs; the last epoch is always evaluated
+    save_every: int = 1  # epochs between writes of last.pt; the last epoch is always saved
     best_metric: str | None = None  # default: the recipe's main metric
     best_mode: str = "max"  # max | min
     log_every: int = 20  # optimiser steps between progress-bar updates of the running loss
@@ -134,7 +135,7 @@ class Trainer:
             n_batches = min(n_batches, self.cfg.max_steps_per_epoch * self.cfg.grad_accum_steps)
         self.batches_per_epoch = n_batches
         self.steps_per_epoch = math.ceil(n_batches / self.cfg.grad_accum_steps)
-        optimizer = build_optimizer(self.recipe.optimizer_params(model), self.optim_cfg)
+        optimizer = self.recipe.configure_optimizer(model, self.optim_cfg)
         self.scheduler = build_scheduler(optimizer, self.schedule_cfg, self.steps_per_epoch, self.cfg.epochs)
         self.ema = ModelEma(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.model, self.optimizer, self.train_loader, self.eval_loader = acc.prepare(model, optimizer, train_loader, eval_loader)
@@ -149,7 +150,7 @@ class Trainer:
 
         acc = self.accelerator
         state = {
-            "model": acc.unwrap_model(self.model).state_dict(),
+            "model": self.recipe.checkpoint_state(acc.unwrap_model(self.model)),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -167,7 +168,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (the model/optimiser must already be built)."""
         acc = self.accelerator
-        acc.unwrap_model(self.model).load_state_dict(state["model"])
+        self.recipe.load_checkpoint_state(acc.unwrap_model(self.model), state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state and acc.scaler is not None:
@@ -268,7 +269,7 @@ class Trainer:
             return
         self.best = {"metric": self.best_metric, "value": value, "epoch": self.epoch}
         if self.is_main:
-            weights = self.accelerator.unwrap_model(self.eval_model()).state_dict()
+            weights = self.recipe.checkpoint_state(self.accelerator.unwrap_model(self.eval_model()))
             atomic_save({"model": weights, "epoch": self.epoch, "metric": self.best_metric, "value": value}, self.output_dir / BEST)
 
     def fit(self) -> dict[str, Any]:
@@ -291,10 +292,11 @@ class Trainer:
             if self.is_main:
                 _logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             self._save_best(metrics)
-            state = self.state_dict()  # collective (gathers RNG states): every process calls it
-            if self.is_main:
-                atomic_save(state, self.output_dir / LAST)
-            acc.wait_for_everyone()
+            if is_last or self.epoch % cfg.save_every == 0:
+                state = self.state_dict()  # collective (gathers RNG states): every process calls it
+                if self.is_main:
+                    atomic_save(state, self.output_dir / LAST)
+                acc.wait_for_everyone()
             for callback in self.callbacks:
                 callback(self, self.epoch, metrics)
         if not metrics:  # resumed a finished run: evaluate once more so metrics.json is complete

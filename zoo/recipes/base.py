@@ -74,3 +74,18 @@ class Recipe:
     def optimizer_params(self, model: nn.Module) -> nn.Module | list:
         """What the optimiser trains: the whole model by default (grouped for weight decay)."""
         return model
+
+    def configure_optimizer(self, model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+        """The optimiser; override for special ones (e.g. SaRA's sparse optimiser). Default: ``optim`` section."""
+        from zoo.engine.optim import build_optimizer
+
+        return build_optimizer(self.optimizer_params(model), cfg)
+
+    def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The weights written to ``last.pt``/``best.pt``: the full state dict by default; adapter recipes
+        return only what they train, so a checkpoint of a fine-tuned Stable Diffusion stays small."""
+        return model.state_dict()
+
+    def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`checkpoint_state` (strict)."""
+        model.load_state_dict(state)
