@@ -1,0 +1,46 @@
+"""Shipped weights: manifest <-> default_cfgs agreement, sha256, size limits, and that each file loads strictly."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import zoo
+from zoo.hub import CHECKPOINT_DIR, sha256sum
+from zoo.registry import get_pretrained_cfg
+
+MANIFEST = yaml.safe_load((CHECKPOINT_DIR / "manifest.yaml").read_text()) or []
+MB = 1 << 20
+
+
+def test_manifest_entries_match_files_and_cfgs():
+    total = 0
+    for entry in MANIFEST:
+        path = CHECKPOINT_DIR / entry["file"]
+        assert path.is_file(), f"{entry['name']}: {path} missing"
+        size = path.stat().st_size
+        assert size <= 25 * MB, f"{path.name} is {size / MB:.1f} MB (limit 25 MB)"
+        total += size
+        assert sha256sum(path) == entry["sha256"], f"{path.name}: sha256 differs from the manifest"
+        cfg = get_pretrained_cfg(entry["name"])
+        assert cfg.file == entry["file"] and cfg.sha256 == entry["sha256"], f"{entry['name']}: default_cfgs disagree with the manifest"
+        for key in ("metrics", "train_command", "eval_command"):
+            assert entry.get(key), f"{entry['name']}: manifest entry needs '{key}'"
+    assert total <= 150 * MB
+
+
+def test_every_shipped_cfg_is_in_manifest():
+    listed = {e["name"] for e in MANIFEST}
+    for name in zoo.list_models(pretrained=True):
+        cfg = get_pretrained_cfg(name)
+        if cfg.file and (CHECKPOINT_DIR / cfg.file).exists():
+            assert name in listed, f"{name} ships {cfg.file} but is not in checkpoints/manifest.yaml"
+    files = {p.name for p in Path(CHECKPOINT_DIR).glob("*.safetensors")}
+    assert files == {e["file"] for e in MANIFEST}, "files in checkpoints/ and the manifest differ"
+
+
+@pytest.mark.parametrize("name", [e["name"] for e in MANIFEST] or [pytest.param("none", marks=pytest.mark.skip("no shipped weights yet"))])
+def test_pretrained_loads_strictly(name):
+    model = zoo.create_model(name, pretrained=True)
+    assert model.pretrained_cfg.sha256
