@@ -53,8 +53,9 @@ class EvalConfig:
     """Config section ``eval``."""
 
     topk: list[int] = field(default_factory=lambda: [1, 5])
-    num_votes: int = 1  # > 1: average logits over augmented views (test-time voting)
-    vote_transforms: list[Any] = field(default_factory=lambda: ["scale_translate"])
+    num_votes: int = 1  # > 1: average logits over augmented views (point-cloud test-time voting, seeded)
+    vote_num_points: int | None = None  # points per view (random subsets of an FPS pool); None: all
+    vote_transforms: list[Any] = field(default_factory=list)  # view augmentation; [] = official scale-translate
 
 
 @dataclass
@@ -75,12 +76,13 @@ def split_model_output(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]
     return out, {}
 
 
-def _point_transforms(specs: list[Any], batch: bool = False) -> Callable | None:
+def _point_transforms(specs: list[Any]) -> Callable | None:
+    """Point-cloud transforms by name; each works on one ``(N, C)`` cloud or a ``(B, N, C)`` batch."""
     if not specs:
         return None
-    from zoo.data.pointcloud import transforms as T
+    from zoo.data.pointcloud.transforms import build_transforms
 
-    return (T.build_batch_transforms if batch else T.build_transforms)(specs)
+    return build_transforms(specs)
 
 
 @register_recipe("classify")
@@ -125,7 +127,7 @@ class ClassifyRecipe(Recipe):
 
     @cached_property
     def _batch_transform(self) -> Callable | None:
-        return _point_transforms(self.cfg.data.batch_transforms, batch=True)
+        return _point_transforms(self.cfg.data.batch_transforms)
 
     def build_dataloaders(self):
         d = self.cfg.data
@@ -156,19 +158,24 @@ class ClassifyRecipe(Recipe):
         losses.update({k: v.detach() for k, v in aux.items()})
         return losses
 
-    def predict(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    def predict(self, model: nn.Module, inputs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Logits ``(B, C)``; averaged over ``eval.num_votes`` augmented views when voting is on."""
-        if self.cfg.eval.num_votes > 1:
+        ev = self.cfg.eval
+        if ev.num_votes > 1:
             from zoo.data.pointcloud.voting import predict_with_votes
 
-            return predict_with_votes(model, inputs, self.cfg.eval.num_votes, _point_transforms(self.cfg.eval.vote_transforms, batch=True))
+            return predict_with_votes(model, inputs, ev.num_votes, _point_transforms(ev.vote_transforms),
+                                      num_points=ev.vote_num_points, generator=generator)
         logits, _ = split_model_output(model(inputs))
         return logits
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
         all_logits, all_targets = [], []
+        generator = None
         for inputs, target in loader:
-            logits = self.predict(model, inputs).float()
+            if generator is None and self.cfg.eval.num_votes > 1:  # votes are seeded: evaluation is reproducible
+                generator = torch.Generator(inputs.device).manual_seed(self.cfg.seed + accelerator.process_index)
+            logits = self.predict(model, inputs, generator).float()
             logits, target = accelerator.gather_for_metrics((logits, target))
             all_logits.append(logits.cpu())
             all_targets.append(target.cpu())
