@@ -5,7 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test install install-dev clean
+# What the tests need: pytest + triton ([dev]), open3d ([pointcloud]) and diffusers ([diffusion]).
+TEST_EXTRAS := dev,pointcloud,diffusion
+# open3d's wheel imports only with these Debian libraries present.
+SYSTEM_PACKAGES := libusb-1.0-0 libgl1 libegl1
+
+.PHONY: demo test install install-dev system-deps clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,11 +19,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP_INSTALL) -e ".[$(TEST_EXTRAS)]"
 	touch $@
 
+# Installs the Debian libraries open3d needs when we can (root + apt-get); otherwise says how.
+system-deps:
+	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES)) >/dev/null || echo "warning: apt-get install $(SYSTEM_PACKAGES) failed; open3d tests will skip"; \
+	else echo "note: open3d needs: sudo apt-get install $(SYSTEM_PACKAGES) (its tests skip without them)"; fi
+
 install: $(VENV)/.installed
-install-dev: $(VENV)/.installed-dev
+install-dev: system-deps $(VENV)/.installed-dev
 
 demo: install
 	$(PY) tools/train.py configs/pointnet/synthetic_shapes.yaml --output runs/demo
