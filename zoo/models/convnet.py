@@ -1,0 +1,139 @@
+"""Small LeNet-style CNNs for 28x28 (MNIST) and 32x32 (CIFAR) images: the zoo's quick image classifiers.
+
+Three stages of ``convs_per_stage`` x (3x3 conv + BN + ReLU), 2x2 max pooling between stages, global average
+pooling, dropout and a linear classifier (``head.fc``). Global pooling (instead of LeNet's flatten) makes the
+same weights work for any input of at least 4x4 pixels.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from zoo.hub import PretrainedCfg, build_model_with_cfg
+from zoo.registry import register_model
+
+__all__ = ["ConvNet", "convnet_small", "convnet_tiny"]
+
+default_cfgs = {
+    "convnet_small": PretrainedCfg(
+        num_classes=10, classifier="head.fc", input_size=(1, 28, 28), mean=(0.0,), std=(1.0,),
+        label_names=tuple(str(i) for i in range(10)), license="apache-2.0",
+        notes="LeNet-style CNN (~72k parameters) for MNIST-sized inputs; images in [0, 1], no normalisation. "
+              "No weights shipped yet.",
+    ),
+    "convnet_tiny": PretrainedCfg(
+        num_classes=10, classifier="head.fc", input_size=(1, 28, 28), mean=(0.0,), std=(1.0,),
+        label_names=tuple(str(i) for i in range(10)), license="apache-2.0",
+        notes="Very small CNN (~6k parameters) for tests. No weights shipped yet.",
+    ),
+}
+
+
+def _conv_bn_relu(in_chans: int, out_chans: int) -> nn.Sequential:
+    """3x3 conv (padding 1) + BN + ReLU, ``(B, in_chans, H, W) -> (B, out_chans, H, W)``."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chans, 3, padding=1, bias=False), nn.BatchNorm2d(out_chans), nn.ReLU(inplace=True)
+    )
+
+
+class ConvNet(nn.Module):
+    """Small CNN classifier, ``(B, in_chans, H, W) -> (B, num_classes)`` with ``H, W >= 2 ** (len(widths) - 1)``.
+
+    Args:
+        num_classes: output classes; 0 makes ``forward`` return the pooled features ``(B, num_features)``.
+        in_chans: input channels (1 for MNIST, 3 for CIFAR).
+        widths: channels of each stage; stages after the first start with a 2x2 max pool.
+        convs_per_stage: 3x3 conv + BN + ReLU layers per stage.
+        drop_rate: dropout before the classifier.
+
+    ``num_features = widths[-1]``; the classifier is ``head.fc``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        widths: Sequence[int] = (16, 32, 64),
+        convs_per_stage: int = 2,
+        drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        if in_chans < 1 or convs_per_stage < 1 or len(widths) < 1:
+            raise ValueError(f"ConvNet needs in_chans >= 1, convs_per_stage >= 1 and at least one width; "
+                             f"got in_chans={in_chans}, convs_per_stage={convs_per_stage}, widths={tuple(widths)}")
+        self.num_classes = int(num_classes)
+        self.in_chans = int(in_chans)
+        self.num_features = int(widths[-1])
+        self.min_size = 2 ** (len(widths) - 1)
+        stages, c = [], in_chans
+        for i, w in enumerate(widths):
+            layers = [nn.MaxPool2d(2)] if i > 0 else []
+            for _ in range(convs_per_stage):
+                layers.append(_conv_bn_relu(c, w))
+                c = w
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(OrderedDict(
+            drop=nn.Dropout(drop_rate),
+            fc=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
+        ))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        ok = isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == self.in_chans
+        if not ok or x.shape[2] < self.min_size or x.shape[3] < self.min_size:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            hint = ""
+            if isinstance(x, torch.Tensor) and x.ndim == 3:
+                hint = " Add the batch dimension with x.unsqueeze(0)." if x.shape[0] == self.in_chans else \
+                    " Add the channel dimension with x.unsqueeze(1)."
+            elif isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[-1] == self.in_chans:
+                hint = " It looks channels-last: pass x.permute(0, 3, 1, 2)."
+            raise ValueError(f"ConvNet expects images of shape (B, {self.in_chans}, H, W) with H, W >= {self.min_size} "
+                             f"(in_chans={self.in_chans}), got {got}.{hint}")
+        if not x.is_floating_point():
+            raise TypeError(f"ConvNet expects floating-point images (e.g. in [0, 1]), got dtype {x.dtype}; "
+                            "use x.float() / 255.")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W) -> (B, num_features)`` (globally average-pooled)."""
+        self._check_input(x)
+        return self.pool(self.stages(x)).flatten(1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, num_features) -> (B, num_classes)`` (``pre_logits``: after dropout, before ``fc``)."""
+        x = self.head.drop(x)
+        return x if pre_logits else self.head.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W) -> (B, num_classes)`` logits."""
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (``head.fc``)."""
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0: identity, forward gives features)."""
+        self.num_classes = int(num_classes)
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+@register_model
+def convnet_small(pretrained: bool = False, **kwargs) -> ConvNet:
+    """LeNet-style CNN, widths 16-32-64 with two 3x3 convs per stage (~72k parameters); MNIST-sized input
+    ``(B, 1, 28, 28)`` by default, ``in_chans=3`` for CIFAR ``(B, 3, 32, 32)``."""
+    return build_model_with_cfg(ConvNet, "convnet_small", pretrained, **kwargs)
+
+
+@register_model
+def convnet_tiny(pretrained: bool = False, **kwargs) -> ConvNet:
+    """Very small CNN, widths 8-16-32 with one conv per stage (~6k parameters), for tests."""
+    model_args = dict(widths=(8, 16, 32), convs_per_stage=1)
+    return build_model_with_cfg(ConvNet, "convnet_tiny", pretrained, **dict(model_args, **kwargs))
