@@ -38,7 +38,8 @@ class ClassifyDataConfig:
     eval_kwargs: dict[str, Any] = field(default_factory=dict)
     train_transforms: list[Any] = field(default_factory=list)  # per-sample, by name (see the dataset's transforms)
     eval_transforms: list[Any] = field(default_factory=list)
-    batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, training only
+    batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, training
+    eval_batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, evaluation (before voting)
 
 
 @dataclass
@@ -129,6 +130,10 @@ class ClassifyRecipe(Recipe):
     def _batch_transform(self) -> Callable | None:
         return _point_transforms(self.cfg.data.batch_transforms)
 
+    @cached_property
+    def _eval_batch_transform(self) -> Callable | None:
+        return _point_transforms(self.cfg.data.eval_batch_transforms)
+
     def build_dataloaders(self):
         d = self.cfg.data
         train = build_loader(self.train_dataset, d.batch_size, shuffle=True, seed=self.cfg.seed,
@@ -173,6 +178,8 @@ class ClassifyRecipe(Recipe):
         all_logits, all_targets = [], []
         generator = None
         for inputs, target in loader:
+            if self._eval_batch_transform is not None:
+                inputs = self._eval_batch_transform(inputs)
             if generator is None and self.cfg.eval.num_votes > 1:  # votes are seeded: evaluation is reproducible
                 generator = torch.Generator(inputs.device).manual_seed(self.cfg.seed + accelerator.process_index)
             logits = self.predict(model, inputs, generator).float()
