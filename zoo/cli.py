@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["train_main", "eval_main", "build_recipe"]
+__all__ = ["train_main", "eval_main", "build_recipe", "load_run_config"]
 
 _logger = logging.getLogger("zoo")
 
 
-def build_recipe(config: str, overrides: Sequence[str] = ()):
-    """(recipe instance, validated config, merged raw config) from a config file and ``key=value`` overrides."""
+def load_run_config(config: str, overrides: Sequence[str] = ()):
+    """(recipe class, validated config, merged raw config) from a config file and ``key=value`` overrides."""
     from zoo.config import ConfigError, load_config, validate_config
     from zoo.recipes.base import get_recipe
 
@@ -24,7 +24,12 @@ def build_recipe(config: str, overrides: Sequence[str] = ()):
     if not name:
         raise ConfigError(f"{config}: the config names no recipe; add e.g. 'recipe: classify'")
     recipe_cls = get_recipe(name)
-    cfg = validate_config(raw, recipe_cls.Config)
+    return recipe_cls, validate_config(raw, recipe_cls.Config), raw
+
+
+def build_recipe(config: str, overrides: Sequence[str] = ()):
+    """(recipe instance, validated config, merged raw config); the recipe checks its inputs (e.g. model paths)."""
+    recipe_cls, cfg, raw = load_run_config(config, overrides)
     return recipe_cls(cfg), cfg, raw
 
 
