@@ -1,0 +1,572 @@
+"""PoinTramba: a hybrid Transformer-Mamba point-cloud classifier.
+
+Paper: Wang et al., "PoinTramba: A Hybrid Transformer-Mamba Framework for Point Cloud Analysis", 2024
+(arXiv:2405.15463). Official code: https://github.com/xiaoyao3302/PoinTramba (Apache-2.0), class
+``PointMambaFormer`` in ``models/point_mamba.py`` run with the flags of its ``run.sh``:
+``--mode_group Attention --use_simple_score_predictor --type_pooling important --type_weighting drop_neg
+--mode_sort both --attention_depth 4`` (``--attention_use_cls_token`` is *not* passed).
+
+Pipeline, ``(B, N, 3) -> (B, num_classes)``, with the official module names::
+
+    group_divider.set_group      FPS picks G centres (start index 0), KNN takes K neighbours, coordinates centred
+    group_divider.embedding      MLP 3 -> 128 -> D on every neighbour            (B*G, K, D)
+    group_divider.pos_embed      MLP 3 -> 128 -> D on the same centred coordinates, re-added before every block
+    group_divider.blocks.blocks  4 pre-norm Transformer blocks (D, 6 heads, MLP 4D, no qkv bias, drop-path 0->0.1)
+    group_divider.norm           LayerNorm, then max over the K neighbours       (B, G, D)
+    importance_cal_block         projection: Conv-BN-ReLU-Conv to 256-d, L2-normalised (for the GLR loss);
+                                 cal_imp_score: Conv(D->128)-BN-ReLU-Conv(128->1) (B, G) importance score
+    pos_embed                    MLP 3 -> 128 -> D on the centres
+    (BIO ordering)               groups sorted by score high->low, then low->high, concatenated: (B, 2G, D)
+    blocks.layers.N              12 Mamba blocks (mamba-ssm Block: add -> LN -> Mamba, drop-path 0.3/0.1)
+    blocks.norm_f, norm          two final LayerNorms
+    (pooling)                    sum over the 2G tokens weighted by the score clamped to [0, 1]   (B, D)
+    cls_head_finetune            Linear(D,256)-BN-ReLU-Drop(0.5)-Linear(256,256)-BN-ReLU-Drop(0.5)-Linear(256,C)
+    global_projection            Conv-BN-ReLU-Conv to 256-d, L2-normalised (GLR loss / score target only)
+
+Training losses (besides cross-entropy, which the recipe adds): the group-to-global contrastive loss (GLR, scale
+64) and the SmoothL1 regression of the predicted score on the cosine similarity between each group's projection
+and the global projection (summed over groups, averaged over the batch). Official weights are all 1.
+
+The official parameter count (19,501,072 with 15 classes) includes ``group_divider.cls_token``,
+``group_divider.cls_pos`` and ``group_divider.reduce_dim``, which the official configuration never uses. They are
+kept (so official checkpoints load with no unexpected keys) but frozen (``requires_grad=False``) unless
+``group_use_cls_token=True``: the official optimiser never updates them either (they never receive a gradient),
+and frozen they do not trip DDP's unused-parameter check.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.hub import PretrainedCfg, build_model_with_cfg
+from zoo.layers.mamba import MixerModel
+from zoo.layers.transformer import TransformerEncoder
+from zoo.ops.pointcloud import fps_knn_group
+from zoo.registry import register_model
+
+__all__ = [
+    "PoinTramba",
+    "PointGrouper",
+    "GroupTransformer",
+    "ImportancePredictor",
+    "L2Normalize",
+    "sequence_order",
+    "importance_pool",
+    "glr_loss",
+    "importance_loss",
+    "checkpoint_filter_fn",
+]
+
+_PAPER = "https://arxiv.org/abs/2405.15463"
+_ORIGIN = "https://github.com/xiaoyao3302/PoinTramba"
+_CLASSIFIER = "cls_head_finetune.8"
+
+default_cfgs = {
+    "pointramba": PretrainedCfg(
+        num_classes=40,
+        classifier=_CLASSIFIER,
+        input_size=(1024, 3),
+        num_points=1024,
+        dataset="modelnet40",
+        license="apache-2.0",
+        paper=_PAPER,
+        origin_url=_ORIGIN,
+        notes="Official configuration (256 groups x 16 neighbours, dim 384, 4 attention + 12 Mamba layers); "
+        "19,507,497 parameters with 40 classes, 19,501,072 with 15. ModelNet40: 1024 points, drop_path_rate 0.3. "
+        "ScanObjectNN: 2048 points, num_classes=15, drop_path_rate=0.1. No official weights were released; "
+        "official checkpoints ({'base_model': ...}) load with checkpoint_path=... .",
+    ),
+    "pointramba_small": PretrainedCfg(
+        num_classes=40,
+        classifier=_CLASSIFIER,
+        input_size=(1024, 3),
+        num_points=1024,
+        license="apache-2.0",
+        paper=_PAPER,
+        origin_url=_ORIGIN,
+        notes="Same design, sized for CPU training (32 groups x 32, dim 64, 1 attention + 2 Mamba layers).",
+    ),
+    "pointramba_tiny": PretrainedCfg(
+        num_classes=40,
+        classifier=_CLASSIFIER,
+        input_size=(256, 3),
+        num_points=256,
+        license="apache-2.0",
+        paper=_PAPER,
+        origin_url=_ORIGIN,
+        notes="Smallest configuration, for unit tests and smoke runs.",
+    ),
+}
+
+ORDERINGS = ("bio", "importance", "random", "none")
+POOLINGS = ("importance", "mean", "max")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------
+def _mlp3(out_dim: int, hidden: int = 128, in_dim: int = 3) -> nn.Sequential:
+    """``Linear(in, hidden) -> GELU -> Linear(hidden, out)``, the official coordinate embedding (keys ``0.*``,
+    ``2.*``)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+class L2Normalize(nn.Module):
+    """Unit L2 norm along ``dim``.
+
+    The official ``Normalize`` divides by the norm with no epsilon (NaN on an all-zero vector, possible after a
+    ReLU); ``F.normalize`` clamps the norm at 1e-12, identical otherwise.
+    """
+
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, p=2.0, dim=self.dim)
+
+
+def _conv_projection(in_dim: int, hidden: int, out_dim: int, normalize: bool) -> nn.Sequential:
+    """``Conv1d-BN-ReLU-Conv1d`` (+ L2 norm) on ``(B, C, L)``; kernel-1 convs keep the official key/shape layout."""
+    layers: list[nn.Module] = [
+        nn.Conv1d(in_dim, hidden, 1),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Conv1d(hidden, out_dim, 1),
+    ]
+    if normalize:
+        layers.append(L2Normalize(dim=1))
+    return nn.Sequential(*layers)
+
+
+class PointGrouper(nn.Module):
+    """FPS centres + KNN neighbourhoods (official ``Group``).
+
+    ``forward(xyz (B, N, 3)) -> (neighborhood (B, G, K, 3) centred on its centre, center (B, G, 3))``.
+    FPS starts from point 0 like ``pointnet2_ops``; neighbours are the K nearest points (the centre included).
+    """
+
+    def __init__(self, num_group: int, group_size: int):
+        super().__init__()
+        self.num_group = num_group
+        self.group_size = group_size
+
+    def forward(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return fps_knn_group(xyz, self.num_group, self.group_size)
+
+    def extra_repr(self) -> str:
+        return f"num_group={self.num_group}, group_size={self.group_size}"
+
+
+class GroupTransformer(nn.Module):
+    """Intra-group Transformer that turns each neighbourhood into one token (official ``Attention``).
+
+    ``forward(xyz (B, N, 3)) -> (center (B, G, 3), group_tokens (B, G, D))``.
+
+    Every neighbour is embedded by ``embedding`` (3 -> 128 -> D); ``pos_embed`` embeds the same centred
+    coordinates and is re-added before each of the ``depth`` pre-norm blocks; after ``norm`` the group token is
+    the max over neighbours. With ``use_cls_token`` a learned token joins each group and the token becomes
+    ``reduce_dim([max, cls])``.
+    """
+
+    def __init__(
+        self,
+        num_group: int,
+        group_size: int,
+        dim: int,
+        depth: int = 4,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        embed_hidden: int = 128,
+        use_cls_token: bool = False,
+    ):
+        super().__init__()
+        self.num_group = num_group
+        self.group_size = group_size
+        self.use_cls_token = use_cls_token
+        self.set_group = PointGrouper(num_group, group_size)
+        self.embedding = _mlp3(dim, embed_hidden)
+        # cls_token / cls_pos / reduce_dim exist in the official model whatever the flag (they are part of its
+        # parameter count and of its checkpoints); without the cls token they are unused and frozen.
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_pos = nn.Parameter(torch.randn(1, 1, dim))  # official init: randn, not trunc_normal
+        self.pos_embed = _mlp3(dim, embed_hidden)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = TransformerEncoder(
+            embed_dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=dpr
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.reduce_dim = nn.Linear(2 * dim, dim)
+        if not use_cls_token:
+            for p in (self.cls_token, self.cls_pos, *self.reduce_dim.parameters()):
+                p.requires_grad_(False)
+
+    def forward(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = xyz.shape[0]
+        neighborhood, center = self.set_group(xyz)  # (B, G, K, 3), (B, G, 3)
+        nb = neighborhood.reshape(B * self.num_group, self.group_size, 3)
+        x = self.embedding(nb)  # (B*G, K, D)
+        pos = self.pos_embed(nb)  # (B*G, K, D)
+        if self.use_cls_token:
+            x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
+            pos = torch.cat([pos, self.cls_pos.expand(pos.shape[0], -1, -1)], dim=1)
+        x = self.norm(self.blocks(x, pos))
+        if self.use_cls_token:
+            # Official bug fixed: the official code appends the cls token *last* but reads index 0 (the first
+            # neighbour, i.e. the centre point). We read the cls token itself (the last position).
+            x = self.reduce_dim(torch.cat([x.max(dim=1)[0], x[:, -1]], dim=-1))
+        else:
+            x = x.max(dim=1)[0]
+        return center, x.reshape(B, self.num_group, -1)
+
+
+class ImportancePredictor(nn.Module):
+    """Per-group projection and importance score (official ``CalImportanceSimple``).
+
+    ``forward(tokens (B, G, D)) -> (proj (B, G, proj_dim) unit-norm, score (B, G, 1))``.
+    """
+
+    def __init__(self, dim: int, proj_dim: int = 256, hidden: int = 128):
+        super().__init__()
+        self.projection = _conv_projection(dim, hidden, proj_dim, normalize=True)
+        self.cal_imp_score = _conv_projection(dim, hidden, 1, normalize=False)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = tokens.transpose(1, 2)  # (B, D, G)
+        return self.projection(t).transpose(1, 2), self.cal_imp_score(t).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ordering, pooling, losses
+# ---------------------------------------------------------------------------------------------------------------
+def sequence_order(scores: torch.Tensor, ordering: str = "bio") -> torch.Tensor:
+    """Indices of the groups fed to the Mamba stack, ``scores (B, G) -> idx (B, L)``.
+
+    * ``"bio"``: bi-directional importance-aware ordering, groups by score high->low then low->high (L = 2G);
+    * ``"importance"``: high->low only (official ``--mode_sort max``; L = G);
+    * ``"random"``: a fresh random permutation per sample, in training and evaluation alike (L = G);
+    * ``"none"``: the FPS order (L = G).
+
+    Sorts are stable, so tied scores keep their FPS order (the official ``argsort`` leaves ties unspecified).
+    """
+    B, G = scores.shape
+    if ordering == "bio":
+        desc = torch.sort(scores, dim=1, descending=True, stable=True)[1]
+        asc = torch.sort(scores, dim=1, descending=False, stable=True)[1]
+        return torch.cat([desc, asc], dim=1)
+    if ordering == "importance":
+        return torch.sort(scores, dim=1, descending=True, stable=True)[1]
+    if ordering == "random":
+        return torch.rand(B, G, device=scores.device).argsort(dim=1)
+    if ordering == "none":
+        return torch.arange(G, device=scores.device).expand(B, G)
+    raise ValueError(f"Unknown ordering '{ordering}'; expected one of {ORDERINGS}.")
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x (B, G, C)``, ``idx (B, L)`` -> ``(B, L, C)``."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def importance_pool(x: torch.Tensor, scores: torch.Tensor, pooling: str = "importance") -> torch.Tensor:
+    """Pool tokens ``x (B, L, D)`` into ``(B, D)``.
+
+    ``"importance"``: ``sum_l clamp(score_l, 0, 1) * x_l`` (official ``type_weighting drop_neg``: negative scores
+    contribute nothing, and note it is a sum, not a mean); ``"mean"`` / ``"max"`` ignore ``scores (B, L)``.
+    """
+    if pooling == "importance":
+        return (x * scores.clamp(0, 1).unsqueeze(-1)).sum(dim=1)
+    if pooling == "mean":
+        return x.mean(dim=1)
+    if pooling == "max":
+        return x.max(dim=1)[0]
+    raise ValueError(f"Unknown pooling '{pooling}'; expected one of {POOLINGS}.")
+
+
+def glr_loss(global_feat: torch.Tensor, patch_feat: torch.Tensor, scale: float = 64.0) -> torch.Tensor:
+    """Group-to-global contrastive loss (official ``GLR_loss``).
+
+    Every group projection ``patch_feat (B, G, P)`` must pick its own shape's global projection among the batch's
+    ``global_feat (B, P)``: cross-entropy over ``scale * <patch, global_j>`` with label = its sample index,
+    averaged over the B*G groups. Both inputs are expected unit-norm.
+    """
+    B, G, _ = patch_feat.shape
+    logits = torch.einsum("bgp,jp->bgj", patch_feat, global_feat) * scale  # (B, G, B)
+    labels = torch.arange(B, device=patch_feat.device).repeat_interleave(G)
+    return F.cross_entropy(logits.reshape(B * G, B), labels)
+
+
+def importance_loss(
+    pred_score: torch.Tensor,
+    global_feat: torch.Tensor,
+    patch_feat: torch.Tensor,
+    detach_target: bool = False,
+) -> torch.Tensor:
+    """Importance regression: SmoothL1(pred_score (B, G), cos(patch_feat (B, G, P), global_feat (B, P))).
+
+    Summed over groups and averaged over the batch, as the official ``loss_importance(...).sum(-1).mean()``.
+    The official target is *not* detached (gradients reach both projections through it); ``detach_target=True``
+    treats it as a fixed target instead.
+    """
+    target = F.cosine_similarity(global_feat.unsqueeze(1).expand_as(patch_feat), patch_feat, dim=-1)
+    if detach_target:
+        target = target.detach()
+    return F.smooth_l1_loss(pred_score, target, reduction="none").sum(dim=-1).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+class PoinTramba(nn.Module):
+    """PoinTramba classifier (official ``PointMambaFormer``), ``(B, N, 3) -> (B, num_classes)``.
+
+    Args:
+        num_classes: output classes (ModelNet40: 40, ScanObjectNN: 15).
+        num_group: FPS centres G. group_size: KNN neighbours K.
+        trans_dim: token width D of both the intra-group Transformer and the Mamba stack (the official
+            ``encoder_dims`` must equal ``trans_dim``, so there is one argument).
+        group_depth / group_num_heads / group_drop_path_rate / mlp_ratio: intra-group Transformer
+            (official ``--attention_depth 4``, 6 heads, 0.1, 4).
+        group_use_cls_token: official ``--attention_use_cls_token`` (off in the paper's run; see the bug note).
+        depth: Mamba layers. d_state / d_conv / expand: Mamba-1 mixer. rms_norm: RMSNorm instead of LayerNorm.
+        drop_path_rate: drop-path of every Mamba block (official: 0.3 ModelNet40, 0.1 ScanObjectNN).
+        ordering: ``"bio"`` (paper) | ``"importance"`` | ``"random"`` | ``"none"``, see :func:`sequence_order`.
+        pooling: ``"importance"`` (paper, negatives dropped) | ``"mean"`` | ``"max"``.
+        glr_weight / importance_weight: weights of the two auxiliary losses (official: 1.0 and 1.0).
+        glr_scale: logit scale of the contrastive loss (official 64).
+        detach_importance_target: stop gradients through the score target (official: False).
+        proj_dim / score_hidden / embed_hidden / head_hidden / head_drop_rate: fixed widths of the official heads.
+
+    ``forward`` returns logits in eval mode and, in training mode,
+    ``{"logits": (B, C), "losses": {"glr": glr_weight * L_glr, "importance": importance_weight * L_imp}}``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 40,
+        num_group: int = 256,
+        group_size: int = 16,
+        trans_dim: int = 384,
+        group_depth: int = 4,
+        group_num_heads: int = 6,
+        group_drop_path_rate: float = 0.1,
+        group_use_cls_token: bool = False,
+        mlp_ratio: float = 4.0,
+        depth: int = 12,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        rms_norm: bool = False,
+        drop_path_rate: float = 0.3,
+        ordering: str = "bio",
+        pooling: str = "importance",
+        glr_weight: float = 1.0,
+        importance_weight: float = 1.0,
+        glr_scale: float = 64.0,
+        detach_importance_target: bool = False,
+        proj_dim: int = 256,
+        score_hidden: int = 128,
+        embed_hidden: int = 128,
+        head_hidden: int = 256,
+        head_drop_rate: float = 0.5,
+    ):
+        super().__init__()
+        if ordering not in ORDERINGS:
+            raise ValueError(f"Unknown ordering '{ordering}'; expected one of {ORDERINGS}.")
+        if pooling not in POOLINGS:
+            raise ValueError(f"Unknown pooling '{pooling}'; expected one of {POOLINGS}.")
+        if num_group < 1 or group_size < 1:
+            raise ValueError(f"num_group and group_size must be >= 1, got {num_group} and {group_size}.")
+        self.num_classes = num_classes
+        self.num_group = num_group
+        self.group_size = group_size
+        self.trans_dim = trans_dim
+        self.num_features = trans_dim
+        self.ordering = ordering
+        self.pooling = pooling
+        self.glr_weight = float(glr_weight)
+        self.importance_weight = float(importance_weight)
+        self.glr_scale = float(glr_scale)
+        self.detach_importance_target = detach_importance_target
+        self.head_hidden = head_hidden
+
+        self.group_divider = GroupTransformer(
+            num_group, group_size, trans_dim, depth=group_depth, num_heads=group_num_heads, mlp_ratio=mlp_ratio,
+            drop_path_rate=group_drop_path_rate, embed_hidden=embed_hidden, use_cls_token=group_use_cls_token,
+        )
+        self.importance_cal_block = ImportancePredictor(trans_dim, proj_dim, score_hidden)
+        self.pos_embed = _mlp3(trans_dim, embed_hidden)
+        # mamba-ssm stack (official ``MixerModel``): ``pos`` is added once at its input; every block has the same
+        # drop-path rate (the official choice, not a linear schedule); mamba-ssm's GPT-2 style init.
+        self.blocks = MixerModel(
+            trans_dim, depth, ssm_cfg=dict(d_state=d_state, d_conv=d_conv, expand=expand), rms_norm=rms_norm,
+            drop_path=drop_path_rate,
+        )
+        self.norm = nn.LayerNorm(trans_dim)
+        self.cls_head_finetune = nn.Sequential(
+            nn.Linear(trans_dim, head_hidden),
+            nn.BatchNorm1d(head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(head_drop_rate),
+            nn.Linear(head_hidden, head_hidden),
+            nn.BatchNorm1d(head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(head_drop_rate),
+            self._make_classifier(num_classes),
+        )
+        self.global_projection = _conv_projection(trans_dim, score_hidden, proj_dim, normalize=True)
+
+    # -- classifier -------------------------------------------------------------------------------------------
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.head_hidden, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        """The final layer of the head (``cls_head_finetune.8``)."""
+        return self.cls_head_finetune[8]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final Linear by a freshly initialised one with ``num_classes`` outputs (0: identity, the
+        head then returns its 256-d hidden features)."""
+        self.num_classes = num_classes
+        device = self.cls_head_finetune[4].weight.device
+        self.cls_head_finetune[8] = self._make_classifier(num_classes).to(device)
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def _check_input(self, points: torch.Tensor) -> None:
+        if not isinstance(points, torch.Tensor):
+            raise TypeError(f"PoinTramba expects a torch.Tensor of shape (B, N, 3), got {type(points).__name__}.")
+        if points.ndim != 3 or points.shape[-1] != 3:
+            hint = ""
+            if points.ndim == 3 and points.shape[1] == 3:
+                hint = " It looks channels-first: pass points.transpose(1, 2)."
+            elif points.ndim == 2 and points.shape[-1] == 3:
+                hint = " Add a batch dimension: points.unsqueeze(0)."
+            elif points.ndim == 3 and points.shape[-1] > 3:
+                hint = " Only xyz is used: pass points[..., :3]."
+            raise ValueError(f"PoinTramba expects points of shape (B, N, 3), got {tuple(points.shape)}.{hint}")
+        if not points.is_floating_point():
+            raise TypeError(f"PoinTramba expects floating-point points, got dtype {points.dtype}.")
+        n, need = points.shape[1], max(self.num_group, self.group_size)
+        if n < need:
+            raise ValueError(
+                f"PoinTramba needs at least {need} points per cloud (num_group={self.num_group}, "
+                f"group_size={self.group_size}), got N={n}. Sample more points or build the model with smaller "
+                "num_group / group_size."
+            )
+        if self.training and points.shape[0] < 2:
+            raise ValueError(
+                f"PoinTramba in training mode needs a batch of at least 2 clouds (BatchNorm in the head), got "
+                f"B={points.shape[0]}. Use a larger batch or model.eval()."
+            )
+
+    def forward_intermediates(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything up to the pooled feature.
+
+        Returns a dict: ``center (B, G, 3)``, ``group_tokens (B, G, D)``, ``patch_proj (B, G, P)`` (unit-norm),
+        ``scores (B, G)`` (predicted importance, FPS order), ``order (B, L)`` (group index of each sequence
+        position), ``tokens (B, L, D)`` (after the Mamba stack and both final norms), ``pooled (B, D)``.
+        """
+        self._check_input(points)
+        center, group_tokens = self.group_divider(points)  # (B, G, 3), (B, G, D)
+        pos = self.pos_embed(center)  # (B, G, D)
+        patch_proj, score = self.importance_cal_block(group_tokens)  # (B, G, P), (B, G, 1)
+        scores = score.squeeze(-1)
+        order = sequence_order(scores, self.ordering)  # (B, L)
+        x = self.blocks(_take(group_tokens, order), _take(pos, order))
+        x = self.norm(x)
+        seq_scores = torch.gather(scores, 1, order)
+        pooled = importance_pool(x, seq_scores, self.pooling)
+        return dict(
+            center=center, group_tokens=group_tokens, patch_proj=patch_proj, scores=scores, order=order, tokens=x,
+            pooled=pooled,
+        )
+
+    def forward_features(self, points: torch.Tensor) -> torch.Tensor:
+        """``(B, N, 3) -> (B, D)``: the pooled feature the head classifies."""
+        return self.forward_intermediates(points)["pooled"]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, D) -> (B, num_classes)``."""
+        return self.cls_head_finetune(features)
+
+    def compute_losses(self, inter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weighted auxiliary losses from :meth:`forward_intermediates`' output. A zero weight gives an exact
+        zero (and skips the computation)."""
+        zero = inter["pooled"].new_zeros(())
+        if self.glr_weight == 0 and self.importance_weight == 0:
+            return {"glr": zero, "importance": zero}
+        global_proj = self.global_projection(inter["pooled"].unsqueeze(-1)).squeeze(-1)  # (B, P)
+        losses = {"glr": zero, "importance": zero}
+        if self.glr_weight != 0:
+            losses["glr"] = self.glr_weight * glr_loss(global_proj, inter["patch_proj"], self.glr_scale)
+        if self.importance_weight != 0:
+            losses["importance"] = self.importance_weight * importance_loss(
+                inter["scores"], global_proj, inter["patch_proj"], self.detach_importance_target
+            )
+        return losses
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor | dict[str, Any]:
+        """``points (B, N, 3)`` -> logits ``(B, num_classes)`` (eval) or ``{"logits", "losses"}`` (training)."""
+        inter = self.forward_intermediates(points)
+        logits = self.forward_head(inter["pooled"])
+        if not self.training:
+            return logits
+        return {"logits": logits, "losses": self.compute_losses(inter)}
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert an official PoinTramba checkpoint to this model's keys.
+
+    ``zoo.hub.load_weights`` has already unwrapped ``{'base_model': ...}`` and stripped ``module.``; our module and
+    parameter names are the official ones, so the only change left is the ``base_model.`` prefix that the
+    official ``load_model_from_ckpt`` also strips (checkpoints saved from a wrapper model).
+    """
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("base_model."):
+            k = k[len("base_model."):]
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registered variants
+# ---------------------------------------------------------------------------------------------------------------
+def _create(variant: str, pretrained: bool, model_args: dict[str, Any], kwargs: dict[str, Any]) -> PoinTramba:
+    return build_model_with_cfg(
+        PoinTramba, variant, pretrained, checkpoint_filter_fn=checkpoint_filter_fn, **dict(model_args, **kwargs)
+    )
+
+
+@register_model
+def pointramba(pretrained: bool = False, **kwargs: Any) -> PoinTramba:
+    """PoinTramba, the paper's configuration: 256 groups x 16 neighbours, dim 384, 4 intra-group Transformer
+    blocks (6 heads), 12 Mamba layers, BIO ordering, importance pooling. 19.5M parameters."""
+    return _create("pointramba", pretrained, {}, kwargs)
+
+
+@register_model
+def pointramba_small(pretrained: bool = False, **kwargs: Any) -> PoinTramba:
+    """PoinTramba-S for CPU training: 32 groups x 32 neighbours, dim 64, 1 Transformer block (2 heads),
+    2 Mamba layers (d_state 8); same design otherwise. 0.31M parameters."""
+    model_args = dict(
+        num_group=32, group_size=32, trans_dim=64, group_depth=1, group_num_heads=2, depth=2, d_state=8,
+        embed_hidden=64, group_drop_path_rate=0.0, drop_path_rate=0.1,
+    )
+    return _create("pointramba_small", pretrained, model_args, kwargs)
+
+
+@register_model
+def pointramba_tiny(pretrained: bool = False, **kwargs: Any) -> PoinTramba:
+    """PoinTramba-T, the smallest configuration (unit tests): 16 groups x 8 neighbours, dim 32, 1 Transformer
+    block (2 heads), 2 Mamba layers (d_state 8)."""
+    model_args = dict(
+        num_group=16, group_size=8, trans_dim=32, group_depth=1, group_num_heads=2, depth=2, d_state=8,
+        group_drop_path_rate=0.0, drop_path_rate=0.0, proj_dim=32, score_hidden=16, embed_hidden=16,
+        head_hidden=32,
+    )
+    return _create("pointramba_tiny", pretrained, model_args, kwargs)
