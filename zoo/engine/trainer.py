@@ -87,6 +87,7 @@ class Trainer:
         callbacks: Iterable[Callable] = (),
     ):
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
         from accelerate.utils import DataLoaderConfiguration
 
         self.recipe, self.cfg, self.optim_cfg, self.schedule_cfg = recipe, cfg, optim, schedule
@@ -96,6 +97,10 @@ class Trainer:
         self.callbacks = list(callbacks)
         if cfg.best_mode not in ("max", "min"):
             raise ValueError(f"trainer.best_mode must be 'max' or 'min', got '{cfg.best_mode}'")
+        # accelerate keeps process-wide singletons: a second Trainer in one process (a notebook, the tests) with
+        # other settings (e.g. mixed precision) would be refused. Reset them, keeping the process group.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         self.accelerator = Accelerator(
             cpu=cfg.cpu or not torch.cuda.is_available(),
             mixed_precision=cfg.mixed_precision,
