@@ -48,7 +48,7 @@ class TrainerConfig:
     eval_every: int = 1  # epochs; the last epoch is always evaluated
     save_every: int = 1  # epochs between writes of last.pt; the last epoch is always saved
     best_metric: str | None = None  # default: the recipe's main metric
-    best_mode: str = "max"  # max | min
+    best_mode: str | None = None  # max | min; default: the recipe's main_metric_mode
     log_every: int = 20  # optimiser steps between progress-bar updates of the running loss
     progress: bool | None = None  # tqdm bars; default: only on a TTY
     tensorboard: bool = True
@@ -95,8 +95,9 @@ class Trainer:
         self.seed = seed
         self.resume = resume
         self.callbacks = list(callbacks)
-        if cfg.best_mode not in ("max", "min"):
-            raise ValueError(f"trainer.best_mode must be 'max' or 'min', got '{cfg.best_mode}'")
+        self.best_mode = cfg.best_mode or getattr(recipe, "main_metric_mode", "max")
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"trainer.best_mode must be 'max' or 'min', got '{self.best_mode}'")
         # accelerate keeps process-wide singletons: a second Trainer in one process (a notebook, the tests) with
         # other settings (e.g. mixed precision) would be refused. Reset them, keeping the process group.
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -264,7 +265,7 @@ class Trainer:
     def _is_better(self, value: float) -> bool:
         if "value" not in self.best:
             return True
-        return value > self.best["value"] if self.cfg.best_mode == "max" else value < self.best["value"]
+        return value > self.best["value"] if self.best_mode == "max" else value < self.best["value"]
 
     def _save_best(self, metrics: dict[str, float]) -> None:
         if self.best_metric is None or self.best_metric not in metrics:

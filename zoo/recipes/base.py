@@ -48,6 +48,7 @@ class Recipe:
 
     Config: ClassVar[type[RecipeConfig]] = RecipeConfig
     main_metric: ClassVar[str | None] = None
+    main_metric_mode: ClassVar[str] = "max"  # "min" for losses; trainer.best_mode overrides
 
     def __init__(self, cfg: RecipeConfig):
         self.cfg = cfg
