@@ -1,0 +1,232 @@
+"""The sd_finetune recipe end to end on a tiny real-format Stable Diffusion: train -> save -> reload -> sample."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "sara" / "tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _images(folder: Path, n: int = 4, metadata: bool = False) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        a = np.zeros((24, 20, 3), np.uint8)
+        a[..., i % 3] = 200
+        a[::4] = rng.integers(0, 255, (6, 20, 3))
+        Image.fromarray(a).save(folder / f"img{i}.png")
+        if metadata:
+            rows.append(json.dumps({"file_name": f"img{i}.png", "text": f"meta caption {i}"}))
+        elif i % 2 == 0:
+            (folder / f"img{i}.txt").write_text(f"stripes number {i}")
+    if metadata:
+        (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    from zoo.diffusion.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd") / "pipe")
+
+
+@pytest.fixture(scope="module")
+def style(tmp_path_factory) -> Path:
+    return _images(tmp_path_factory.mktemp("style") / "imgs")
+
+
+def _overrides(tiny_sd, style, *extra):
+    return [f"model.pretrained={tiny_sd}", f"data.root={style}", *extra]
+
+
+def _fit(tiny_sd, style, out, *extra, resume=None):
+    from zoo.cli import build_recipe
+    from zoo.engine.trainer import Trainer
+
+    recipe, cfg, _ = build_recipe(str(CONFIG), _overrides(tiny_sd, style, *extra))
+    trainer = Trainer(recipe, cfg.trainer, cfg.optim, cfg.schedule, out, seed=cfg.seed, resume=resume)
+    return recipe, trainer, trainer.fit()
+
+
+def _run(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def test_cli_train_then_sample(tiny_sd, style, tmp_path):
+    out = tmp_path / "run"
+    proc = _run("tools/train.py", CONFIG, *_overrides(tiny_sd, style), "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "final: val_loss=" in proc.stdout
+    for name in ("config.yaml", "metrics.json", "last.pt", "best.pt", "sara_weights.safetensors", "samples.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["best"]["metric"] == "val_loss"
+    # checkpoints hold only the adapter: much smaller than the UNet
+    last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    unet_numel = sum(p.numel() for p in __import__("zoo.diffusion.tiny", fromlist=["x"]).build_tiny_pipeline().unet.parameters())
+    assert all(".sara." in k for k in last["model"]) and sum(v.numel() for v in last["model"].values()) < 1.5 * unet_numel
+    from PIL import Image
+
+    from zoo.diffusion.sampling import sample_main  # what tools/sample.py runs (in-process: saves the imports)
+
+    assert sample_main(["--pipeline", str(tiny_sd), "--adapter", str(out), "--prompts", "a red dog", "a cat",
+                        "--output", str(tmp_path / "grid.png"), "--steps", "2", "--height", "16", "--width", "16"]) == 0
+
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.size[0] >= 2 * 16 and im.size[1] >= 2 * 16
+
+
+def test_sara_exact_resume_and_bit_identical_reload(tiny_sd, style, tmp_path):
+    from safetensors.torch import load_file
+
+    from zoo.adapters.sara import load_sara
+    from zoo.diffusion.pipeline import load_pipeline
+
+    extra = ["schedule.name=constant", "model.sara.progressive_iter=3", "model.gradient_checkpointing=true",
+             "sample.enabled=false"]
+    recipe, _, summary = _fit(tiny_sd, style, tmp_path / "a", *extra, "trainer.epochs=2")
+    assert summary["steps"] == 4
+    _fit(tiny_sd, style, tmp_path / "b", *extra, "trainer.epochs=1")
+    _fit(tiny_sd, style, tmp_path / "b", *extra, "trainer.epochs=2", resume="auto")
+    a, b = load_file(tmp_path / "a" / "sara_weights.safetensors"), load_file(tmp_path / "b" / "sara_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the saved file applied to a freshly loaded pipeline reproduces the trained UNet bit for bit
+    trained = recipe.components.unet.eval()
+    plain = load_pipeline(tiny_sd).unet.eval()
+    load_sara(plain, tmp_path / "a" / "sara_weights.safetensors")
+    x, t, e = torch.randn(2, 4, 8, 8), torch.tensor([5, 700]), torch.randn(2, 16, 32)
+    with torch.no_grad():
+        assert torch.equal(plain(x, t, e).sample, trained(x, t, e).sample)
+
+
+def test_lora_baseline_saves_diffusers_format_with_v_prediction(tiny_sd, style, tmp_path):
+    from safetensors.torch import load_file
+
+    from zoo.diffusion.pipeline import load_pipeline
+
+    recipe, _, _ = _fit(tiny_sd, style, tmp_path / "lora", "model.adapter=lora", "model.lora.init=true",
+                        "model.prediction_type=v_prediction", "trainer.epochs=1")
+    assert recipe.components.noise_scheduler.config.prediction_type == "v_prediction"
+    f = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    keys = list(load_file(f))
+    assert keys and all(k.startswith("unet.") and ".lora" in k for k in keys)
+    last = torch.load(tmp_path / "lora" / "last.pt", map_location="cpu", weights_only=True)
+    assert all("lora" in k for k in last["model"])
+    pipe = load_pipeline(tiny_sd)
+    x, t, e = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 16, 32)
+    with torch.no_grad():
+        base = pipe.unet(x, t, e).sample
+        pipe.load_lora_weights(str(f.parent), weight_name=f.name)
+        tuned = pipe.unet(x, t, e).sample
+        trained = recipe.components.unet.eval()(x, t, e).sample
+    torch.testing.assert_close(tuned, trained, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(base, tuned)
+
+
+def test_full_finetune_saves_unet_folder(tiny_sd, style, tmp_path):
+    _fit(tiny_sd, style, tmp_path / "full", "model.adapter=full", "trainer.epochs=1", "sample.enabled=false")
+    assert (tmp_path / "full" / "unet" / "config.json").is_file()
+    from zoo.diffusion.sampling import detect_adapter_kind
+
+    assert detect_adapter_kind(tmp_path / "full") == "full"
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_config_errors_name_the_fix(tiny_sd, style, tmp_path):
+    from zoo.cli import build_recipe
+    from zoo.config import ConfigError
+
+    with pytest.raises(FileNotFoundError, match="Stable Diffusion model not found at .*nowhere"):
+        build_recipe(str(CONFIG), _overrides(tmp_path / "nowhere", style))
+    with pytest.raises(ConfigError, match="model.pretrained is not set"):
+        build_recipe(str(CONFIG), [f"data.root={style}"])
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        build_recipe(str(CONFIG), _overrides(style, style))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no images found in .*empty"):
+        build_recipe(str(CONFIG), _overrides(tiny_sd, empty))
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        build_recipe(str(CONFIG), _overrides(tiny_sd, tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="model.adapter must be one of"):
+        build_recipe(str(CONFIG), _overrides(tiny_sd, style, "model.adapter=dora"))
+    recipe, cfg, _ = build_recipe(str(CONFIG), _overrides(tiny_sd, style))
+    assert type(recipe).main_metric_mode == "min"  # the Trainer keeps the lowest val_loss by default
+    with pytest.raises(ConfigError, match="Unknown config key 'model.sara.treshold'"):
+        build_recipe(str(CONFIG), _overrides(tiny_sd, style, "model.sara.treshold=0.1"))
+
+
+def test_cli_reports_config_errors(tiny_sd, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _run("tools/train.py", CONFIG, f"model.pretrained={tiny_sd}", f"data.root={empty}")
+    assert proc.returncode == 2 and "no images found" in proc.stderr and str(empty) in proc.stderr
+    from zoo.cli import train_main
+
+    assert train_main([str(CONFIG), f"model.pretrained={tmp_path / 'nope'}", f"data.root={empty}"]) == 2
+    assert "Stable Diffusion model not found" in capsys.readouterr().err
+
+
+def test_single_file_goes_through_from_single_file(tiny_sd, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    from zoo.diffusion.pipeline import load_pipeline
+
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"stub")
+    calls = {}
+
+    def fake(path, **kwargs):
+        calls.update(path=path, **kwargs)
+        return "pipe"
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", staticmethod(fake))
+    assert load_pipeline(ckpt, single_file_config=tiny_sd) == "pipe"
+    assert calls["path"] == str(ckpt) and calls["config"] == str(tiny_sd) and calls["local_files_only"] is True
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        (tmp_path / "notes.txt").write_text("x")
+        load_pipeline(tmp_path / "notes.txt")
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_captioned_folder_sidecars_metadata_and_prefix(tmp_path):
+    from zoo.data import build_dataset
+    from zoo.data.images.folder import CaptionedImageFolder
+
+    side = _images(tmp_path / "side")
+    ds = CaptionedImageFolder(side, resolution=16, prefix="Barbie style, ", default_caption="a thing")
+    assert len(ds) == 4 and [ds.caption(i) for i in range(2)] == ["Barbie style, stripes number 0", "Barbie style, a thing"]
+    item = ds[0]
+    assert item["pixel_values"].shape == (3, 16, 16) and -1 <= item["pixel_values"].min() <= item["pixel_values"].max() <= 1
+    meta = _images(tmp_path / "meta", n=3, metadata=True)
+    ds = build_dataset("captioned_images", root=str(meta), split="test", resolution=8, repeats=2)
+    assert len(ds) == 6 and ds.caption(4) == "meta caption 1"
+    torch.testing.assert_close(ds[0]["pixel_values"], ds[0]["pixel_values"])  # centre crop, no flip: deterministic
+    (meta / "metadata.jsonl").write_text('{"file_name": "gone.png", "text": "x"}\n')
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        CaptionedImageFolder(meta)

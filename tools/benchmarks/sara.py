@@ -1,0 +1,263 @@
+"""SaRA vs LoRA vs full fine-tuning of a Stable Diffusion UNet: trainable parameters, optimiser state, peak memory and
+time of one training step (forward + backward + AdamW step), each variant in a fresh process.
+
+The UNet has SD 1.5's architecture (``zoo.diffusion.tiny.sd15_unet_config``) with random weights (no download);
+``--width`` scales its channels (1.0 = the real 860M-parameter UNet; the CPU default 0.25 keeps a step to seconds).
+Inputs: ``--batch`` noisy latents of ``--latent × --latent`` (64 = 512-px images), 77 text tokens of width 768,
+random timesteps; loss = MSE against random noise. Variants:
+
+* ``full`` — AdamW on every weight;
+* ``lora`` — peft LoRA on ``to_q/to_k/to_v/to_out.0`` with the rank that matches SaRA's trainable count;
+* ``lora_all`` — peft LoRA on every Linear and Conv2d (SaRA's coverage), rank matched the same way;
+* ``sara_dense`` — SaRA as the official code runs it: dense weight gradient, then gathered at the selected entries;
+* ``sara_kernel`` — SaRA with the sparse weight-gradient kernel for Linear / 1×1 conv weights (no dense ``dW``).
+
+SaRA selects ``|w| < θ`` with θ chosen so that ``--fraction`` of all UNet weights is trainable (default 5.8 %, what
+θ = 2e-3 selects on the real SD 1.5 — random weights have another scale), or ``--threshold`` directly.
+``peak_mb`` is the process's peak memory during one step above the memory in use before the UNet was built
+(weights + gradients + optimiser state + activations); CPU: peak RSS (children run with glibc's mmap threshold
+pinned to 64 KiB so that freed tensors leave the RSS at once; repeated runs then agree to ~1 MB), CUDA: peak
+allocated. Timings on a shared CPU are only indicative.
+
+    python tools/benchmark.py sara                       # CPU: width 0.25, 32x32 latents, batch 2
+    python tools/benchmark.py sara --device cuda --width 1 --latent 64 --batch 4
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import Row, print_table, sync, time_fn, write_json
+
+VARIANTS = ("full", "lora", "lora_all", "sara_dense", "sara_kernel")
+LAYER_VARIANTS = ("layer_dense", "layer_kernel")
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--width", type=float, default=None, help="channel scale of SD 1.5's UNet (default: 0.25 CPU, 1 CUDA)")
+    parser.add_argument("--latent", type=int, default=None, help="latent side (default: 32 CPU, 64 CUDA)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--fraction", type=float, default=0.058, help="share of UNet weights SaRA trains (sets θ)")
+    parser.add_argument("--threshold", type=float, default=None, help="SaRA θ (overrides --fraction)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed steps per variant (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--no-layer", dest="layer", action="store_false", help="skip the single-layer backward table")
+    parser.add_argument("--only", choices=VARIANTS + LAYER_VARIANTS, help=argparse.SUPPRESS)  # internal: measure one variant here
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _hwm() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _mem_now(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss()
+
+
+def _reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _hwm()
+
+
+def _threshold_for_fraction(unet: torch.nn.Module, fraction: float) -> float:
+    """θ such that about ``fraction`` of all weights have ``|w| < θ`` (quantile of a uniform sample)."""
+    flat = torch.cat([p.detach().flatten().abs() for p in unet.parameters()])
+    sample = flat[torch.randint(flat.numel(), (min(flat.numel(), 2_000_000),), generator=torch.Generator().manual_seed(0))]
+    return float(torch.quantile(sample.float(), fraction))
+
+
+def _lora_targets(unet: torch.nn.Module, everywhere: bool) -> list[str]:
+    """diffusers' attention projections, or (``everywhere``) every Linear and Conv2d of the UNet (SaRA's coverage)."""
+    if not everywhere:
+        return LORA_TARGETS
+    return [name for name, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+
+
+def _lora_rank(unet: torch.nn.Module, n_params: int, targets: list[str]) -> int:
+    """The LoRA rank whose trainable count is closest to ``n_params`` (per rank: in·k·k + out per layer)."""
+    per_rank = 0
+    for name, m in unet.named_modules():
+        if any(name == t or name.endswith("." + t) for t in targets):
+            if isinstance(m, torch.nn.Linear):
+                per_rank += m.in_features + m.out_features
+            elif isinstance(m, torch.nn.Conv2d):
+                per_rank += m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels
+    return max(1, round(n_params / per_rank))
+
+
+def measure(variant: str, args: argparse.Namespace) -> dict:
+    """Build the UNet and the variant's optimiser, and measure one training step (in this process)."""
+    from zoo.adapters import sara
+    from zoo.diffusion.tiny import build_unet, sd15_unet_config
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import diffusers.models.unets.unet_2d_condition  # noqa: F401  (imports before the baseline: same for all variants)
+    import peft  # noqa: F401
+
+    if device.type == "cuda":
+        torch.zeros(1, device=device)  # CUDA context outside the measurement
+    gc.collect()
+    base_mem = _mem_now(device)
+    unet = build_unet(sd15_unet_config(width=args.width, sample_size=args.latent)).to(device)
+    n_total = sum(p.numel() for p in unet.parameters())
+    theta = args.threshold or _threshold_for_fraction(unet, args.fraction)
+    n_sara = sum(int((p.detach().abs() < theta).sum()) for p in unet.parameters())
+    info: dict = {"threshold": theta, "unet_params": n_total}
+    if variant == "full":
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-5)
+    elif variant in ("lora", "lora_all"):
+        from peft import LoraConfig
+
+        targets = _lora_targets(unet, variant == "lora_all")
+        rank = _lora_rank(unet, n_sara, targets)
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
+        opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-4)
+        info[f"{variant}_rank"] = rank
+    else:
+        opt = sara.SaRAOptimizer(unet, threshold=theta, lr=5e-4, kernel=variant == "sara_kernel")
+    trainable = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    g = torch.Generator(device="cpu").manual_seed(0)
+    B, L = args.batch, args.latent
+    x = torch.randn(B, 4, L, L, generator=g).to(device)
+    target = torch.randn(B, 4, L, L, generator=g).to(device)
+    text = torch.randn(B, 77, 768, generator=g).to(device)
+    t = torch.randint(0, 1000, (B,), generator=g).to(device)
+    unet.train()
+
+    def step() -> None:
+        loss = torch.nn.functional.mse_loss(unet(x, t, text).sample, target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up: optimiser state exists from here on
+    sync(device)
+    state_bytes = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
+    _reset_peak(device)
+    step()
+    peak = _peak(device) - base_mem
+    seconds = time_fn(step, warmup=0, repeat=args.repeat, device=device)
+    return {"name": variant, "trainable_M": trainable / 1e6, "opt_state_mb": state_bytes / 2**20,
+            "peak_mb": peak / 2**20, "time_ms": seconds * 1e3, **info}
+
+
+def measure_layer(variant: str, args: argparse.Namespace) -> dict:
+    """Backward of one SaRA Linear the size of SD 1.5's largest (GEGLU 1280 -> 10240) over ``batch·1024`` tokens."""
+    from zoo.adapters import sara
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(1280, 10240)).to(device)
+    theta = float(torch.quantile(layer[0].weight.detach().abs().flatten()[:2_000_000].float().cpu(), args.fraction))
+    sara.apply_sara(layer, theta, kernel=variant == "layer_kernel")
+    x = torch.randn(args.batch * 1024, 1280, device=device, requires_grad=True)
+    y = layer(x)
+    gy = torch.randn_like(y)
+
+    def backward() -> None:
+        y.backward(gy, retain_graph=True)
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+
+    backward()
+    sync(device)
+    before = _mem_now(device)
+    _reset_peak(device)
+    backward()
+    peak = _peak(device) - before
+    seconds = time_fn(backward, warmup=0, repeat=args.repeat, device=device)
+    return {"name": variant, "trainable_M": sara.num_sara_parameters(layer) / 1e6, "peak_mb": peak / 2**20,
+            "time_ms": seconds * 1e3}
+
+
+def _spawn(variant: str, args: argparse.Namespace) -> dict | None:
+    """Measure ``variant`` in a fresh process (isolated peak memory)."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmark.py"), "sara", "--only", variant,
+           "--out", out, "--device", args.device, "--width", str(args.width), "--latent", str(args.latent),
+           "--batch", str(args.batch), "--fraction", str(args.fraction), "--repeat", str(args.repeat)]
+    if args.threshold:
+        cmd += ["--threshold", str(args.threshold)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    # glibc: serve every large block by mmap (no dynamic threshold), so freed memory leaves the RSS at once and
+    # the peak RSS tracks the tensors actually alive
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(f"{variant}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    res = json.loads(Path(out).read_text())
+    Path(out).unlink()
+    return res
+
+
+def run(args: argparse.Namespace) -> None:
+    cuda = args.device == "cuda"
+    args.width = args.width if args.width is not None else (1.0 if cuda else 0.25)
+    args.latent = args.latent if args.latent is not None else (64 if cuda else 32)
+    if args.only:  # child process: one variant
+        result = (measure_layer if args.only in LAYER_VARIANTS else measure)(args.only, args)
+        Path(args.out).write_text(json.dumps(result))
+        return
+    rows, extra = [], {}
+    for variant in args.variants:
+        res = _spawn(variant, args)
+        if res is None:
+            continue
+        extra |= {k: res.pop(k) for k in ("threshold", "unet_params", "lora_rank", "lora_all_rank") if k in res}
+        rows.append(Row(**res))
+    print(f"UNet: SD 1.5 architecture x{args.width:g} channels ({extra.get('unet_params', 0) / 1e6:.1f}M params, random "
+          f"weights), latents {args.batch}x4x{args.latent}x{args.latent}, text 77x768, device {args.device}; "
+          f"SaRA threshold {extra.get('threshold', float('nan')):.3g}; lora: rank {extra.get('lora_rank', '-')} on "
+          f"{', '.join(LORA_TARGETS)}; lora_all: rank {extra.get('lora_all_rank', '-')} on every Linear and Conv2d")
+    if not rows:
+        raise SystemExit("no variant could be measured")
+    baseline = "full" if any(r["name"] == "full" for r in rows) else rows[0]["name"]
+    table = print_table("One training step (fwd + bwd + AdamW)", rows, baseline=baseline,
+                        ratios={"time_ms": "speedup", "peak_mb": "fraction"})
+    layer_rows = [Row(**r) for r in (_spawn(v, args) for v in LAYER_VARIANTS if args.layer) if r is not None]
+    layer_table = []
+    if layer_rows:
+        layer_table = print_table(f"Backward of one SaRA Linear 1280->10240 over {args.batch * 1024} tokens "
+                                  f"({args.fraction:.1%} trainable): dense dW + gather vs sparse kernel",
+                                  layer_rows, baseline="layer_dense", ratios={"time_ms": "speedup", "peak_mb": "fraction"})
+    write_json(args.json, {"rows": table, "layer_rows": layer_table, "config": vars(args) | extra})

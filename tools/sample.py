@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""Render prompts with and without an adapter side by side into one PNG.
+
+    python tools/sample.py --pipeline PATH --adapter runs/style/sara_weights.safetensors \
+        --prompts "Barbie style, a dog" "Barbie style, a house" --output grid.png [--steps 25 --guidance 7.5 --seed 0]
+
+``--pipeline``: a diffusers folder or a single .safetensors/.ckpt file (with ``--single-file-config DIR`` offline).
+``--adapter``: SaRA weights (``sara_weights.safetensors``), a diffusers LoRA (``pytorch_lora_weights.safetensors``),
+a fine-tuned UNet folder, or a run directory holding one of them. Rows: prompts; columns: base | adapter.
+"""
+import sys
+
+from zoo.diffusion.sampling import sample_main
+
+if __name__ == "__main__":
+    sys.exit(sample_main())

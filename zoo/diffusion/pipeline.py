@@ -1,0 +1,124 @@
+"""Loading Stable Diffusion from local files: a diffusers folder or one ``.safetensors`` / ``.ckpt`` checkpoint."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["require_diffusers", "dtype_kwargs", "SINGLE_FILE_SUFFIXES", "resolve_pipeline_path", "load_pipeline", "SDComponents",
+           "load_components", "dtype_from_precision"]
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def require_diffusers() -> None:
+    """Raise an ImportError naming the extra when diffusers / transformers are not installed."""
+    try:
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"Stable Diffusion support needs diffusers and transformers ({exc.name} is missing): "
+            "pip install -e .[diffusion]"
+        ) from exc
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``{"dtype": dtype}`` for diffusers versions that renamed ``torch_dtype`` (>= 0.36), else ``{"torch_dtype": ...}``."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
+def dtype_from_precision(mixed_precision: str | None) -> torch.dtype:
+    """``"fp16"`` -> float16, ``"bf16"`` -> bfloat16, anything else -> float32."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(mixed_precision).lower(), torch.float32)
+
+
+def resolve_pipeline_path(path: str | os.PathLike | None, key: str = "model.pretrained") -> tuple[str, Path]:
+    """``("folder" | "single_file", path)``; raises ``FileNotFoundError`` / ``ValueError`` naming the fix."""
+    if not path:
+        raise ValueError(f"{key} is not set: give a local diffusers Stable Diffusion folder (with model_index.json) "
+                         "or a single .safetensors/.ckpt checkpoint")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"Stable Diffusion model not found at '{p}' ({key}): give a local diffusers folder "
+                                "(with model_index.json) or a single .safetensors/.ckpt checkpoint")
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            raise FileNotFoundError(f"'{p}' ({key}) is a folder but has no model_index.json: it must be a diffusers "
+                                    "pipeline folder as written by StableDiffusionPipeline.save_pretrained")
+        return "folder", p
+    if p.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ValueError(f"'{p}' ({key}) is a file but not a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)})")
+    return "single_file", p
+
+
+def load_pipeline(
+    path: str | os.PathLike,
+    *,
+    single_file_config: str | os.PathLike | None = None,
+    original_config: str | os.PathLike | None = None,
+    torch_dtype: torch.dtype | None = None,
+    key: str = "model.pretrained",
+) -> Any:
+    """A ``StableDiffusionPipeline`` (no safety checker) from a diffusers folder or a single checkpoint file.
+
+    Single files go through ``StableDiffusionPipeline.from_single_file``. Offline, diffusers needs the
+    architecture's configs: ``single_file_config`` (a local diffusers folder of the same model family, e.g. a
+    saved SD 1.5 pipeline) or ``original_config`` (the original ``v1-inference.yaml``).
+    """
+    require_diffusers()
+    from diffusers import StableDiffusionPipeline
+
+    kind, p = resolve_pipeline_path(path, key)
+    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if torch_dtype is not None:
+        kwargs.update(dtype_kwargs(torch_dtype))
+    if kind == "folder":
+        return StableDiffusionPipeline.from_pretrained(str(p), local_files_only=True, **kwargs)
+    if single_file_config is not None:
+        cfg = Path(single_file_config)
+        if not (cfg / "model_index.json").is_file():
+            raise FileNotFoundError(f"single_file_config '{cfg}' must be a local diffusers pipeline folder with model_index.json")
+        kwargs["config"] = str(cfg)
+        kwargs["local_files_only"] = True
+    if original_config is not None:
+        if not Path(original_config).is_file():
+            raise FileNotFoundError(f"original_config file not found: {original_config}")
+        kwargs["original_config"] = str(original_config)
+    try:
+        return StableDiffusionPipeline.from_single_file(str(p), load_safety_checker=False, **kwargs)
+    except Exception as exc:
+        if single_file_config is None and original_config is None:
+            raise RuntimeError(
+                f"could not load the single-file checkpoint '{p}' ({exc}). Offline, diffusers needs the model configs: "
+                "set model.single_file_config to a local diffusers folder of the same architecture, or "
+                "model.original_config to the original inference yaml"
+            ) from exc
+        raise
+
+
+@dataclass
+class SDComponents:
+    """What a fine-tuning run needs: the trainable UNet, the frozen parts, and the two schedulers."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any  # DDPM, for adding noise in training
+    scheduler: Any  # the pipeline's own (inference) scheduler
+
+
+def load_components(path: str | os.PathLike, **kwargs: Any) -> SDComponents:
+    """:func:`load_pipeline` split into components; the training scheduler is DDPM with the pipeline's config
+    (what diffusers' training scripts use)."""
+    from diffusers import DDPMScheduler
+
+    pipe = load_pipeline(path, **kwargs)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, noise_scheduler, pipe.scheduler)
