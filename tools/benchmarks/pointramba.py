@@ -28,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _measure(name: str, backend: str, batch: int, points: int, device: str, repeat: int) -> Row:
+def _measure(name: str, backend: str, batch: int, points: int, device: str, repeat: int, threads: int | None = None) -> Row:
+    """One row, meant to run in a fresh process (so no memory freed by another row hides this one's peak)."""
+    if threads:
+        torch.set_num_threads(threads)
     os.environ["ZOO_KERNEL"] = backend
     import zoo
 
@@ -59,22 +62,19 @@ def _measure(name: str, backend: str, batch: int, points: int, device: str, repe
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    import multiprocessing as mp
+
     backends = ["ref", "cpu"] if args.device == "cpu" else ["ref", "triton"]
-    previous = os.environ.get("ZOO_KERNEL")
+    ctx = mp.get_context("spawn")
     results = {}
-    try:
-        for name in args.variants:
-            batch = args.batch if (args.device != "cpu" or name != "pointramba") else min(args.batch, args.full_batch)
-            rows = [_measure(name, b, batch, args.points, args.device, args.repeat) for b in backends]
-            results[name] = print_table(
-                f"{name}: {batch} x {args.points} points, {args.device}", rows, baseline="ref",
-                ratios={"time_ms": "speedup", "peak_mb": "fraction"},
-            )
-    finally:
-        if previous is None:
-            os.environ.pop("ZOO_KERNEL", None)
-        else:
-            os.environ["ZOO_KERNEL"] = previous
+    for name in args.variants:
+        batch = args.batch if (args.device != "cpu" or name != "pointramba") else min(args.batch, args.full_batch)
+        rows = []
+        for backend in backends:
+            with ctx.Pool(1) as pool:
+                rows.append(Row(**pool.apply(_measure, (name, backend, batch, args.points, args.device, args.repeat, args.threads))))
+        results[name] = print_table(
+            f"{name}: {batch} x {args.points} points, {args.device}, {args.threads or torch.get_num_threads()} threads",
+            rows, baseline="ref", ratios={"time_ms": "speedup", "peak_mb": "fraction"},
+        )
     write_json(args.json, results)
