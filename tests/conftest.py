@@ -34,6 +34,16 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: tiny models run much faster than with two threads contending for
+    a small shared CPU. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -17,12 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "sara" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(folder: Path, n: int = 4, metadata: bool = False) -> Path:
