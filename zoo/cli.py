@@ -99,18 +99,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, KeyError) as exc:
         return _fail(exc)
     from zoo.engine.evaluate import evaluate_model
-    from zoo.registry import create_model
 
-    kwargs = dict(cfg.model)
-    name = args.model or kwargs.pop("name")
-    kwargs.pop("name", None)
-    if args.model:  # a different model than the config's: only keep num_classes from the config
-        kwargs = {k: v for k, v in kwargs.items() if k == "num_classes"}
-    if "num_classes" not in kwargs and recipe.class_names:
-        kwargs["num_classes"] = len(recipe.class_names)
     try:
-        model = create_model(name, pretrained=args.pretrained, checkpoint_path=args.checkpoint, **kwargs)
-    except (FileNotFoundError, KeyError, TypeError, RuntimeError) as exc:
+        model = recipe.build_eval_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+    except (FileNotFoundError, KeyError, TypeError, RuntimeError) as exc:  # NotImplementedError is a RuntimeError
         return _fail(exc)
     metrics = evaluate_model(recipe, model, output_dir=args.output)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))

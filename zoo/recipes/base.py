@@ -56,6 +56,11 @@ class Recipe:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
+    def build_eval_model(self, model_name: str | None = None, pretrained: bool = False,
+                         checkpoint_path: str | None = None) -> nn.Module:
+        """The model ``tools/eval.py`` evaluates: the config's (or ``model_name``) with the given weights."""
+        raise NotImplementedError(f"the '{self.cfg.recipe}' recipe does not support tools/eval.py")
+
     def build_dataloaders(self) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
         """(train loader, eval loader); batch sizes are global."""
         raise NotImplementedError

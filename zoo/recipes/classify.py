@@ -146,11 +146,21 @@ class ClassifyRecipe(Recipe):
 
     # ---------------------------------------------------------------- model
     def build_model(self) -> nn.Module:
+        return self._create_model(dict(self.cfg.model))
+
+    def build_eval_model(self, model_name: str | None = None, pretrained: bool = False,
+                         checkpoint_path: str | None = None) -> nn.Module:
         kwargs = dict(self.cfg.model)
+        if model_name:  # another model than the config's: keep only the class count
+            kwargs = {"name": model_name, **{k: v for k, v in kwargs.items() if k == "num_classes"}}
+        return self._create_model(kwargs, pretrained=pretrained, checkpoint_path=checkpoint_path)
+
+    def _create_model(self, kwargs: dict[str, Any], **load: Any) -> nn.Module:
+        """``create_model`` from a ``model`` section; ``num_classes`` defaults to the dataset's class count."""
         name = kwargs.pop("name")
         if "num_classes" not in kwargs and self.class_names:
             kwargs["num_classes"] = len(self.class_names)
-        return create_model(name, **kwargs)
+        return create_model(name, **kwargs, **load)
 
     # ---------------------------------------------------------------- steps
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
