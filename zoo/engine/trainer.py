@@ -258,8 +258,9 @@ class Trainer:
     def evaluate(self, output_dir: str | os.PathLike | None = None) -> dict[str, float]:
         """Evaluate the current (or EMA) weights on the recipe's eval loader."""
         model = self.eval_model()
-        model.eval()
         with torch.no_grad():
+            self.recipe.before_evaluate(self.accelerator.unwrap_model(model), self.accelerator)
+            model.eval()
             return self.recipe.evaluate(model, self.eval_loader, self.accelerator, output_dir=output_dir)
 
     def _is_better(self, value: float) -> bool:

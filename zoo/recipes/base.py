@@ -77,6 +77,10 @@ class Recipe:
         """Metrics over the whole ``loader`` (gathered across processes). Writes artefacts to ``output_dir`` if given."""
         raise NotImplementedError
 
+    def before_evaluate(self, model: nn.Module, accelerator: Any) -> None:
+        """Called by the Trainer (not by ``tools/eval.py``) before each evaluation, on the unwrapped weights that
+        will be evaluated (e.g. to recalibrate BatchNorm statistics, which are then saved with the checkpoint)."""
+
     def optimizer_params(self, model: nn.Module) -> nn.Module | list:
         """What the optimiser trains: the whole model by default (grouped for weight decay)."""
         return model

@@ -57,6 +57,9 @@ class EvalConfig:
     num_votes: int = 1  # > 1: average logits over augmented views (point-cloud test-time voting, seeded)
     vote_num_points: int | None = None  # points per view (random subsets of an FPS pool); None: all
     vote_transforms: list[Any] = field(default_factory=list)  # view augmentation; [] = official scale-translate
+    # > 0: before each evaluation in training, recompute BatchNorm running statistics over this many training
+    # batches (fixed seeded subset, eval transforms, no augmentation); they are saved with the checkpoint
+    bn_recalibration_batches: int = 0
 
 
 @dataclass
@@ -143,6 +146,32 @@ class ClassifyRecipe(Recipe):
     def build_eval_loader(self):
         d = self.cfg.data
         return build_loader(self.eval_dataset, d.eval_batch_size or d.batch_size, shuffle=False, num_workers=d.num_workers)
+
+    @cached_property
+    def calibration_dataset(self):
+        """The training split with the eval transforms (BatchNorm recalibration sees what evaluation sees)."""
+        d = self.cfg.data
+        return self._dataset(d.train_split, d.train_kwargs, d.eval_transforms)
+
+    def before_evaluate(self, model: nn.Module, accelerator: Any) -> None:
+        """Recalibrate BatchNorm statistics when ``eval.bn_recalibration_batches > 0`` (same batches every time
+        and on every process, so the statistics are reproducible and identical across ranks)."""
+        n = self.cfg.eval.bn_recalibration_batches
+        if n <= 0:
+            return
+        from zoo.engine.batchnorm import recalibrate_batchnorm
+
+        d = self.cfg.data
+        loader = build_loader(self.calibration_dataset, d.eval_batch_size or d.batch_size, shuffle=True,
+                              seed=self.cfg.seed)
+
+        def forward(m: nn.Module, batch: Any) -> None:
+            inputs = batch[0].to(accelerator.device)
+            if self._eval_batch_transform is not None:
+                inputs = self._eval_batch_transform(inputs)
+            m(inputs)
+
+        recalibrate_batchnorm(model, loader, n, forward)
 
     # ---------------------------------------------------------------- model
     def build_model(self) -> nn.Module:
