@@ -9,8 +9,12 @@ random timesteps; loss = MSE against random noise. Variants:
 * ``full`` — AdamW on every weight;
 * ``lora`` — peft LoRA on ``to_q/to_k/to_v/to_out.0`` with the rank that matches SaRA's trainable count;
 * ``lora_all`` — peft LoRA on every Linear and Conv2d (SaRA's coverage), rank matched the same way;
-* ``sara_dense`` — SaRA as the official code runs it: dense weight gradient, then gathered at the selected entries;
-* ``sara_kernel`` — SaRA with the sparse weight-gradient kernel for Linear / 1×1 conv weights (no dense ``dW``).
+* ``sara_official`` — SaRA laid out as the official code (sjtuplayer/SaRA ``optim/adamw.py``) lays it out: a dense
+  boolean mask per weight kept for the whole run, the weight replaced by a non-leaf tensor whose dense gradient
+  is gathered with ``grad[mask]`` (our re-implementation of that layout, see :class:`_OfficialSaRA`);
+* ``sara_dense`` — our SaRA with the kernel off: int32 indices of the selected entries, dense weight gradient
+  gathered at them;
+* ``sara_kernel`` — our SaRA with the sparse weight-gradient kernel for Linear / 1×1 conv weights (no dense ``dW``).
 
 SaRA selects ``|w| < θ`` with θ chosen so that ``--fraction`` of all UNet weights is trainable (default 5.8 %, what
 θ = 2e-3 selects on the real SD 1.5 — random weights have another scale), or ``--threshold`` directly.
@@ -37,7 +41,7 @@ import torch
 
 from benchmarks._common import Row, print_table, sync, time_fn, write_json
 
-VARIANTS = ("full", "lora", "lora_all", "sara_dense", "sara_kernel")
+VARIANTS = ("full", "lora", "lora_all", "sara_official", "sara_dense", "sara_kernel")
 LAYER_VARIANTS = ("layer_dense", "layer_kernel")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -51,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="SaRA θ (overrides --fraction)")
     parser.add_argument("--repeat", type=int, default=3, help="timed steps per variant (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="diffusers' gradient checkpointing in the UNet (activations recomputed per block)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--no-layer", dest="layer", action="store_false", help="skip the single-layer backward table")
     parser.add_argument("--only", choices=VARIANTS + LAYER_VARIANTS, help=argparse.SUPPRESS)  # internal: measure one variant here
@@ -117,6 +123,50 @@ def _lora_rank(unet: torch.nn.Module, n_params: int, targets: list[str]) -> int:
     return max(1, round(n_params / per_rank))
 
 
+class _MaskedWrite(torch.autograd.Function):
+    """Official SaRA's ``Sparse`` function: write ``values`` into ``weight`` at ``mask`` (in place) and return it;
+    the backward gathers the dense weight gradient at ``mask``."""
+
+    @staticmethod
+    def forward(ctx, weight, values, mask):
+        ctx.save_for_backward(mask)
+        weight[mask] = values
+        return weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return None, grad[mask], None
+
+
+class _OfficialSaRA(torch.optim.AdamW):
+    """AdamW over SaRA's selected entries with the official code's memory layout (for the benchmark only): per
+    parameter a dense bool mask ``|w| < θ`` and a 1-D leaf of the selected values; the module's parameter is
+    replaced by the non-leaf output of :class:`_MaskedWrite` (re-created after each step, as the official code does)."""
+
+    def __init__(self, model: torch.nn.Module, threshold: float, lr: float):
+        self.slots = []
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                mask = p.detach().abs() < threshold
+                values = p.detach()[mask].clone().requires_grad_(True)
+                self.slots.append((module, name, p, mask, values))
+        super().__init__([s[4] for s in self.slots], lr=lr)
+        self._install()
+
+    def _install(self) -> None:
+        with torch.enable_grad():
+            for module, name, p, mask, values in self.slots:
+                module._parameters[name] = _MaskedWrite.apply(p.detach(), values, mask)
+
+    def step(self, closure=None):
+        out = super().step(closure)
+        self._install()
+        return out
+
+
 def measure(variant: str, args: argparse.Namespace) -> dict:
     """Build the UNet and the variant's optimiser, and measure one training step (in this process)."""
     from zoo.adapters import sara
@@ -133,6 +183,8 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     gc.collect()
     base_mem = _mem_now(device)
     unet = build_unet(sd15_unet_config(width=args.width, sample_size=args.latent)).to(device)
+    if args.grad_checkpointing:
+        unet.enable_gradient_checkpointing()
     n_total = sum(p.numel() for p in unet.parameters())
     theta = args.threshold or _threshold_for_fraction(unet, args.fraction)
     n_sara = sum(int((p.detach().abs() < theta).sum()) for p in unet.parameters())
@@ -148,6 +200,10 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
         opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-4)
         info[f"{variant}_rank"] = rank
+    elif variant == "sara_official":
+        unet.requires_grad_(False)
+        opt = _OfficialSaRA(unet, theta, lr=5e-4)
+        info["mask_mb"] = sum(s[3].numel() for s in opt.slots) / 2**20
     else:
         opt = sara.SaRAOptimizer(unet, threshold=theta, lr=5e-4, kernel=variant == "sara_kernel")
     trainable = sum(p.numel() for g in opt.param_groups for p in g["params"])
@@ -216,6 +272,8 @@ def _spawn(variant: str, args: argparse.Namespace) -> dict | None:
            "--batch", str(args.batch), "--fraction", str(args.fraction), "--repeat", str(args.repeat)]
     if args.threshold:
         cmd += ["--threshold", str(args.threshold)]
+    if args.grad_checkpointing:
+        cmd += ["--grad-checkpointing"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     # glibc: serve every large block by mmap (no dynamic threshold), so freed memory leaves the RSS at once and
@@ -243,7 +301,7 @@ def run(args: argparse.Namespace) -> None:
         res = _spawn(variant, args)
         if res is None:
             continue
-        extra |= {k: res.pop(k) for k in ("threshold", "unet_params", "lora_rank", "lora_all_rank") if k in res}
+        extra |= {k: res.pop(k) for k in ("threshold", "unet_params", "lora_rank", "lora_all_rank", "mask_mb") if k in res}
         rows.append(Row(**res))
     print(f"UNet: SD 1.5 architecture x{args.width:g} channels ({extra.get('unet_params', 0) / 1e6:.1f}M params, random "
           f"weights), latents {args.batch}x4x{args.latent}x{args.latent}, text 77x768, device {args.device}; "
