@@ -14,7 +14,9 @@ random timesteps; loss = MSE against random noise. Variants:
   is gathered with ``grad[mask]`` (our re-implementation of that layout, see :class:`_OfficialSaRA`);
 * ``sara_dense`` — our SaRA with the kernel off: int32 indices of the selected entries, dense weight gradient
   gathered at them;
-* ``sara_kernel`` — our SaRA with the sparse weight-gradient kernel for Linear / 1×1 conv weights (no dense ``dW``).
+* ``sara_kernel`` — our SaRA with the sparse weight-gradient kernel for Linear / 1×1 conv weights (no dense ``dW``);
+* ``sara_attn_dense`` / ``sara_attn_kernel`` — SaRA on the attention projections only (LoRA's coverage), θ set so
+  that it trains as many entries as the all-layer SaRA (and LoRA) do: the like-for-like comparison with ``lora``.
 
 SaRA selects ``|w| < θ`` with θ chosen so that ``--fraction`` of all UNet weights is trainable (default 5.8 %, what
 θ = 2e-3 selects on the real SD 1.5 — random weights have another scale), or ``--threshold`` directly.
@@ -41,7 +43,7 @@ import torch
 
 from benchmarks._common import Row, print_table, sync, time_fn, write_json
 
-VARIANTS = ("full", "lora", "lora_all", "sara_official", "sara_dense", "sara_kernel")
+VARIANTS = ("full", "lora", "lora_all", "sara_official", "sara_dense", "sara_kernel", "sara_attn_dense", "sara_attn_kernel")
 LAYER_VARIANTS = ("layer_dense", "layer_kernel")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -97,9 +99,9 @@ def _peak(device: torch.device) -> int:
     return _hwm()
 
 
-def _threshold_for_fraction(unet: torch.nn.Module, fraction: float) -> float:
-    """θ such that about ``fraction`` of all weights have ``|w| < θ`` (quantile of a uniform sample)."""
-    flat = torch.cat([p.detach().flatten().abs() for p in unet.parameters()])
+def _threshold_for_fraction(params: list[torch.Tensor], fraction: float) -> float:
+    """θ such that about ``fraction`` of the entries of ``params`` have ``|w| < θ`` (quantile of a uniform sample)."""
+    flat = torch.cat([p.detach().flatten().abs() for p in params])
     sample = flat[torch.randint(flat.numel(), (min(flat.numel(), 2_000_000),), generator=torch.Generator().manual_seed(0))]
     return float(torch.quantile(sample.float(), fraction))
 
@@ -186,7 +188,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     if args.grad_checkpointing:
         unet.enable_gradient_checkpointing()
     n_total = sum(p.numel() for p in unet.parameters())
-    theta = args.threshold or _threshold_for_fraction(unet, args.fraction)
+    theta = args.threshold or _threshold_for_fraction(list(unet.parameters()), args.fraction)
     n_sara = sum(int((p.detach().abs() < theta).sum()) for p in unet.parameters())
     info: dict = {"threshold": theta, "unet_params": n_total}
     if variant == "full":
@@ -204,6 +206,11 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
         unet.requires_grad_(False)
         opt = _OfficialSaRA(unet, theta, lr=5e-4)
         info["mask_mb"] = sum(s[3].numel() for s in opt.slots) / 2**20
+    elif variant.startswith("sara_attn"):
+        attn = [p for n, m in unet.named_modules() if any(n.endswith("." + t) for t in LORA_TARGETS) for p in m.parameters()]
+        theta_attn = _threshold_for_fraction(attn, n_sara / sum(p.numel() for p in attn))
+        opt = sara.SaRAOptimizer(unet, threshold=theta_attn, lr=5e-4, kernel=variant.endswith("kernel"),
+                                 targets=LORA_TARGETS)
     else:
         opt = sara.SaRAOptimizer(unet, threshold=theta, lr=5e-4, kernel=variant == "sara_kernel")
     trainable = sum(p.numel() for g in opt.param_groups for p in g["params"])
@@ -241,7 +248,7 @@ def measure_layer(variant: str, args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     layer = torch.nn.Sequential(torch.nn.Linear(1280, 10240)).to(device)
-    theta = float(torch.quantile(layer[0].weight.detach().abs().flatten()[:2_000_000].float().cpu(), args.fraction))
+    theta = _threshold_for_fraction([layer[0].weight], args.fraction)
     sara.apply_sara(layer, theta, kernel=variant == "layer_kernel")
     x = torch.randn(args.batch * 1024, 1280, device=device, requires_grad=True)
     y = layer(x)
