@@ -38,6 +38,20 @@ def test_wrong_sha_rejected(tmp_path, source):
         create_model("toy_mlp", pretrained=True, pretrained_cfg_overlay=dict(file=str(path), sha256="0" * 64))
 
 
+def test_explicit_checkpoint_path_is_not_held_to_the_shipped_files_sha(tmp_path, source, monkeypatch):
+    """The cfg's sha256 describes the shipped file; a user's own weights load through checkpoint_path (and are
+    checked only against a sha256 given in the overlay)."""
+    from zoo.registry import get_pretrained_cfg
+
+    path = tmp_path / "mine.safetensors"
+    save_file(source.state_dict(), str(path))
+    shipped = get_pretrained_cfg("toy_mlp").replace(file="shipped.safetensors", sha256="0" * 64)
+    monkeypatch.setattr("zoo.registry.get_pretrained_cfg", lambda name: shipped)
+    assert _same(create_model("toy_mlp", checkpoint_path=path), source)
+    with pytest.raises(RuntimeError, match="sha256 mismatch"):
+        create_model("toy_mlp", checkpoint_path=path, pretrained_cfg_overlay=dict(sha256="1" * 64))
+
+
 def test_resolution_order_zoo_home_then_checkpoints(tmp_path, source, monkeypatch):
     home, ckpts = tmp_path / "home", tmp_path / "ckpts"
     home.mkdir(), ckpts.mkdir()

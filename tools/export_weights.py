@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics_file = src.parent / "metrics.json"
     if metrics_file.is_file():
         summary = json.loads(metrics_file.read_text())
-        entry["best"] = summary.get("best")
+        # best.pt holds the best epoch's weights; anything else (last.pt) the final ones
+        entry["metrics"] = summary.get("best") if src.name == "best.pt" else summary.get("final")
         entry["train_time_s"] = summary.get("train_time_s")
     print(yaml.safe_dump([entry], sort_keys=False))
     return 0

@@ -113,18 +113,23 @@ def _candidate_paths(cfg: PretrainedCfg) -> list[Path]:
     return candidates
 
 
-def resolve_weights_file(cfg: PretrainedCfg, checkpoint_path: str | os.PathLike | None = None) -> Path:
+def resolve_weights_file(cfg: PretrainedCfg, checkpoint_path: str | os.PathLike | None = None,
+                         expected_sha256: str | None = None) -> Path:
     """The local weights file for ``cfg`` (see the module docstring for the order), sha256-verified.
+
+    The cfg's ``sha256`` describes the cfg's own file: it is checked for files found through the cfg, not for an
+    explicit ``checkpoint_path`` (a user's fine-tuned weights), which is checked against ``expected_sha256`` only.
 
     Raises:
         FileNotFoundError: nothing found; the message lists every path tried and how to provide the file.
-        RuntimeError: the file's sha256 differs from ``cfg.sha256``.
+        RuntimeError: the file's sha256 differs from the expected one.
     """
     if checkpoint_path is not None:
         path = Path(os.path.expanduser(str(checkpoint_path)))
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint_path '{path}' does not exist (or is not a file).")
     else:
+        expected_sha256 = cfg.sha256
         tried = _candidate_paths(cfg)
         path = next((p for p in tried if p.is_file()), None)
         if path is None and cfg.url:
@@ -135,11 +140,11 @@ def resolve_weights_file(cfg: PretrainedCfg, checkpoint_path: str | os.PathLike 
                 f"No weights found for '{cfg.architecture}'. Tried:\n  {where}\n"
                 "Put the file in one of these places, set $ZOO_HOME to its folder, or pass checkpoint_path=..."
             )
-    if cfg.sha256:
+    if expected_sha256:
         digest = sha256sum(path)
-        if digest != cfg.sha256:
+        if digest != expected_sha256:
             raise RuntimeError(
-                f"sha256 mismatch for {path}: expected {cfg.sha256}, got {digest}. "
+                f"sha256 mismatch for {path}: expected {expected_sha256}, got {digest}. "
                 "The file is corrupt or not the one this model's cfg describes; re-download it or pass the right file."
             )
     return path
@@ -271,7 +276,8 @@ def build_model_with_cfg(
     model = call_with_checked_kwargs(model_cls, f"model '{variant}'", **kwargs)
     model.pretrained_cfg = cfg
     if load:
-        path = resolve_weights_file(cfg, checkpoint_path)
+        overlay_sha = (pretrained_cfg_overlay or {}).get("sha256")
+        path = resolve_weights_file(cfg, checkpoint_path, expected_sha256=overlay_sha)
         _logger.info("Loading %s weights from %s", variant, path)
         load_weights(model, load_state_dict_file(path), cfg, checkpoint_filter_fn, strict=pretrained_strict)
     return model

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.data.pointcloud.modelnet import MODELNET10_CLASSES
 from zoo.hub import PretrainedCfg, build_model_with_cfg
 from zoo.layers.mamba import MixerModel
 from zoo.layers.transformer import TransformerEncoder
@@ -88,6 +89,28 @@ default_cfgs = {
         paper=_PAPER,
         origin_url=_ORIGIN,
         notes="Same design, sized for CPU training (32 groups x 32, dim 64, 1 attention + 2 Mamba layers).",
+    ),
+    "pointramba_small_modelnet10": PretrainedCfg(
+        num_classes=10,
+        classifier=_CLASSIFIER,
+        input_size=(1024, 3),
+        num_points=1024,
+        label_names=tuple(MODELNET10_CLASSES),
+        file="pointramba_small_modelnet10.safetensors",
+        sha256="36378b6cb662b5ea6fc2da4e54dea4b4f0033ece23c25fff131b0e722ad69127",
+        metrics={"top1": 91.63, "mean_class_acc": 91.37},
+        train_command="python tools/train.py configs/pointramba/modelnet10_small.yaml && "
+        "python tools/train.py configs/pointramba/modelnet10_small_refine.yaml && "
+        "python tools/export_weights.py runs/modelnet10_small_refine/last.pt --name pointramba_small_modelnet10",
+        eval_command="python tools/eval.py --config configs/pointramba/modelnet10_small.yaml "
+        "--model pointramba_small_modelnet10 --pretrained",
+        dataset="modelnet10",
+        license="apache-2.0",
+        paper=_PAPER,
+        origin_url=_ORIGIN,
+        notes="pointramba_small trained by us on the ModelNet10 train split (3991 shapes) on a CPU: 30 epochs, then a "
+        "10-epoch warm restart at lr 3e-4; metrics on the 908-shape test split, one view (no voting), final epoch "
+        "(no checkpoint selection on the test split). 10-view voting (eval.num_votes=10): top1 91.74.",
     ),
     "pointramba_tiny": PretrainedCfg(
         num_classes=40,
@@ -549,15 +572,24 @@ def pointramba(pretrained: bool = False, **kwargs: Any) -> PoinTramba:
     return _create("pointramba", pretrained, {}, kwargs)
 
 
+_SMALL_ARGS = dict(
+    num_group=32, group_size=32, trans_dim=64, group_depth=1, group_num_heads=2, depth=2, d_state=8,
+    embed_hidden=64, group_drop_path_rate=0.0, drop_path_rate=0.1,
+)
+
+
 @register_model
 def pointramba_small(pretrained: bool = False, **kwargs: Any) -> PoinTramba:
     """PoinTramba-S for CPU training: 32 groups x 32 neighbours, dim 64, 1 Transformer block (2 heads),
     2 Mamba layers (d_state 8); same design otherwise. 0.31M parameters."""
-    model_args = dict(
-        num_group=32, group_size=32, trans_dim=64, group_depth=1, group_num_heads=2, depth=2, d_state=8,
-        embed_hidden=64, group_drop_path_rate=0.0, drop_path_rate=0.1,
-    )
-    return _create("pointramba_small", pretrained, model_args, kwargs)
+    return _create("pointramba_small", pretrained, _SMALL_ARGS, kwargs)
+
+
+@register_model
+def pointramba_small_modelnet10(pretrained: bool = False, **kwargs: Any) -> PoinTramba:
+    """``pointramba_small`` for ModelNet10 (10 classes, 1024 points). ``pretrained=True`` loads the weights we
+    trained with ``configs/pointramba/modelnet10_small.yaml`` (shipped in ``checkpoints/``; accuracy in its cfg)."""
+    return _create("pointramba_small_modelnet10", pretrained, dict(_SMALL_ARGS, num_classes=10), kwargs)
 
 
 @register_model
