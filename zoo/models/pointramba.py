@@ -588,7 +588,7 @@ def pointramba_small(pretrained: bool = False, **kwargs: Any) -> PoinTramba:
 @register_model
 def pointramba_small_modelnet10(pretrained: bool = False, **kwargs: Any) -> PoinTramba:
     """``pointramba_small`` for ModelNet10 (10 classes, 1024 points). ``pretrained=True`` loads the weights we
-    trained with ``configs/pointramba/modelnet10_small.yaml`` (shipped in ``checkpoints/``; accuracy in its cfg)."""
+    trained (shipped in ``checkpoints/``; the cfg holds their test accuracy and the train / eval commands)."""
     return _create("pointramba_small_modelnet10", pretrained, dict(_SMALL_ARGS, num_classes=10), kwargs)
 
 
