@@ -65,36 +65,27 @@ _PAPER = "https://arxiv.org/abs/2405.15463"
 _ORIGIN = "https://github.com/xiaoyao3302/PoinTramba"
 _CLASSIFIER = "cls_head_finetune.8"
 
+
+def _cfg(num_points: int = 1024, **kwargs: Any) -> PretrainedCfg:
+    """A PoinTramba pretrained cfg: the fields every variant shares, plus ``kwargs``."""
+    defaults = dict(num_classes=40, classifier=_CLASSIFIER, input_size=(num_points, 3), num_points=num_points,
+                    license="apache-2.0", paper=_PAPER, origin_url=_ORIGIN)
+    return PretrainedCfg(**{**defaults, **kwargs})
+
+
 default_cfgs = {
-    "pointramba": PretrainedCfg(
-        num_classes=40,
-        classifier=_CLASSIFIER,
-        input_size=(1024, 3),
-        num_points=1024,
+    "pointramba": _cfg(
         dataset="modelnet40",
-        license="apache-2.0",
-        paper=_PAPER,
-        origin_url=_ORIGIN,
         notes="Official configuration (256 groups x 16 neighbours, dim 384, 4 attention + 12 Mamba layers); "
         "19,507,497 parameters with 40 classes, 19,501,072 with 15. ModelNet40: 1024 points, drop_path_rate 0.3. "
         "ScanObjectNN: 2048 points, num_classes=15, drop_path_rate=0.1. No official weights were released; "
         "official checkpoints ({'base_model': ...}) load with checkpoint_path=... .",
     ),
-    "pointramba_small": PretrainedCfg(
-        num_classes=40,
-        classifier=_CLASSIFIER,
-        input_size=(1024, 3),
-        num_points=1024,
-        license="apache-2.0",
-        paper=_PAPER,
-        origin_url=_ORIGIN,
+    "pointramba_small": _cfg(
         notes="Same design, sized for CPU training (32 groups x 32, dim 64, 1 attention + 2 Mamba layers).",
     ),
-    "pointramba_small_modelnet10": PretrainedCfg(
+    "pointramba_small_modelnet10": _cfg(
         num_classes=10,
-        classifier=_CLASSIFIER,
-        input_size=(1024, 3),
-        num_points=1024,
         label_names=tuple(MODELNET10_CLASSES),
         file="pointramba_small_modelnet10.safetensors",
         sha256="36378b6cb662b5ea6fc2da4e54dea4b4f0033ece23c25fff131b0e722ad69127",
@@ -105,21 +96,12 @@ default_cfgs = {
         eval_command="python tools/eval.py --config configs/pointramba/modelnet10_small.yaml "
         "--model pointramba_small_modelnet10 --pretrained",
         dataset="modelnet10",
-        license="apache-2.0",
-        paper=_PAPER,
-        origin_url=_ORIGIN,
         notes="pointramba_small trained by us on the ModelNet10 train split (3991 shapes) on a CPU: 30 epochs, then a "
         "10-epoch warm restart at lr 3e-4; metrics on the 908-shape test split, one view (no voting), final epoch "
         "(no checkpoint selection on the test split). 10-view voting (eval.num_votes=10): top1 91.74.",
     ),
-    "pointramba_tiny": PretrainedCfg(
-        num_classes=40,
-        classifier=_CLASSIFIER,
-        input_size=(256, 3),
+    "pointramba_tiny": _cfg(
         num_points=256,
-        license="apache-2.0",
-        paper=_PAPER,
-        origin_url=_ORIGIN,
         notes="Smallest configuration, for unit tests and smoke runs.",
     ),
 }
