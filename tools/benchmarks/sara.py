@@ -23,9 +23,12 @@ SaRA selects ``|w| < θ`` with θ chosen so that ``--fraction`` of all UNet weig
 ``peak_mb`` is the process's peak memory during one step above the memory in use before the UNet was built
 (weights + gradients + optimiser state + activations); CPU: peak RSS (children run with glibc's mmap threshold
 pinned to 64 KiB so that freed tensors leave the RSS at once; repeated runs then agree to ~1 MB), CUDA: peak
-allocated. Timings on a shared CPU are only indicative.
+allocated. ``adapter_mb`` is what the variant adds to the model's own weights (SaRA: index + original values +
+changes; official layout: bool masks + values; LoRA: its factors), each storage counted once. The peak-measured
+step is also the first timed step. Timings on a shared CPU are only indicative.
 
     python tools/benchmark.py sara                       # CPU: width 0.25, 32x32 latents, batch 2
+    python tools/benchmark.py sara --width 1 --latent 64 --batch 1 --repeat 1 --threads 2   # real size, CPU (~17 min)
     python tools/benchmark.py sara --device cuda --width 1 --latent 64 --batch 4
 """
 from __future__ import annotations
