@@ -10,7 +10,7 @@ TEST_EXTRAS := dev,pointcloud,diffusion
 # open3d's wheel imports only with these Debian libraries present.
 SYSTEM_PACKAGES := libusb-1.0-0 libgl1 libegl1
 
-.PHONY: demo test install install-dev system-deps clean
+.PHONY: demo test install install-dev system-deps device-wheels clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest
+
+# Pure-Python wheels that the GPU machine's image lacks (it has torch, triton, timm, peft, accelerate, but no
+# registry access), for scripts/device_check.sh: carry .whl with the device tool.
+DEVICE_WHEELS := omegaconf diffusers importlib_metadata mambapy
+device-wheels: $(VENV)/.installed
+	$(PY) -m pip download --disable-pip-version-check -q -c constraints.txt --no-deps -d .whl $(DEVICE_WHEELS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
