@@ -46,13 +46,35 @@ def _read_status(field: str) -> int | None:
     return None
 
 
-def _reset_cpu_peak() -> bool:
-    """Reset the process's peak RSS (VmHWM) on Linux by writing 5 to /proc/self/clear_refs."""
+def memory_in_use(device: str | torch.device = "cpu") -> int | None:
+    """Bytes in use now: CUDA allocated memory, or the process's resident set size (``None`` without /proc)."""
+    dev = torch.device(device)
+    return torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _read_status("VmRSS")
+
+
+def reset_peak_memory(device: str | torch.device = "cpu") -> bool:
+    """Start a new peak window for :func:`peak_memory_in_use` (CUDA peak stats, or VmHWM through
+    /proc/self/clear_refs on Linux); False where the OS offers no resettable peak."""
+    gc.collect()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        return True
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
     except OSError:
         return False
+
+
+def peak_memory_in_use(device: str | torch.device = "cpu") -> int | None:
+    """Most bytes in use since :func:`reset_peak_memory`: CUDA max allocated, or peak RSS (VmHWM)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        return torch.cuda.max_memory_allocated(dev)
+    return _read_status("VmHWM")
 
 
 def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> int | None:
@@ -62,21 +84,15 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> in
     reset through /proc/self/clear_refs) minus the RSS before the call; ``None`` where the OS gives no such
     counter. Allocations of ``fn``'s inputs made before the call are not counted.
     """
-    gc.collect()
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-        fn()
-        torch.cuda.synchronize(dev)
-        return torch.cuda.max_memory_allocated(dev) - base
-    if not _reset_cpu_peak():
+    if not reset_peak_memory(dev):
         return None
-    base = _read_status("VmRSS")
+    base = memory_in_use(dev)
     fn()
-    peak = _read_status("VmHWM")
+    peak = peak_memory_in_use(dev)
     if base is None or peak is None:
         return None
     return max(0, peak - base)

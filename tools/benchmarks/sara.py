@@ -24,8 +24,8 @@ SaRA selects ``|w| < θ`` with θ chosen so that ``--fraction`` of all UNet weig
 (weights + gradients + optimiser state + activations); CPU: peak RSS (children run with glibc's mmap threshold
 pinned to 64 KiB so that freed tensors leave the RSS at once; repeated runs then agree to ~1 MB), CUDA: peak
 allocated. ``adapter_mb`` is what the variant adds to the model's own weights (SaRA: index + original values +
-changes; official layout: bool masks + values; LoRA: its factors), each storage counted once. The peak-measured
-step is also the first timed step. Timings on a shared CPU are only indicative.
+changes; official layout: bool masks + values; LoRA: its factors), each storage counted once. The timed steps
+(after one warm-up step) are the memory-measured ones. Timings on a shared CPU are only indicative.
 
     python tools/benchmark.py sara                       # CPU: width 0.25, 32x32 latents, batch 2
     python tools/benchmark.py sara --width 1 --latent 64 --batch 1 --repeat 1 --threads 2   # real size, CPU (~17 min)
@@ -37,16 +37,15 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from benchmarks._common import Row, print_table, sync, time_fn, write_json
+from benchmarks._common import (Row, memory_in_use, peak_memory_in_use, print_table, reset_peak_memory, sync, time_fn,
+                                write_json)
 
 VARIANTS = ("full", "lora", "lora_all", "sara_official", "sara_dense", "sara_kernel", "sara_attn_dense", "sara_attn_kernel")
 LAYER_VARIANTS = ("layer_dense", "layer_kernel")
@@ -68,40 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-layer", dest="layer", action="store_false", help="skip the single-layer backward table")
     parser.add_argument("--only", choices=VARIANTS + LAYER_VARIANTS, help=argparse.SUPPRESS)  # internal: measure one variant here
     parser.add_argument("--out", help=argparse.SUPPRESS)
-
-
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _mem_now(device: torch.device) -> int:
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss()
-
-
-def _reset_peak(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak(device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
-    return _hwm()
 
 
 def _tensor_bytes(tensors: list[torch.Tensor]) -> int:
@@ -197,7 +162,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.zeros(1, device=device)  # CUDA context outside the measurement
     gc.collect()
-    base_mem = _mem_now(device)
+    base_mem = memory_in_use(device)
     unet = build_unet(sd15_unet_config(width=args.width, sample_size=args.latent)).to(device)
     if args.grad_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -248,17 +213,12 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     step()  # warm-up: optimiser state exists from here on
     sync(device)
     state_bytes = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
-    def timed_step() -> float:
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        return time.perf_counter() - t0
 
-    _reset_peak(device)
-    times = [timed_step()]  # the peak-measured step is also the first timed one (a real-size CPU step takes ~30 s)
-    peak = _peak(device) - base_mem
-    times += [timed_step() for _ in range(args.repeat - 1)]
-    seconds = statistics.median(times)
+    # After the warm-up every step holds the same tensors, so the peak over the timed steps is one step's peak:
+    # the timed steps are also the measured ones (a real-size CPU step takes ~30 s)
+    reset_peak_memory(device)
+    seconds = time_fn(step, warmup=0, repeat=args.repeat, device=device)
+    peak = peak_memory_in_use(device) - base_mem
     return {"name": variant, "trainable_M": trainable / 1e6, "opt_state_mb": state_bytes / 2**20,
             "adapter_mb": adapter_bytes / 2**20,
             "peak_mb": peak / 2**20, "time_ms": seconds * 1e3, **info}
@@ -286,10 +246,10 @@ def measure_layer(variant: str, args: argparse.Namespace) -> dict:
 
     backward()
     sync(device)
-    before = _mem_now(device)
-    _reset_peak(device)
+    before = memory_in_use(device)
+    reset_peak_memory(device)
     backward()
-    peak = _peak(device) - before
+    peak = peak_memory_in_use(device) - before
     seconds = time_fn(backward, warmup=0, repeat=args.repeat, device=device)
     return {"name": variant, "trainable_M": sara.num_sara_parameters(layer) / 1e6, "peak_mb": peak / 2**20,
             "time_ms": seconds * 1e3}
