@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import (Row, memory_in_use, peak_memory_in_use, print_table, reset_peak_memory, sync, time_fn,
-                                write_json)
+from benchmarks._common import (Row, memory_in_use, peak_memory, peak_memory_in_use, print_table, reset_peak_memory,
+                                sync, time_fn, write_json)
 
 VARIANTS = ("full", "lora", "lora_all", "sara_official", "sara_dense", "sara_kernel", "sara_attn_dense", "sara_attn_kernel")
 LAYER_VARIANTS = ("layer_dense", "layer_kernel")
@@ -246,10 +246,7 @@ def measure_layer(variant: str, args: argparse.Namespace) -> dict:
 
     backward()
     sync(device)
-    before = memory_in_use(device)
-    reset_peak_memory(device)
-    backward()
-    peak = peak_memory_in_use(device) - before
+    peak = peak_memory(backward, device)
     seconds = time_fn(backward, warmup=0, repeat=args.repeat, device=device)
     return {"name": variant, "trainable_M": sara.num_sara_parameters(layer) / 1e6, "peak_mb": peak / 2**20,
             "time_ms": seconds * 1e3}
