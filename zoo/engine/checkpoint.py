@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "capture_rng_state", "restore_rng_state"]
+__all__ = ["atomic_save", "read_checkpoint", "capture_rng_state", "restore_rng_state"]
+
+
+_WRITE_FAILURES = ("unexpected pos", "file write failed", "No space left", "PytorchStreamWriter failed")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -20,10 +23,25 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        # torch reports a full disk as "unexpected pos ..." / "file write failed": say what happened and what survived
+        if not isinstance(exc, OSError) and not any(s in str(exc) for s in _WRITE_FAILURES):
+            raise
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise OSError(f"could not write {path} ({exc}). Is the disk full? Free space in {path.parent} "
+                      f"and resume the run{kept}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and the real cause (missing,
+    truncated or corrupt, unsafe pickle): see :func:`zoo.files.read_torch_file`."""
+    from zoo.files import read_torch_file
+
+    return read_torch_file(path, what=what)
 
 
 def capture_rng_state() -> dict[str, Any]:

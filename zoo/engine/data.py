@@ -15,6 +15,10 @@ class EpochSampler(Sampler[int]):
 
     Call :meth:`set_epoch` before each epoch (the Trainer does). The order never depends on global RNG state,
     which makes resume exact and lets ``accelerate`` split the same global batches across processes.
+
+    ``worker_generator`` is the ``generator`` of the DataLoader built by :func:`build_loader`: the loader draws
+    its workers' base seed from it at every ``iter()``, and :meth:`set_epoch` re-seeds it from ``(seed, epoch)``,
+    so worker-side randomness (augmentations) is a function of the epoch too, not of the process's history.
     """
 
     def __init__(self, data: Sized, shuffle: bool = True, seed: int = 0):
@@ -22,9 +26,12 @@ class EpochSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.worker_generator = torch.Generator()
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.worker_generator.manual_seed((self.seed * 1_000_003 + epoch) % 2**63 + 1)
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
@@ -51,16 +58,23 @@ def build_loader(
     drop_last: bool = False,
     collate_fn: Callable | None = None,
 ) -> DataLoader:
-    """A ``DataLoader`` over ``dataset`` with an :class:`EpochSampler` (global batch size ``batch_size``)."""
+    """A ``DataLoader`` over ``dataset`` with an :class:`EpochSampler` (global batch size ``batch_size``).
+
+    Workers are started afresh every epoch (not ``persistent_workers``) with seeds drawn from the sampler's
+    per-epoch generator: a run resumed at any epoch gives its workers the seeds the uninterrupted run had.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if len(dataset) == 0:
         raise ValueError(f"{type(dataset).__name__} is empty: check the dataset root and split")
+    sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(dataset, shuffle=shuffle, seed=seed),
+        sampler=sampler,
         num_workers=num_workers,
         drop_last=drop_last,
         collate_fn=collate_fn,
         worker_init_fn=seed_worker,
-        persistent_workers=num_workers > 0,
+        generator=sampler.worker_generator,
     )

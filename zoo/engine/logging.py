@@ -82,6 +82,29 @@ class RunLogger:
                     self._writer.add_scalar(key, value, step)
             self._writer.flush()
 
+    def truncate_after(self, step: int, purge_tensorboard: bool = True) -> None:
+        """Drop the metrics.csv rows logged after optimiser step ``step`` (a resumed run continues from the
+        checkpoint's step: rows of the lost part would otherwise repeat) and make TensorBoard purge its events
+        after ``step`` too."""
+        if not self.enabled:
+            return
+        fields, rows = self._read()
+        kept = [r for r in rows if not r.get("step") or float(r["step"]) <= step]
+        if len(kept) != len(rows):
+            tmp = self.path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, self.path)
+            _logger.info("metrics.csv: dropped %d row(s) logged after step %d (not in the checkpoint)", len(rows) - len(kept), step)
+        if purge_tensorboard and self._writer is not None and step > 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self._writer.log_dir
+            self._writer.close()
+            self._writer = SummaryWriter(log_dir, purge_step=step + 1)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

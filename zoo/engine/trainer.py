@@ -1,11 +1,24 @@
-"""The training loop: accelerate for devices/AMP/DDP/accumulation; we add schedules, EMA, resume, logs, checkpoints.
+"""The run core: accelerate for devices / AMP / DDP / accumulation; we add schedules, EMA, exact resume, logs,
+checkpoints, Ctrl-C handling. *How* the data is walked is a loop's business (:mod:`zoo.engine.loops`):
 
-The Trainer knows nothing about tasks. A recipe (see :class:`zoo.recipes.base.Recipe`) supplies the model, the
-data loaders, ``training_step(model, batch) -> {"loss": ..., ...}`` and ``evaluate(model, loader, accelerator)``.
+* ``epoch`` — ``trainer.epochs`` passes over the training loader, evaluation every ``eval_every`` epochs;
+* ``iteration`` — ``trainer.max_steps`` optimiser steps over the loader repeated as often as needed, evaluation and
+  saving every ``eval_every_steps`` / ``save_every_steps`` steps;
+* ``stream`` — one pass over an ordered sequence of loaders (``recipe.build_stream()``: test-time adaptation
+  domains), no separate evaluation, per-batch online metrics aggregated per domain.
 
-A run directory holds ``config.yaml`` (written by the caller), ``metrics.csv``, ``tb/``, ``last.pt`` (full
-training state, written atomically after every epoch), ``best.pt`` (weights of the best epoch by
-``best_metric``) and ``metrics.json`` (final evaluation).
+The Trainer knows nothing about tasks. A recipe (:class:`zoo.recipes.base.Recipe`) supplies the model, the
+data, ``train_step(model, batch, ctx)`` (which calls ``ctx.backward`` once or several times; the default wraps
+``training_step(model, batch) -> {"loss": ...}``) and ``evaluate(model, loader, accelerator, output_dir)``.
+
+A run directory holds ``config.yaml`` (the config in force, written by the caller once the run has started),
+``metrics.csv``, ``tb/``, ``last.pt`` (everything needed to continue exactly, written atomically; mid-epoch on
+Ctrl-C), ``best.pt`` (weights of the best evaluation by ``best_metric``) and ``metrics.json`` (final metrics,
+``complete: true`` once the loop has finished).
+
+Runs nest: a Trainer may run inside another's step or evaluation (students trained inside an evaluation). Each
+Trainer has its own accelerate state (:mod:`zoo.engine.accel`) and leaves the process's random state as it
+found it, so the outer run continues bit for bit as without the inner one.
 """
 from __future__ import annotations
 
@@ -14,46 +27,99 @@ import logging
 import math
 import os
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from zoo.engine.checkpoint import atomic_save, capture_rng_state, restore_rng_state
+from zoo.engine.checkpoint import atomic_save, capture_rng_state, read_checkpoint, restore_rng_state
+from zoo.engine.context import StepContext
 from zoo.engine.ema import ModelEma
-from zoo.engine.logging import RunLogger, progress_enabled
+from zoo.engine.interrupt import StopRequest, TrainingInterrupted
+from zoo.engine.logging import RunLogger
 from zoo.engine.optim import OptimConfig, ScheduleConfig, build_scheduler
 
-__all__ = ["TrainerConfig", "Trainer", "find_resume_checkpoint"]
+__all__ = ["TrainerConfig", "Trainer", "TrainPlan", "find_resume_checkpoint", "LOOPS", "MIXED_PRECISION"]
 
 _logger = logging.getLogger("zoo")
 
 LAST = "last.pt"
 BEST = "best.pt"
+LOOPS = ("epoch", "iteration", "stream")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def _config_error(message: str) -> Exception:
+    from zoo.config import ConfigError
+
+    return ConfigError(message)
 
 
 @dataclass
 class TrainerConfig:
     """Loop settings (config section ``trainer``)."""
 
-    epochs: int = 10
+    epochs: int = 10  # epoch loop
+    max_steps: int | None = None  # iteration loop: optimiser steps in all (epochs is then ignored)
+    loop: str | None = None  # epoch | iteration | stream; default: stream if the recipe builds a stream,
+    #                          iteration if max_steps is set, else epoch
     grad_accum_steps: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16
     clip_grad_norm: float | None = None
     ema_decay: float | None = None  # e.g. 0.999; evaluation then uses the EMA weights
-    eval_every: int = 1  # epochs; the last epoch is always evaluated
-    save_every: int = 1  # epochs between writes of last.pt; the last epoch is always saved
+    eval_every: int = 1  # epochs (epoch loop); the last epoch is always evaluated
+    save_every: int = 1  # epochs between writes of last.pt (epoch loop); the last epoch is always saved
+    eval_every_steps: int | None = None  # iteration loop (default: only at the end)
+    save_every_steps: int | None = None  # iteration loop (default: at each evaluation) and stream loop (batches)
     best_metric: str | None = None  # default: the recipe's main metric
     best_mode: str | None = None  # max | min; default: the recipe's main_metric_mode
-    log_every: int = 20  # optimiser steps between progress-bar updates of the running loss
+    log_every: int = 20  # optimiser steps between progress-bar updates (iteration loop: between metrics.csv rows)
     progress: bool | None = None  # tqdm bars; default: only on a TTY
     tensorboard: bool = True
     cpu: bool = False  # force CPU even when CUDA is available
     max_steps_per_epoch: int | None = None  # cap for smoke runs
+    ddp_find_unused_parameters: bool = False  # needed when a step leaves weights unused (e.g. a sub-network)
+
+    def __post_init__(self) -> None:
+        def at_least(name: str, value: Any, low: int, allow_none: bool = False) -> None:
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise _config_error(f"trainer.{name} must be an integer >= {low}"
+                                    f"{' or null' if allow_none else ''}, got {value!r}")
+
+        at_least("epochs", self.epochs, 1)
+        at_least("max_steps", self.max_steps, 1, allow_none=True)
+        at_least("grad_accum_steps", self.grad_accum_steps, 1)
+        at_least("eval_every", self.eval_every, 1)
+        at_least("save_every", self.save_every, 1)
+        at_least("eval_every_steps", self.eval_every_steps, 1, allow_none=True)
+        at_least("save_every_steps", self.save_every_steps, 1, allow_none=True)
+        at_least("log_every", self.log_every, 1)
+        at_least("max_steps_per_epoch", self.max_steps_per_epoch, 1, allow_none=True)
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise _config_error(f"trainer.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                                f"got {self.mixed_precision!r}")
+        if self.loop is not None and self.loop not in LOOPS:
+            raise _config_error(f"trainer.loop must be one of {', '.join(LOOPS)} (or null for automatic), got {self.loop!r}")
+        if self.best_mode not in (None, "max", "min"):
+            raise _config_error(f"trainer.best_mode must be 'max' or 'min', got {self.best_mode!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise _config_error(f"trainer.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise _config_error(f"trainer.ema_decay must be in (0, 1) or null, got {self.ema_decay!r}")
+
+
+@dataclass
+class TrainPlan:
+    """How long the run is, known before the optimiser is built (``recipe.plan``; e.g. SaRA's progressive
+    schedule needs the total). ``steps_per_epoch`` / ``epochs`` are ``None`` for loaders without a length."""
+
+    total_steps: int
+    steps_per_epoch: int | None
+    epochs: int | None
 
 
 def find_resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -62,16 +128,27 @@ def find_resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return path if path.is_file() else None
 
 
+def _loader_length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable without __len__
+        return None
+
+
 class Trainer:
-    """Runs ``recipe`` for ``cfg.epochs`` epochs, writing everything into ``output_dir``.
+    """Runs ``recipe`` with the loop its config asks for, writing everything into ``output_dir``.
 
     Args:
-        recipe: supplies model, loaders, training step and evaluation.
+        recipe: supplies model, data, training step and evaluation.
         cfg, optim, schedule: loop, optimiser and lr-schedule settings.
         output_dir: the run directory.
         seed: seeds python/numpy/torch on every process (loader order is seeded separately by the recipe).
         resume: ``None`` (fresh run), ``"auto"`` (resume from ``output_dir/last.pt`` when present) or a path.
-        callbacks: ``fn(trainer, epoch, metrics)`` called on every process after each epoch's checkpoint.
+        callbacks: ``fn(trainer, epoch, metrics)`` called on every process after each checkpoint point.
+        on_start: ``fn(trainer)`` called on the main process once model and data are built, before training
+            (``tools/train.py`` writes ``config.yaml`` there, so a run that fails to start leaves nothing behind).
+        history: notes of earlier sessions of this run (e.g. the overrides given to each ``--resume``), kept in
+            ``last.pt`` and ``metrics.json``.
     """
 
     def __init__(
@@ -85,69 +162,119 @@ class Trainer:
         seed: int = 0,
         resume: str | os.PathLike | None = None,
         callbacks: Iterable[Callable] = (),
+        on_start: Callable[["Trainer"], None] | None = None,
+        history_note: dict[str, Any] | None = None,
     ):
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState, GradientState
-        from accelerate.utils import DataLoaderConfiguration
+        from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+        from zoo.engine.accel import RunAccelerator
 
         self.recipe, self.cfg, self.optim_cfg, self.schedule_cfg = recipe, cfg, optim, schedule
         self.output_dir = Path(output_dir)
         self.seed = seed
         self.resume = resume
         self.callbacks = list(callbacks)
+        self.on_start = on_start
+        self.history_note = history_note
         self.best_mode = cfg.best_mode or getattr(recipe, "main_metric_mode", "max")
         if self.best_mode not in ("max", "min"):
             raise ValueError(f"trainer.best_mode must be 'max' or 'min', got '{self.best_mode}'")
-        # accelerate keeps process-wide singletons: a second Trainer in one process (a notebook, the tests) with
-        # other settings (e.g. mixed precision) would be refused. Reset them, keeping the process group.
-        AcceleratorState._reset_state(reset_partial_state=False)
-        GradientState._reset_state()
-        self.accelerator = Accelerator(
+        self._run_accelerator = RunAccelerator(
             cpu=cfg.cpu or not torch.cuda.is_available(),
             mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum_steps,
             # batch_size in configs is the global batch: each process takes its slice, so results do not
             # depend on the number of processes (and the scheduler steps once per optimiser step).
             dataloader_config=DataLoaderConfiguration(split_batches=True),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.ddp_find_unused_parameters)],
         )
+        self.accelerator = self._run_accelerator.accelerator
         self.best_metric = cfg.best_metric or getattr(recipe, "main_metric", None)
-        self.epoch = 0
-        self.global_step = 0
+        self.loop_name = self._choose_loop()
+        self.epoch = 0  # completed epochs (passes over the training loader)
+        self.global_step = 0  # optimiser steps (stream loop: batches)
+        self.batch_in_epoch = 0  # batches of the current epoch (or stream domain) already trained on
         self.best: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run
+        self.stop = StopRequest()
+        self.model = self.optimizer = self.scheduler = self.ema = None
+        self.train_loader = self.eval_loader = None
+        self.stream: list[tuple[str, Any]] = []
+        self.loop: Any = None
 
     # ------------------------------------------------------------------ setup
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def _choose_loop(self) -> str:
+        if self.cfg.loop is not None:
+            return self.cfg.loop
+        if getattr(self.recipe, "has_stream", lambda: False)():
+            return "stream"
+        return "iteration" if self.cfg.max_steps else "epoch"
+
+    def _plan(self, train_loader: Any) -> TrainPlan:
+        cfg = self.cfg
+        n = _loader_length(train_loader)
+        if n is not None and cfg.max_steps_per_epoch:
+            n = min(n, cfg.max_steps_per_epoch * cfg.grad_accum_steps)
+        elif n is None and cfg.max_steps_per_epoch:
+            n = cfg.max_steps_per_epoch * cfg.grad_accum_steps
+        self.batches_per_epoch = n
+        steps_per_epoch = math.ceil(n / cfg.grad_accum_steps) if n is not None else None
+        self.steps_per_epoch = steps_per_epoch
+        if self.loop_name == "iteration":
+            if not cfg.max_steps:
+                raise _config_error("the iteration loop needs trainer.max_steps (the number of optimiser steps)")
+            return TrainPlan(cfg.max_steps, steps_per_epoch, None)
+        if steps_per_epoch is None:
+            raise _config_error("the training loader has no length (an iterable dataset): set trainer.max_steps to "
+                                "train by steps (iteration loop), or trainer.max_steps_per_epoch")
+        return TrainPlan(steps_per_epoch * cfg.epochs, steps_per_epoch, cfg.epochs)
+
     def _setup(self) -> None:
         from accelerate.utils import set_seed
+
+        from zoo.engine.loops import build_loop
 
         acc = self.accelerator
         set_seed(self.seed)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         model = self.recipe.build_model()
-        train_loader, eval_loader = self.recipe.build_dataloaders()
-        self._sampler = getattr(train_loader, "sampler", None)
-        batch = train_loader.batch_size or 1
-        if batch % acc.num_processes:
-            raise ValueError(
-                f"The global batch size {batch} is not divisible by the {acc.num_processes} processes; "
-                "change data.batch_size or the number of processes"
-            )
-        n_batches = len(train_loader)
-        if self.cfg.max_steps_per_epoch:
-            n_batches = min(n_batches, self.cfg.max_steps_per_epoch * self.cfg.grad_accum_steps)
-        self.batches_per_epoch = n_batches
-        self.steps_per_epoch = math.ceil(n_batches / self.cfg.grad_accum_steps)
+        if self.loop_name == "stream":
+            self.stream = [(name, acc.prepare(loader)) for name, loader in self.recipe.build_stream()]
+            if not self.stream:
+                raise ValueError(f"recipe '{type(self.recipe).__name__}' built an empty stream (no domains)")
+            train_loader, eval_loader = None, None
+            plan = TrainPlan(sum(_loader_length(l) or 0 for _, l in self.stream), None, None)
+        else:
+            train_loader, eval_loader = self.recipe.build_dataloaders()
+            batch = getattr(train_loader, "batch_size", None) or 1
+            if batch % acc.num_processes:
+                raise ValueError(
+                    f"The global batch size {batch} is not divisible by the {acc.num_processes} processes; "
+                    "change data.batch_size or the number of processes")
+            plan = self._plan(train_loader)
+        self.recipe.plan = plan
         optimizer = self.recipe.configure_optimizer(model, self.optim_cfg)
-        self.scheduler = build_scheduler(optimizer, self.schedule_cfg, self.steps_per_epoch, self.cfg.epochs)
+        self.scheduler = (build_scheduler(optimizer, self.schedule_cfg, plan.steps_per_epoch, plan.epochs,
+                                          total_steps=plan.total_steps) if optimizer is not None else None)
         self.ema = ModelEma(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
-        self.model, self.optimizer, self.train_loader, self.eval_loader = acc.prepare(model, optimizer, train_loader, eval_loader)
+        to_prepare = [model] + ([optimizer] if optimizer is not None else [])
+        prepared = acc.prepare(*to_prepare)
+        prepared = prepared if isinstance(prepared, (list, tuple)) else (prepared,)
+        self.model = prepared[0]
+        self.optimizer = prepared[1] if optimizer is not None else None
+        if train_loader is not None:
+            self.train_loader = acc.prepare(train_loader)
+            self.eval_loader = acc.prepare(eval_loader) if eval_loader is not None else None
+        self._sampler = getattr(train_loader, "sampler", None)
         if self.ema is not None:
             self.ema.to(acc.device)
-        self.logger = RunLogger(self.output_dir, enabled=self.is_main, tensorboard=self.cfg.tensorboard)
+        self.loop = build_loop(self.loop_name, self)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -157,12 +284,19 @@ class Trainer:
         acc = self.accelerator
         state = {
             "model": self.recipe.checkpoint_state(acc.unwrap_model(self.model)),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch,
             "epochs_total": self.cfg.epochs,
+            "max_steps": self.cfg.max_steps,
+            "loop": self.loop_name,
+            "loop_state": self.loop.state_dict(),
+            "recipe_state": self.recipe.recipe_state(),
             "best": self.best,
+            "history": self.history,
+            "elapsed_s": self.elapsed_before + self._session_time(),
             "rng": gather_object([capture_rng_state()]) if acc.num_processes > 1 else [capture_rng_state()],
         }
         if acc.scaler is not None:
@@ -174,9 +308,14 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (the model/optimiser must already be built)."""
         acc = self.accelerator
+        if state.get("loop", "epoch") != self.loop_name:
+            raise RuntimeError(f"the checkpoint was written by the {state.get('loop')} loop but this run uses the "
+                               f"{self.loop_name} loop (trainer.loop / trainer.max_steps); resume with the same settings")
         self.recipe.load_checkpoint_state(acc.unwrap_model(self.model), state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state and acc.scaler is not None:
             acc.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
@@ -184,7 +323,12 @@ class Trainer:
                 raise RuntimeError("trainer.ema_decay is set but the checkpoint has no EMA weights; resume without EMA")
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.global_step, self.best = state["epoch"], state["global_step"], state["best"]
-        if state.get("epochs_total") != self.cfg.epochs:
+        self.batch_in_epoch = state.get("batch_in_epoch", 0)
+        self.history = list(state.get("history", []))
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self.loop.load_state_dict(state.get("loop_state", {}))
+        self.recipe.load_recipe_state(state.get("recipe_state", {}))
+        if self.loop_name == "epoch" and state.get("epochs_total") != self.cfg.epochs:
             _logger.warning(
                 "Resuming a run planned for %s epochs with trainer.epochs=%s: the lr schedule is rescaled to the new length",
                 state.get("epochs_total"), self.cfg.epochs,
@@ -204,124 +348,164 @@ class Trainer:
             path = Path(self.resume)
             if not path.is_file():
                 raise FileNotFoundError(f"Resume checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.load_state_dict(state)
-        _logger.info("Resumed from %s at epoch %d (step %d)", path, self.epoch, self.global_step)
+        self.load_state_dict(read_checkpoint(path, what="the run's last.pt (--resume)"))
+        note = {"resumed_at_step": self.global_step, "epoch": self.epoch, **(self.history_note or {})}
+        self.history.append(note)
+        _logger.info("Resumed from %s at epoch %d (step %d%s)", path, self.epoch, self.global_step,
+                     f", batch {self.batch_in_epoch} of the epoch" if self.batch_in_epoch else "")
 
-    # ------------------------------------------------------------------ loop
+    def save_last(self) -> None:
+        """Write ``last.pt`` (collective: every process must call it; only the main process writes)."""
+        state = self.state_dict()  # gathers RNG states
+        if self.is_main:
+            atomic_save(state, self.output_dir / LAST)
+        self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ steps
     def eval_model(self) -> nn.Module:
         """The weights evaluation uses: the EMA copy when enabled, else the trained model."""
         return self.ema.module if self.ema is not None else self.model
 
-    def _train_epoch(self) -> dict[str, float]:
-        acc, cfg = self.accelerator, self.cfg
-        self.model.train()
+    def set_loader_epoch(self, loader: Any, epoch: int) -> None:
+        """Make the loader's order (and its workers' seeds) those of ``epoch``."""
         # accelerate's prepared loader calls sampler.set_epoch(<its own iteration count>) on every __iter__, and
         # that count restarts at 0 in a resumed process: set it (and through it the sampler) to the true epoch.
-        if hasattr(self.train_loader, "set_epoch"):
-            self.train_loader.set_epoch(self.epoch)
-        elif self._sampler is not None and hasattr(self._sampler, "set_epoch"):
-            self._sampler.set_epoch(self.epoch)
-        sums: dict[str, float] = defaultdict(float)
-        count = 0
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   disable=not progress_enabled(cfg.progress, self.is_main), dynamic_ncols=True, leave=False)
-        for i, batch in enumerate(self.train_loader):
-            if i >= self.batches_per_epoch:
-                break
-            with acc.accumulate(self.model):
-                losses = self.recipe.training_step(self.model, batch)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"Loss is {loss.item()} at epoch {self.epoch + 1}, step {self.global_step}; "
-                                             "lower optim.lr or enable trainer.clip_grad_norm")
-                acc.backward(loss)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        sampler = getattr(loader, "sampler", None) or self._sampler
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def train_batch(self, batch: Any, batch_index: int, domain: str | None = None,
+                    allow_no_backward: bool = False) -> dict[str, float]:
+        """One micro-step: the recipe's ``train_step`` (its backward passes), then on the last micro-step of an
+        accumulation window clipping, the optimiser and scheduler steps and the EMA update. Returns the step's
+        scalars (returned losses and ``ctx.log`` values) as floats."""
+        acc, cfg = self.accelerator, self.cfg
+        with acc.accumulate(self.model):
+            ctx = StepContext(acc, self.model, self.optimizer, step=self.global_step, epoch=self.epoch,
+                              batch_index=batch_index, domain=domain)
+            out = self.recipe.train_step(self.model, batch, ctx) or {}
+            stepped = ctx.num_backward > 0 and self.optimizer is not None
+            if ctx.num_backward == 0 and not allow_no_backward:
+                raise RuntimeError(f"{type(self.recipe).__name__}.train_step returned without calling ctx.backward "
+                                   "(nothing to train); call ctx.backward(loss) in the step")
+            if stepped:
                 if acc.sync_gradients and cfg.clip_grad_norm:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            for k, v in losses.items():
-                sums[k] += float(v.detach())
-            count += 1
-            if acc.sync_gradients:
-                if not acc.optimizer_step_was_skipped:
-                    self.scheduler.step()
-                self.global_step += 1
-                if self.ema is not None:
-                    self.ema.update(acc.unwrap_model(self.model))
-                bar.update(1)
-                if self.global_step % cfg.log_every == 0:
-                    bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-        bar.close()
-        return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+        values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
+        values.update(ctx.logged)
+        if acc.sync_gradients:
+            if stepped and self.scheduler is not None and not acc.optimizer_step_was_skipped:
+                self.scheduler.step()
+            self.global_step += 1
+            if self.ema is not None and stepped:
+                self.ema.update(acc.unwrap_model(self.model))
+        return values
 
     def evaluate(self, output_dir: str | os.PathLike | None = None) -> dict[str, float]:
-        """Evaluate the current (or EMA) weights on the recipe's eval loader."""
+        """Evaluate the current (or EMA) weights on the recipe's eval loader; the model is left in train mode."""
         model = self.eval_model()
         with torch.no_grad():
             self.recipe.before_evaluate(self.accelerator.unwrap_model(model), self.accelerator)
             model.eval()
-            return self.recipe.evaluate(model, self.eval_loader, self.accelerator, output_dir=output_dir)
+            try:
+                return self.recipe.evaluate(model, self.eval_loader, self.accelerator, output_dir=output_dir)
+            finally:
+                self.model.train()
 
     def _is_better(self, value: float) -> bool:
         if "value" not in self.best:
             return True
         return value > self.best["value"] if self.best_mode == "max" else value < self.best["value"]
 
-    def _save_best(self, metrics: dict[str, float]) -> None:
+    def save_best(self, metrics: dict[str, float]) -> None:
+        """Write ``best.pt`` when ``metrics[best_metric]`` beats the best so far."""
         if self.best_metric is None or self.best_metric not in metrics:
             return
         value = metrics[self.best_metric]
         if not self._is_better(value):
             return
-        self.best = {"metric": self.best_metric, "value": value, "epoch": self.epoch}
+        self.best = {"metric": self.best_metric, "value": value, "epoch": self.epoch, "step": self.global_step}
         if self.is_main:
             weights = self.recipe.checkpoint_state(self.accelerator.unwrap_model(self.eval_model()))
-            atomic_save({"model": weights, "epoch": self.epoch, "metric": self.best_metric, "value": value}, self.output_dir / BEST)
+            atomic_save({"model": weights, "epoch": self.epoch, "step": self.global_step, "metric": self.best_metric,
+                         "value": value}, self.output_dir / BEST)
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """Append ``row`` to metrics.csv / TensorBoard and print it on the console (main process)."""
+        self.logger.log(row, self.global_step)
+        if self.is_main:
+            _logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+    def lr(self) -> float | None:
+        """The current learning rate of the first parameter group (``None`` without optimiser)."""
+        return self.scheduler.get_last_lr()[0] if self.scheduler is not None else None
+
+    def check_stop(self) -> None:
+        """After a step: if Ctrl-C was pressed (on any process), save ``last.pt`` and raise TrainingInterrupted."""
+        requested = self.stop.requested
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(requested)], device=self.accelerator.device)
+            requested = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        if requested:
+            self.save_last()
+            raise TrainingInterrupted(self.output_dir, self.epoch, self.global_step)
+
+    def run_callbacks(self, metrics: dict[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback(self, self.epoch, metrics)
+
+    # ------------------------------------------------------------------ run
+    def _session_time(self) -> float:
+        return time.time() - self._session_start if getattr(self, "_session_start", None) else 0.0
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``cfg.epochs`` (resuming if asked); returns the final metrics also written to ``metrics.json``."""
+        """Run the loop to its end (resuming if asked); returns the summary also written to ``metrics.json``."""
+        outer_rng = capture_rng_state()
+        try:
+            with self._run_accelerator.active(), self.stop:
+                return self._fit()
+        finally:
+            restore_rng_state(outer_rng)
+
+    def _fit(self) -> dict[str, Any]:
         self._setup()
-        self._maybe_resume()
-        acc, cfg = self.accelerator, self.cfg
-        start = time.time()
-        metrics: dict[str, float] = {}
-        while self.epoch < cfg.epochs:
-            train_metrics = self._train_epoch()
-            is_last = self.epoch + 1 == cfg.epochs
-            metrics = {}
-            if is_last or (self.epoch + 1) % cfg.eval_every == 0:
-                metrics = self.evaluate(output_dir=self.output_dir if is_last else None)
-            self.epoch += 1
-            row = {"epoch": self.epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0], **train_metrics,
-                   **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
-            self.logger.log(row, self.global_step)
+        self.logger = RunLogger(self.output_dir, enabled=self.is_main, tensorboard=self.cfg.tensorboard)
+        try:
+            self._maybe_resume()
+            self.logger.truncate_after(self.global_step, purge_tensorboard=self.resume is not None)
+            if self.on_start is not None and self.is_main:
+                self.on_start(self)
+            self._session_start = time.time()
+            metrics = self.loop.run()
+            summary = self._summary(metrics)
             if self.is_main:
-                _logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            self._save_best(metrics)
-            if is_last or self.epoch % cfg.save_every == 0:
-                state = self.state_dict()  # collective (gathers RNG states): every process calls it
-                if self.is_main:
-                    atomic_save(state, self.output_dir / LAST)
-                acc.wait_for_everyone()
-            for callback in self.callbacks:
-                callback(self, self.epoch, metrics)
-        if not metrics:  # resumed a finished run: evaluate once more so metrics.json is complete
-            metrics = self.evaluate(output_dir=self.output_dir)
-        summary = {
+                tmp = self.output_dir / "metrics.json.tmp"
+                tmp.write_text(json.dumps(summary, indent=2, default=float))
+                os.replace(tmp, self.output_dir / "metrics.json")
+            self.accelerator.wait_for_everyone()
+            return summary
+        finally:
+            self.logger.close()
+
+    def _summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        acc = self.accelerator
+        return {
             "final": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            **({"domains": metrics["domains"]} if isinstance(metrics.get("domains"), dict) else {}),
             "best": self.best,
             "epochs": self.epoch,
             "steps": self.global_step,
+            "loop": self.loop_name,
             "world_size": acc.num_processes,
             "ema": self.ema is not None,
-            "train_time_s": round(time.time() - start, 2),
-            "trainer": asdict(cfg),
+            "train_time_s": round(self.elapsed_before + self._session_time(), 2),
+            "sessions": 1 + len(self.history),
+            "history": self.history,
+            "trainer": asdict(self.cfg),
+            "complete": True,
         }
-        if self.is_main:
-            tmp = self.output_dir / "metrics.json.tmp"
-            tmp.write_text(json.dumps(summary, indent=2))
-            os.replace(tmp, self.output_dir / "metrics.json")
-        self.logger.close()
-        acc.wait_for_everyone()
-        return summary
+

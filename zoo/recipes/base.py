@@ -42,8 +42,19 @@ class Recipe:
     """A task: builds model and data from its config, defines one training step and one evaluation.
 
     Subclasses set ``Config`` (a :class:`RecipeConfig` dataclass) and ``main_metric`` (used to keep the best
-    checkpoint), and implement the four methods below. Nothing here reads the config file: the recipe gets a
-    validated dataclass.
+    checkpoint), and implement ``build_model``, ``build_dataloaders``, a step and ``evaluate``. Nothing here reads
+    the config file: the recipe gets a validated dataclass.
+
+    The step, either of:
+
+    * ``training_step(model, batch) -> {"loss": ..., ...}`` — one loss, back-propagated by the Trainer;
+    * ``train_step(model, batch, ctx) -> {name: scalar}`` — the recipe calls ``ctx.backward(loss)`` itself, once
+      or several times (sandwich rule), and may ``ctx.log(...)`` more scalars (see
+      :class:`zoo.engine.context.StepContext`).
+
+    Other shapes of run: a recipe that builds a stream (:meth:`build_stream`) is run by the stream loop (test-time
+    adaptation: no eval loader, online metrics); a recipe that overrides :meth:`run` drives its whole run itself
+    (a search, a study of nested trainings) and is still launched by ``tools/train.py CONFIG``.
     """
 
     Config: ClassVar[type[RecipeConfig]] = RecipeConfig
@@ -52,6 +63,46 @@ class Recipe:
 
     def __init__(self, cfg: RecipeConfig):
         self.cfg = cfg
+        self.plan: Any = None  # zoo.engine.trainer.TrainPlan, set by the Trainer before configure_optimizer
+
+    # ---------------------------------------------------------------- shape of the run
+    def owns_run(self) -> bool:
+        """Whether this recipe drives its own run (it overrides :meth:`run`)."""
+        return type(self).run is not Recipe.run
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        """Drive the whole run (``ctx``: :class:`zoo.engine.context.RunContext`); return its final metrics, which
+        ``tools/train.py`` writes to ``metrics.json``. Only for recipes that are not "train, then evaluate"."""
+        raise NotImplementedError
+
+    def has_stream(self) -> bool:
+        """Whether the recipe is run by the stream loop (it overrides :meth:`build_stream`)."""
+        return type(self).build_stream is not Recipe.build_stream
+
+    def build_stream(self) -> list[tuple[str, torch.utils.data.DataLoader]]:
+        """The ordered ``(domain name, loader)`` sequence of a stream run (test-time adaptation)."""
+        raise NotImplementedError
+
+    def on_domain_start(self, model: nn.Module, name: str, index: int) -> None:
+        """Stream loop: called before the first batch of each domain (e.g. to reset the model per domain)."""
+
+    def stream_metrics(self, per_domain: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """Final metrics of a stream from the per-domain sums of the step's scalars (each dict also has
+        ``batches``). Default: each scalar's per-batch mean per domain (``<domain>/<name>``), its mean over domains
+        (``<name>``) and ``domains`` (the per-domain means)."""
+        means = {d: {k: v / max(s["batches"], 1) for k, v in s.items() if k != "batches"} for d, s in per_domain.items()}
+        keys = list(dict.fromkeys(k for m in means.values() for k in m))
+        out: dict[str, Any] = {k: sum(m[k] for m in means.values() if k in m) / len(means) for k in keys}
+        out.update({f"{d}/{k}": v for d, m in means.items() for k, v in m.items()})
+        out["domains"] = means
+        return out
+
+    def recipe_state(self) -> dict[str, Any]:
+        """State the recipe keeps outside the model and optimiser (e.g. a teacher), saved in ``last.pt``."""
+        return {}
+
+    def load_recipe_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`recipe_state`."""
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -71,7 +122,16 @@ class Recipe:
 
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         """Losses of one batch; must contain ``"loss"`` (the one to back-propagate)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines neither training_step nor train_step")
+
+    def train_step(self, model: nn.Module, batch: Any, ctx: Any) -> dict[str, torch.Tensor]:
+        """One step with its backward passes (``ctx.backward``); default: :meth:`training_step`, then backward of
+        its ``"loss"``. Returns the scalars to log."""
+        losses = self.training_step(model, batch)
+        if "loss" not in losses:
+            raise KeyError(f"{type(self).__name__}.training_step must return a dict with 'loss'; got {sorted(losses)}")
+        ctx.backward(losses["loss"])
+        return losses
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
         """Metrics over the whole ``loader`` (gathered across processes). Writes artefacts to ``output_dir`` if given."""
