@@ -9,9 +9,15 @@ import yaml
 import zoo
 from zoo.hub import CHECKPOINT_DIR, sha256sum
 from zoo.registry import get_pretrained_cfg
+from zoo.resources import checkpoint_dirs
 
 MANIFEST = yaml.safe_load((CHECKPOINT_DIR / "manifest.yaml").read_text()) or []
 MB = 1 << 20
+
+
+def test_checkpoint_dir_is_the_shipped_folder(repo_root):
+    """In this checkout the shipped weights are the repo's checkpoints/ (a wheel: tests/test_packaging.py)."""
+    assert checkpoint_dirs() == [repo_root / "checkpoints"] and CHECKPOINT_DIR == repo_root / "checkpoints"
 
 
 def test_manifest_entries_match_files_and_cfgs():

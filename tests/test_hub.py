@@ -1,7 +1,10 @@
-"""Pretrained weights: resolution order, sha256, foreign checkpoints, head re-init, key reports, safe loading."""
+"""Pretrained weights: resolution order, sha256, foreign checkpoints, head re-init, key reports, safe loading,
+and errors that name the weights file and the real cause (truncated, corrupt, pickled objects, no weights)."""
 from __future__ import annotations
 
 import logging
+import struct
+import zipfile
 
 import pytest
 import torch
@@ -9,8 +12,9 @@ from safetensors.torch import save_file
 
 import toys  # noqa: F401
 from zoo import hub
+from zoo.files import CorruptFileError, UnsafeCheckpointError, read_safetensors_file, read_torch_file
 from zoo.hub import sha256sum
-from zoo.registry import create_model
+from zoo.registry import create_model, list_models
 
 
 @pytest.fixture
@@ -46,7 +50,7 @@ def test_explicit_checkpoint_path_is_not_held_to_the_shipped_files_sha(tmp_path,
     path = tmp_path / "mine.safetensors"
     save_file(source.state_dict(), str(path))
     shipped = get_pretrained_cfg("toy_mlp").replace(file="shipped.safetensors", sha256="0" * 64)
-    monkeypatch.setattr("zoo.registry.get_pretrained_cfg", lambda name: shipped)
+    monkeypatch.setattr(hub, "lookup_pretrained_cfg", lambda name: shipped)
     assert _same(create_model("toy_mlp", checkpoint_path=path), source)
     with pytest.raises(RuntimeError, match="sha256 mismatch"):
         create_model("toy_mlp", checkpoint_path=path, pretrained_cfg_overlay=dict(sha256="1" * 64))
@@ -55,7 +59,7 @@ def test_explicit_checkpoint_path_is_not_held_to_the_shipped_files_sha(tmp_path,
 def test_resolution_order_zoo_home_then_checkpoints(tmp_path, source, monkeypatch):
     home, ckpts = tmp_path / "home", tmp_path / "ckpts"
     home.mkdir(), ckpts.mkdir()
-    monkeypatch.setattr(hub, "CHECKPOINT_DIR", ckpts)
+    monkeypatch.setattr(hub, "checkpoint_dirs", lambda: [ckpts])
     other = create_model("toy_mlp")
     save_file(other.state_dict(), str(ckpts / "toy.safetensors"))
     overlay = dict(file="toy.safetensors")
@@ -72,9 +76,8 @@ def test_missing_weights_lists_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError) as err:
         create_model("toy_mlp", pretrained=True, pretrained_cfg_overlay=dict(file="absent.safetensors"))
-    assert str(tmp_path / "absent.safetensors") in str(err.value) and "checkpoints" in str(err.value)
-    with pytest.raises(FileNotFoundError, match="cfg names no file"):
-        create_model("toy_mlp", pretrained=True)
+    assert str(tmp_path / "absent.safetensors") in str(err.value)
+    assert all(str(d / "absent.safetensors") in str(err.value) for d in hub.checkpoint_dirs())
     with pytest.raises(FileNotFoundError, match="checkpoint_path"):
         create_model("toy_mlp", checkpoint_path=str(tmp_path / "nope.pt"))
 
@@ -105,6 +108,57 @@ def test_head_reinitialised_when_num_classes_differs(tmp_path, source, caplog):
     assert torch.equal(model.body[0].weight, source.body[0].weight)
 
 
+def test_reinit_warning_gives_the_checkpoints_class_count_not_the_cfgs(tmp_path, caplog):
+    """The counts come from the tensors: a 5-class checkpoint of toy_mlp (whose cfg says 3) into a 7-class model."""
+    path = tmp_path / "five.safetensors"
+    save_file(create_model("toy_mlp", num_classes=5).state_dict(), str(path))
+    with caplog.at_level(logging.WARNING):
+        create_model("toy_mlp", checkpoint_path=str(path), num_classes=7)
+    assert "checkpoint 5 classes, model 7" in caplog.text and "'toy_mlp'" in caplog.text
+
+
+def test_allow_head_reinit_false_refuses_a_class_count_mismatch(tmp_path, source):
+    path = tmp_path / "toy.safetensors"
+    save_file(source.state_dict(), str(path))
+    with pytest.raises(RuntimeError) as err:
+        create_model("toy_mlp", checkpoint_path=str(path), num_classes=7, allow_head_reinit=False)
+    msg = str(err.value)
+    assert "'toy_mlp'" in msg and "has 3 classes" in msg and "built with 7" in msg
+    assert "allow_head_reinit=False" in msg and "fine-tune" in msg and "checkpoint's 3 classes" in msg
+    # same class count: loads; and the keyword never reaches ToyMLP (which takes no **kwargs)
+    model = create_model("toy_mlp", checkpoint_path=str(path), allow_head_reinit=False)
+    assert _same(model, source)
+    assert create_model("toy_mlp", allow_head_reinit=False).num_classes == 3
+
+
+def test_allow_head_reinit_false_on_the_shipped_weights():
+    """issue 14 item 3: the ModelNet10 weights evaluated with a 40-class head must fail, not score 2 %."""
+    name = "pointramba_small_modelnet10"
+    assert name in list_models(pretrained=True)
+    with pytest.raises(RuntimeError, match=r"'pointramba_small_modelnet10'.* 10 classes .*built with 40"):
+        create_model(name, pretrained=True, num_classes=40, allow_head_reinit=False)
+    assert create_model(name, pretrained=True, allow_head_reinit=False).num_classes == 10
+
+
+def test_timm_head_check():
+    from zoo.registry import _check_timm_head
+
+    model = create_model("timm/resnet18", num_classes=3)  # its pretrained cfg describes 1000 ImageNet classes
+    with pytest.raises(RuntimeError, match=r"1000-class classifier.*num_classes=3.*allow_head_reinit=False"):
+        _check_timm_head("timm/resnet18", model)
+    _check_timm_head("timm/resnet18", create_model("timm/resnet18"))
+
+
+@pytest.mark.parametrize("name", ["toy_mlp", "pointnet"])
+def test_model_without_weights_says_so_and_lists_those_with_weights(name):
+    with pytest.raises(FileNotFoundError) as err:
+        create_model(name, pretrained=True)
+    msg = str(err.value)
+    assert f"'{name}' has no pretrained weights" in msg and "Put the file" not in msg
+    with_weights = list_models(pretrained=True)
+    assert with_weights and all(n in msg for n in with_weights)
+
+
 def test_non_strict_warns(tmp_path, source, caplog):
     sd = dict(source.state_dict())
     sd["extra.weight"] = torch.zeros(1)
@@ -118,8 +172,70 @@ class _Evil:
     pass
 
 
-def test_pickled_objects_refused(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_objects_refused(tmp_path, zip_format):
     path = tmp_path / "evil.pt"
-    torch.save({"state_dict": {}, "obj": _Evil()}, path)
-    with pytest.raises(RuntimeError, match="weights_only=True"):
+    torch.save({"state_dict": {}, "obj": _Evil()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(UnsafeCheckpointError) as err:
         create_model("toy_mlp", checkpoint_path=str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "_Evil" in msg and "weights_only=True" in msg
+    assert "zoo never unpickles arbitrary objects" in msg and "truncated" not in msg
+
+
+def _cut(src, dst, fraction=0.5):
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.02, 0.0])
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_truncated_pt_is_reported_as_truncated_not_as_pickle_safety(tmp_path, source, fraction, zip_format):
+    full = tmp_path / "full.pt"
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, full, _use_new_zipfile_serialization=zip_format)
+    path = _cut(full, tmp_path / "cut.pt", fraction)
+    with pytest.raises(CorruptFileError) as err:
+        create_model("toy_mlp", checkpoint_path=str(path))
+    msg = str(err.value)
+    assert str(path) in msg and f"({path.stat().st_size} bytes)" in msg
+    assert "truncated or corrupt" in msg and "Re-download it or re-save it" in msg
+    assert "weights_only=False" not in msg and "unpickles" not in msg
+
+
+def test_read_torch_file_names_what_it_reads(tmp_path, source):
+    full = tmp_path / "last.pt"
+    torch.save({"model": source.state_dict(), "step": 7}, full)
+    assert read_torch_file(full)["step"] == 7
+    with pytest.raises(CorruptFileError, match=r"^Resume file .*cut\.pt \(\d+ bytes\) is truncated or corrupt"):
+        read_torch_file(_cut(full, tmp_path / "cut.pt"), what="resume file")
+    with pytest.raises(FileNotFoundError, match=r"Resume file .*nope\.pt does not exist"):
+        read_torch_file(tmp_path / "nope.pt", what="resume file")
+
+
+def test_bit_flip_in_a_zip_checkpoint_is_corrupt(tmp_path, source):
+    """A damaged byte inside the pickled part: torch.load fails and the archive's CRC check names the member."""
+    path = tmp_path / "flip.pt"
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, path)
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith("data.pkl"))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # first byte of the pickle, past its local header
+    data[start + 2:start + 10] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="truncated or corrupt"):
+        read_torch_file(path)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.999, 0.001])
+def test_truncated_safetensors_names_the_file(tmp_path, source, fraction):
+    full = tmp_path / "full.safetensors"
+    save_file(source.state_dict(), str(full))
+    path = _cut(full, tmp_path / "cut.safetensors", fraction)
+    with pytest.raises(CorruptFileError) as err:
+        create_model("toy_mlp", checkpoint_path=str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "truncated or corrupt" in msg and "Re-download" in msg
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        read_safetensors_file(tmp_path / "nope.safetensors")

@@ -56,3 +56,45 @@ def test_timm_delegation():
 def test_timm_unknown_name():
     with pytest.raises(KeyError, match="Unknown timm model 'resnet1800'"):
         create_model("timm/resnet1800")
+
+
+def _imported_modules(path) -> set[str]:
+    """Every module a source file imports (at any level, lazily inside functions too)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_no_hub_registry_import_cycle(repo_root):
+    """PretrainedCfg and its store live in the leaf zoo.pretrained_cfg: hub and registry import it, not each other."""
+    from zoo import hub, pretrained_cfg, registry
+
+    zoo_dir = repo_root / "zoo"
+    assert not any(m.startswith("zoo.registry") for m in _imported_modules(zoo_dir / "hub.py"))
+    assert not any(m.startswith("zoo.hub") for m in _imported_modules(zoo_dir / "registry.py"))
+    assert not any(m.startswith(("zoo.hub", "zoo.registry")) for m in _imported_modules(zoo_dir / "pretrained_cfg.py"))
+    assert hub.PretrainedCfg is pretrained_cfg.PretrainedCfg is registry.PretrainedCfg
+    # the store registry fills is the one hub reads
+    assert hub.lookup_pretrained_cfg("toy_mlp") is registry.get_pretrained_cfg("toy_mlp")
+
+
+def test_pretrained_cfg_leaf_imports_alone():
+    """zoo.pretrained_cfg imports in a fresh interpreter without pulling in hub, registry or torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.util; spec = importlib.util.spec_from_file_location('pc', sys.argv[1]); "
+            "m = sys.modules['pc'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "print(m.PretrainedCfg(file='x').has_weights, 'torch' in sys.modules)")
+    from zoo import pretrained_cfg
+
+    out = subprocess.run([sys.executable, "-c", code, pretrained_cfg.__file__], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["True", "False"]

@@ -5,12 +5,15 @@ Resolution order for a model's weights (first hit wins):
 1. ``checkpoint_path`` passed to ``create_model`` (any local file; no sha256 unless the cfg overlay gives one),
 2. the cfg's ``file`` if it is an existing path,
 3. ``$ZOO_HOME/<file>``,
-4. the repo's ``checkpoints/<file>``,
+4. the shipped weights, ``<dir>/<file>`` for each of ``zoo.resources.checkpoint_dirs()`` (the package data of a
+   wheel install, or ``checkpoints/`` of a source checkout),
 5. the cfg's ``url`` (downloaded with ``torch.hub``; fails cleanly offline).
+
+Files are read with ``zoo.files`` (``weights_only=True``; truncated or corrupt files are reported as such).
+``PretrainedCfg`` lives in the leaf module ``zoo.pretrained_cfg`` and is re-exported here.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -21,6 +24,9 @@ import torch
 from torch import nn
 
 from zoo._introspect import call_with_checked_kwargs
+from zoo.files import read_safetensors_file, read_torch_file
+from zoo.pretrained_cfg import PretrainedCfg, lookup_pretrained_cfg, names_with_weights
+from zoo.resources import checkpoint_dirs
 
 __all__ = [
     "PretrainedCfg",
@@ -35,62 +41,10 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+# The first folder of shipped weights (kept for callers that want one path); lookups use checkpoint_dirs().
+CHECKPOINT_DIR = next(iter(checkpoint_dirs()), Path(__file__).resolve().parent / "_checkpoints")
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "base_model", "module")
 _PREFIXES = ("module.", "_orig_mod.")
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainedCfg:
-    """What a model's weights are and where they come from.
-
-    Fields mirror timm's ``PretrainedCfg`` where they overlap. ``classifier`` names the head module(s) whose
-    weights are dropped when ``num_classes`` differs from the checkpoint's.
-    """
-
-    architecture: str | None = None
-    file: str | None = None
-    url: str | None = None
-    sha256: str | None = None
-    num_classes: int | None = None
-    classifier: str | tuple[str, ...] | None = None
-    input_size: tuple[int, ...] | None = None  # (C, H, W) for images, (N, 3) for point clouds
-    num_points: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    label_names: tuple[str, ...] | None = None
-    metrics: Mapping[str, float] | None = None
-    dataset: str | None = None
-    license: str | None = None
-    train_command: str | None = None
-    eval_command: str | None = None
-    paper: str | None = None
-    origin_url: str | None = None
-    notes: str | None = None
-
-    @property
-    def has_weights(self) -> bool:
-        """Whether the cfg names a weights file or url."""
-        return bool(self.file or self.url)
-
-    @property
-    def classifier_names(self) -> tuple[str, ...]:
-        """``classifier`` as a tuple of module names."""
-        if self.classifier is None:
-            return ()
-        return (self.classifier,) if isinstance(self.classifier, str) else tuple(self.classifier)
-
-    def replace(self, **changes: Any) -> "PretrainedCfg":
-        """A copy with ``changes`` applied; unknown field names raise ``TypeError`` naming the valid ones."""
-        valid = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - valid
-        if unknown:
-            raise TypeError(f"PretrainedCfg has no field(s) {sorted(unknown)}; valid fields: {sorted(valid)}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (tuples kept), for printing and JSON."""
-        return dataclasses.asdict(self)
 
 
 def sha256sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -109,8 +63,17 @@ def _candidate_paths(cfg: PretrainedCfg) -> list[Path]:
     candidates = [file] if file.is_absolute() or file.exists() else []
     if os.environ.get("ZOO_HOME"):
         candidates.append(Path(os.environ["ZOO_HOME"]) / file.name)
-    candidates.append(CHECKPOINT_DIR / file)
+    candidates.extend(d / file for d in checkpoint_dirs())
     return candidates
+
+
+def _no_weights_error(cfg: PretrainedCfg) -> FileNotFoundError:
+    with_weights = names_with_weights()
+    return FileNotFoundError(
+        f"'{cfg.architecture}' has no pretrained weights (its pretrained cfg names no file or url). "
+        f"Models with pretrained weights: {', '.join(with_weights) or 'none'}. "
+        "Build it with pretrained=False, or load your own file with checkpoint_path=..."
+    )
 
 
 def resolve_weights_file(cfg: PretrainedCfg, checkpoint_path: str | os.PathLike | None = None,
@@ -121,7 +84,8 @@ def resolve_weights_file(cfg: PretrainedCfg, checkpoint_path: str | os.PathLike 
     explicit ``checkpoint_path`` (a user's fine-tuned weights), which is checked against ``expected_sha256`` only.
 
     Raises:
-        FileNotFoundError: nothing found; the message lists every path tried and how to provide the file.
+        FileNotFoundError: nothing found; the message lists every path tried and how to provide the file (or, for
+            a model whose cfg names no weights at all, says so and lists the models that have weights).
         RuntimeError: the file's sha256 differs from the expected one.
     """
     if checkpoint_path is not None:
@@ -129,13 +93,15 @@ def resolve_weights_file(cfg: PretrainedCfg, checkpoint_path: str | os.PathLike 
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint_path '{path}' does not exist (or is not a file).")
     else:
+        if not cfg.has_weights:
+            raise _no_weights_error(cfg)
         expected_sha256 = cfg.sha256
         tried = _candidate_paths(cfg)
         path = next((p for p in tried if p.is_file()), None)
         if path is None and cfg.url:
             path = _download(cfg.url, tried)
         if path is None:
-            where = "\n  ".join(str(p) for p in tried) or "(the cfg names no file)"
+            where = "\n  ".join(str(p) for p in tried) or "(the cfg names no local file)"
             raise FileNotFoundError(
                 f"No weights found for '{cfg.architecture}'. Tried:\n  {where}\n"
                 "Put the file in one of these places, set $ZOO_HOME to its folder, or pass checkpoint_path=..."
@@ -170,20 +136,16 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a state dict from ``.safetensors`` or a torch checkpoint (``torch.load(weights_only=True)``).
 
     Wrapper dicts are returned as they are; see :func:`clean_state_dict` to unwrap them.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        zoo.files.CorruptFileError: the file is truncated or corrupt (message: path, size, re-download it).
+        zoo.files.UnsafeCheckpointError: a torch file holds pickled objects that ``weights_only=True`` refuses.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RuntimeError(
-            f"Could not load {path} with torch.load(weights_only=True): {exc}\n"
-            "zoo never unpickles arbitrary objects. If you trust the file, re-save its tensors with "
-            "`torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)` and load new_path."
-        ) from exc
+        return read_safetensors_file(path, what="weights file")
+    return read_torch_file(path, what="weights file")
 
 
 def clean_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -205,19 +167,27 @@ def clean_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _class_count(tensors: Mapping[str, torch.Tensor], keys: list[str]) -> int:
+    """Output classes of a classifier: dim 0 of its ``*.weight`` (else of the first of ``keys``), e.g. (C, D) -> C."""
+    key = next((k for k in keys if k.endswith("weight")), keys[0])
+    return int(tensors[key].shape[0])
+
+
 def load_weights(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     cfg: PretrainedCfg | None = None,
     filter_fn: Callable[[dict, nn.Module], dict] | None = None,
     strict: bool = True,
+    allow_head_reinit: bool = True,
 ) -> None:
     """Load ``state_dict`` into ``model``, converting foreign keys and adapting the classifier.
 
     ``filter_fn(state_dict, model)`` converts foreign checkpoints. Classifier tensors (``cfg.classifier``) whose
-    shape differs from the model's (another ``num_classes``) are dropped with a warning, keeping the model's
-    fresh initialisation. Any other missing or unexpected key raises ``RuntimeError`` listing them (or only
-    warns with ``strict=False``): nothing is silently ignored.
+    shape differs from the model's (another ``num_classes``) are dropped with a warning that gives both class
+    counts, keeping the model's fresh initialisation; with ``allow_head_reinit=False`` that is a ``RuntimeError``
+    instead (evaluation must not run a random head). Any other missing or unexpected key raises ``RuntimeError``
+    listing them (or only warns with ``strict=False``): nothing is silently ignored.
     """
     sd = clean_state_dict(state_dict)
     if filter_fn is not None:
@@ -228,12 +198,26 @@ def load_weights(
         for k in [k for k in sd if k == prefix or k.startswith(prefix + ".")]:
             if k in model_sd and model_sd[k].shape != sd[k].shape:
                 reinit.append(k)
-                del sd[k]
     if reinit:
+        name = (cfg.architecture if cfg else None) or type(model).__name__
+        ckpt_classes, model_classes = _class_count(sd, reinit), _class_count(model_sd, reinit)
+        if not allow_head_reinit:
+            raise RuntimeError(
+                f"'{name}': the checkpoint's classifier has {ckpt_classes} classes but the model was built with "
+                f"{model_classes} (num_classes={model_classes}); loading would leave the head {sorted(reinit)} "
+                f"randomly initialised, which allow_head_reinit=False forbids (evaluating a random head is "
+                f"meaningless). Evaluate on a dataset with the checkpoint's {ckpt_classes} classes"
+                + (f" ({cfg.dataset})" if cfg and cfg.dataset else "")
+                + ", or fine-tune the model on your dataset first (weights loaded with the default "
+                "allow_head_reinit=True re-initialise the head for training)."
+            )
         _logger.warning(
-            "num_classes differs from the checkpoint: re-initialised %s (checkpoint has %s classes)",
-            sorted(reinit), cfg.num_classes if cfg and cfg.num_classes else "other",
+            "'%s': num_classes differs from the checkpoint (checkpoint %d classes, model %d): re-initialised %s. "
+            "Fine-tune before evaluating (allow_head_reinit=False makes this an error).",
+            name, ckpt_classes, model_classes, sorted(reinit),
         )
+        for k in reinit:
+            del sd[k]
     shape_mismatch = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(model_sd[k].shape)}"
                       for k, v in sd.items() if k in model_sd and v.shape != model_sd[k].shape]
     if shape_mismatch:
@@ -258,26 +242,31 @@ def build_model_with_cfg(
     pretrained_cfg_overlay: dict[str, Any] | None = None,
     checkpoint_filter_fn: Callable[[dict, nn.Module], dict] | None = None,
     pretrained_strict: bool = True,
+    allow_head_reinit: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Build ``model_cls(**kwargs)`` for registered ``variant`` and load weights when asked.
 
     Used by every entry point: ``num_classes`` defaults to the cfg's when pretrained weights are loaded; the
     model gets a ``pretrained_cfg`` attribute. Weights load when ``pretrained`` or ``checkpoint_path`` is given.
+    The loading options (``checkpoint_path``, ``pretrained_cfg_overlay``, ``checkpoint_filter_fn``,
+    ``pretrained_strict``, ``allow_head_reinit``: see :func:`load_weights`) are keyword arguments here, so they
+    never reach ``model_cls``.
     """
-    from zoo.registry import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(variant)
+    cfg = lookup_pretrained_cfg(variant)
     if pretrained_cfg_overlay:
         cfg = cfg.replace(**pretrained_cfg_overlay)
     load = pretrained or checkpoint_path is not None
     if load and cfg.num_classes is not None:
         kwargs.setdefault("num_classes", cfg.num_classes)
+    if pretrained and checkpoint_path is None and not cfg.has_weights:
+        raise _no_weights_error(cfg)  # before building: the model may be large
     model = call_with_checked_kwargs(model_cls, f"model '{variant}'", **kwargs)
     model.pretrained_cfg = cfg
     if load:
         overlay_sha = (pretrained_cfg_overlay or {}).get("sha256")
         path = resolve_weights_file(cfg, checkpoint_path, expected_sha256=overlay_sha)
         _logger.info("Loading %s weights from %s", variant, path)
-        load_weights(model, load_state_dict_file(path), cfg, checkpoint_filter_fn, strict=pretrained_strict)
+        load_weights(model, load_state_dict_file(path), cfg, checkpoint_filter_fn, strict=pretrained_strict,
+                     allow_head_reinit=allow_head_reinit)
     return model

@@ -2,7 +2,8 @@
 
 An entry point is a function ``name(pretrained=False, **kwargs) -> nn.Module`` decorated with
 ``@register_model``; the module that defines it may hold a ``default_cfgs`` dict mapping the same name to a
-:class:`zoo.hub.PretrainedCfg` (weights file, sha256, num_classes, input spec, metrics, ...).
+:class:`zoo.pretrained_cfg.PretrainedCfg` (weights file, sha256, num_classes, input spec, metrics, ...), which
+is stored in ``zoo.pretrained_cfg`` (the leaf module ``zoo.hub`` reads it from: no hub <-> registry import cycle).
 """
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from torch import nn
 
 from zoo._introspect import call_with_checked_kwargs
 from zoo._registry_base import Registry
-from zoo.hub import PretrainedCfg
+from zoo.pretrained_cfg import PretrainedCfg, has_pretrained_cfg, lookup_pretrained_cfg, set_pretrained_cfg
 
 __all__ = ["register_model", "create_model", "list_models", "model_info", "is_model", "get_pretrained_cfg"]
 
 _MODELS = Registry("model", populate=("zoo.models",))
-_PRETRAINED_CFGS: dict[str, PretrainedCfg] = {}
 
 TIMM_PREFIX = "timm/"
 
@@ -30,9 +30,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     module_cfgs = getattr(sys.modules[fn.__module__], "default_cfgs", {})
     cfg = module_cfgs.get(name)
     if cfg is not None:
-        if isinstance(cfg, dict):
-            cfg = PretrainedCfg(**cfg)
-        _PRETRAINED_CFGS[name] = cfg.replace(architecture=name)
+        set_pretrained_cfg(name, cfg)
     return fn
 
 
@@ -44,7 +42,7 @@ def is_model(name: str) -> bool:
 def get_pretrained_cfg(name: str) -> PretrainedCfg:
     """The pretrained cfg of model ``name`` (an empty cfg with ``architecture=name`` if it declares none)."""
     _MODELS.get(name)  # raise the helpful unknown-name error first
-    return _PRETRAINED_CFGS.get(name, PretrainedCfg(architecture=name))
+    return lookup_pretrained_cfg(name)
 
 
 def list_models(filter: str | list[str] = "", pretrained: bool = False, exclude_filters: str | list[str] = ()) -> list[str]:
@@ -54,7 +52,7 @@ def list_models(filter: str | list[str] = "", pretrained: bool = False, exclude_
     """
     names = _MODELS.names(filter, exclude_filters)
     if pretrained:
-        names = [n for n in names if n in _PRETRAINED_CFGS and _PRETRAINED_CFGS[n].has_weights]
+        names = [n for n in names if has_pretrained_cfg(n) and lookup_pretrained_cfg(n).has_weights]
     return names
 
 
@@ -76,6 +74,7 @@ def create_model(
     pretrained: bool = False,
     checkpoint_path: str | None = None,
     pretrained_cfg_overlay: dict[str, Any] | None = None,
+    allow_head_reinit: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
     """Build model ``model_name`` and optionally load weights.
@@ -83,22 +82,33 @@ def create_model(
     Args:
         model_name: a registered name (see :func:`list_models`) or ``"timm/<name>"`` for any timm model.
         pretrained: load the weights named by the model's pretrained cfg. They are looked up, in order, in
-            ``$ZOO_HOME/<file>``, the repo's ``checkpoints/<file>``, then the cfg's url; the sha256 is verified.
+            ``$ZOO_HOME/<file>``, the shipped weights (``zoo.resources.checkpoint_dirs()``: the installed package
+            data, or ``checkpoints/`` of a source checkout), then the cfg's url; the sha256 is verified.
         checkpoint_path: a local weights file to load instead (safetensors or a torch checkpoint, possibly
             from the official code base: the model's ``checkpoint_filter_fn`` converts its keys). Implies loading.
         pretrained_cfg_overlay: fields replacing those of the pretrained cfg (e.g. ``dict(file=..., sha256=...)``).
+        allow_head_reinit: when weights are loaded and ``num_classes`` differs from the checkpoint's, re-initialise
+            the classifier with a warning (``True``, for fine-tuning) or raise ``RuntimeError`` (``False``, for
+            evaluation, where a random head is meaningless). For ``timm/`` models the check runs after timm built
+            the model (its pretrained cfg's ``num_classes`` against the model's).
         **kwargs: model constructor arguments (e.g. ``num_classes``). ``None`` values are dropped so that unset
-            command-line options keep the model's defaults. A ``num_classes`` that differs from the checkpoint's
-            re-initialises the classifier with a warning.
+            command-line options keep the model's defaults.
 
     Raises:
         KeyError: unknown model name (the message lists the closest names).
         TypeError: unknown constructor argument (the message lists the accepted ones).
-        FileNotFoundError: weights requested but no file found (the message lists the paths tried).
+        FileNotFoundError: weights requested but no file found (the message lists the paths tried), or the model
+            has no pretrained weights (the message lists the models that have).
+        RuntimeError: the weights file is truncated/corrupt or holds pickled objects (see ``zoo.files``), the
+            checkpoint does not match the model, or a head re-init that ``allow_head_reinit=False`` forbids.
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if model_name.startswith(TIMM_PREFIX):
-        return _create_timm_model(model_name[len(TIMM_PREFIX):], pretrained, checkpoint_path, pretrained_cfg_overlay, **kwargs)
+        model = _create_timm_model(model_name[len(TIMM_PREFIX):], pretrained, checkpoint_path, pretrained_cfg_overlay,
+                                   **kwargs)
+        if not allow_head_reinit and pretrained and checkpoint_path is None:
+            _check_timm_head(model_name, model)
+        return model
     entry = _MODELS.get(model_name)
     return call_with_checked_kwargs(
         entry,
@@ -106,8 +116,21 @@ def create_model(
         pretrained=pretrained,
         checkpoint_path=checkpoint_path,
         pretrained_cfg_overlay=pretrained_cfg_overlay,
+        allow_head_reinit=allow_head_reinit,
         **kwargs,
     )
+
+
+def _check_timm_head(model_name: str, model: nn.Module) -> None:
+    """Raise when timm re-initialised the head of pretrained ``model`` (its cfg's class count differs)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    ckpt_classes, model_classes = cfg.get("num_classes"), getattr(model, "num_classes", None)
+    if ckpt_classes and model_classes is not None and ckpt_classes != model_classes:
+        raise RuntimeError(
+            f"'{model_name}': the pretrained weights have a {ckpt_classes}-class classifier but the model was built "
+            f"with num_classes={model_classes}, so its head is randomly initialised and allow_head_reinit=False "
+            f"forbids that. Evaluate on a dataset with the checkpoint's {ckpt_classes} classes, or fine-tune first."
+        )
 
 
 def _create_timm_model(name: str, pretrained: bool, checkpoint_path: str | None, overlay: dict | None, **kwargs: Any) -> nn.Module:
