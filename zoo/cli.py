@@ -33,54 +33,140 @@ def build_recipe(config: str, overrides: Sequence[str] = ()):
     return recipe_cls(cfg), cfg, raw
 
 
+#: errors that are the user's to fix: printed as one clean ``error:`` line (set ZOO_DEBUG=1 for the traceback)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError, ImportError, RuntimeError, OSError)
+
+
 def _fail(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    if os.environ.get("ZOO_DEBUG"):
+        raise exc
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    print(f"error: {message}", file=sys.stderr)
+    if not isinstance(exc, (FileNotFoundError, FileExistsError)) and type(exc).__name__ != "ConfigError":
+        print("(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
     return 2
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    """``train.py CONFIG [key=value ...] [--resume auto|PATH] [--output DIR]``."""
-    from zoo.config import ConfigError, dump_config
-    from zoo.engine.logging import setup_console_logging
+def _command_line(config: str, overrides: Sequence[str], output: Path) -> str:
+    """The command that continues this run (printed on Ctrl-C and in the refusal to overwrite)."""
+    import shlex
 
-    parser = argparse.ArgumentParser(description="Train a model from a config file.")
-    parser.add_argument("config", help="YAML config, e.g. configs/pointnet/synthetic_shapes.yaml")
+    parts = ["python tools/train.py", shlex.quote(str(config)), *map(shlex.quote, overrides), "--output", shlex.quote(str(output))]
+    return " ".join(parts)
+
+
+def run_training(config: str, overrides: Sequence[str] = (), output: str | os.PathLike | None = None, *,
+                 resume: str | None = None, overwrite: bool = False, print_config: bool = False) -> dict | None:
+    """One run of ``config`` (a file or packaged config name) with ``overrides``: the function behind
+    ``tools/train.py`` and each pipeline stage. Returns the run's summary (``metrics.json``).
+
+    The output directory defaults to the config's ``output_dir``, else ``runs/<config stem>``. A directory that
+    already holds a run is refused unless ``resume`` (continue it: the stored config stays in force, see
+    :func:`zoo.engine.rundir.reconcile_resume_config`) or ``overwrite``.
+    """
+    from zoo.config import dump_config, to_container, validate_config
+    from zoo.engine.rundir import prepare_run_dir, reconcile_resume_config
+
+    recipe_cls, cfg, raw = load_run_config(config, overrides)
+    output_dir = Path(output or cfg.output_dir or Path("runs") / Path(str(config)).stem)
+    raw.output_dir = str(output_dir)
+    raw = to_container(raw)
+    if print_config:
+        import yaml
+
+        print(yaml.safe_dump(raw, sort_keys=False))
+        return None
+    command = _command_line(config, overrides, output_dir)
+    prepare_run_dir(output_dir, resume=resume is not None, overwrite=overwrite, command=command)
+    changes: dict = {}
+    stored = output_dir / "config.yaml"
+    if resume is not None and stored.is_file() and (output_dir / "last.pt").is_file():
+        raw, changes = reconcile_resume_config(stored, raw)
+        cfg = validate_config(raw, recipe_cls.Config)
+        if changes:
+            _logger.info("resume: settings changed for the rest of the run: %s",
+                         ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    recipe = recipe_cls(cfg)
+    if recipe.owns_run():
+        from zoo.engine.context import RunContext
+
+        ctx = RunContext(output_dir, resume=resume is not None, seed=cfg.seed, config=raw)
+        dump_config(raw, output_dir / "config.yaml")
+        metrics = recipe.run(ctx) or {}
+        ctx.write_metrics({"final": metrics})
+        return {"final": metrics, "run_dir": str(output_dir)}
+    from zoo.engine.trainer import Trainer
+
+    trainer = Trainer(recipe, cfg.trainer, cfg.optim, cfg.schedule, output_dir, seed=cfg.seed, resume=resume,
+                      on_start=lambda t: dump_config(raw, output_dir / "config.yaml"),
+                      history_note={"overrides": list(overrides), "changes": changes} if resume else None)
+    return {**trainer.fit(), "run_dir": str(output_dir)}
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``train.py CONFIG [key=value ...] [--resume [PATH]] [--overwrite] [--output DIR] [--stage NAME]``."""
+    from zoo.config import load_raw_config
+    from zoo.engine.interrupt import TrainingInterrupted
+    from zoo.engine.logging import setup_console_logging
+    from zoo.engine.pipeline import is_pipeline, run_pipeline
+
+    parser = argparse.ArgumentParser(description="Train a model (or run a pipeline of stages) from a config file.")
+    parser.add_argument("config", help="YAML config or pipeline, or a packaged config name (pointramba/modelnet10_small)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.epochs=5 optim.lr=3e-4")
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="'auto' (default when given without value): continue from OUTPUT/last.pt if present; or a path")
+                        help="continue the run in --output from its last.pt (or from the given file)")
+    parser.add_argument("--overwrite", action="store_true", help="delete a run already in --output and start over")
     parser.add_argument("--output", help="run directory (default: output_dir from the config, else runs/<config stem>)")
+    parser.add_argument("--stage", help="pipelines: run only this stage (earlier stages must have finished)")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     args = parser.parse_args(argv)
     setup_console_logging()
     try:
-        recipe, cfg, raw = build_recipe(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError, KeyError) as exc:
+        raw = load_raw_config(args.config)
+        if is_pipeline(raw):
+            from zoo.engine.rundir import prepare_run_dir
+            from zoo.resources import find_config
+
+            path = find_config(args.config)
+            output = Path(args.output or Path("runs") / path.stem)
+            if args.overwrite:
+                prepare_run_dir(output, resume=False, overwrite=True)
+
+            def run_stage(stage, run_dir, overrides):
+                return run_training(str(stage.config), overrides, run_dir, resume=args.resume and "auto",
+                                    print_config=args.print_config) or {}
+
+            summary = run_pipeline(path, raw, output, run_stage, overrides=args.overrides, only=args.stage)
+            if not args.print_config:
+                for name, final in summary["stages"].items():
+                    print(f"{name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in final.items() if isinstance(v, (int, float))))
+                print(f"pipeline directory: {output}")
+            return 0
+        if args.stage:
+            parser.error(f"--stage is for pipeline configs; {args.config} is a single run")
+        summary = run_training(args.config, args.overrides, args.output, resume=args.resume,
+                               overwrite=args.overwrite, print_config=args.print_config)
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}.\nResume with:\n  {_command_line(args.config, args.overrides, Path(args.output or stop.run_dir))} "
+              "--resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nstopped at once; the run's last saved state (if any) is its last.pt: resume with --resume",
+              file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
         return _fail(exc)
-    output_dir = Path(args.output or cfg.output_dir or Path("runs") / Path(args.config).stem)
-    raw.output_dir = str(output_dir)
-    if args.print_config:
-        import yaml
-
-        from zoo.config import to_container
-
-        print(yaml.safe_dump(to_container(raw), sort_keys=False))
+    if summary is None:
         return 0
-    from zoo.engine.trainer import Trainer
-
-    trainer = Trainer(recipe, cfg.trainer, cfg.optim, cfg.schedule, output_dir, seed=cfg.seed, resume=args.resume)
-    if trainer.is_main:
-        dump_config(raw, output_dir / "config.yaml")
-    summary = trainer.fit()
-    if trainer.is_main:
-        final = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["final"].items())
-        print(f"final: {final}")
-        print(f"run directory: {output_dir}")
+    final = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["final"].items())
+    print(f"final: {final}")
+    print(f"run directory: {summary['run_dir']}")
     return 0
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """``eval.py (--model NAME [--pretrained] | --checkpoint FILE) --config CONFIG [key=value ...]``."""
-    from zoo.config import ConfigError
     from zoo.engine.logging import setup_console_logging
 
     parser = argparse.ArgumentParser(description="Evaluate a model on the eval split named by a config.")
@@ -94,17 +180,17 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     setup_console_logging()
     if not (args.pretrained or args.checkpoint):
         parser.error("give --pretrained or --checkpoint FILE (evaluating random weights is rarely what you want)")
-    try:
-        recipe, cfg, _ = build_recipe(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError, KeyError) as exc:
-        return _fail(exc)
     from zoo.engine.evaluate import evaluate_model
 
     try:
+        recipe, cfg, _ = build_recipe(args.config, args.overrides)
         model = recipe.build_eval_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
-    except (FileNotFoundError, KeyError, TypeError, RuntimeError) as exc:  # NotImplementedError is a RuntimeError
+        metrics = evaluate_model(recipe, model, output_dir=args.output)
+    except USER_ERRORS as exc:  # NotImplementedError is a RuntimeError
         return _fail(exc)
-    metrics = evaluate_model(recipe, model, output_dir=args.output)
+    except KeyboardInterrupt:
+        print("\nevaluation stopped", file=sys.stderr)
+        return 130
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
     if args.output:
         os.makedirs(args.output, exist_ok=True)

@@ -24,20 +24,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo._registry_base import close_matches
 
-__all__ = ["ConfigError", "load_config", "apply_overrides", "parse_override", "validate_config", "dump_config", "to_container"]
+__all__ = ["ConfigError", "load_config", "load_raw_config", "apply_overrides", "parse_override", "validate_config",
+           "dump_config", "to_container", "schema_keys"]
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 
 
 def _register_resolvers() -> None:
-    """``${data:modelnet10}`` resolves to the sample-data folder (``$ZOO_DATA`` or ``../shared/data``)."""
+    """``${data:modelnet10}`` resolves to the sample-data folder (``$ZOO_DATA`` or ``../shared/data``);
+    ``${stage:NAME}`` to the run directory of an earlier stage of the pipeline being run."""
+    # omegaconf >= 2.4 renamed register_new_resolver to register_resolver
+    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
     if not OmegaConf.has_resolver("data"):
         from zoo.data.paths import data_dir
 
-        # omegaconf >= 2.4 renamed register_new_resolver to register_resolver
-        register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
         register("data", lambda *parts: str(data_dir(*parts)))
+    if not OmegaConf.has_resolver("stage"):
+        from zoo.engine.pipeline import stage_dir
+
+        register("stage", stage_dir)
 
 
 _register_resolvers()
@@ -128,15 +134,31 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return cfg
 
 
+def load_raw_config(path: str | os.PathLike) -> dict:
+    """The merged ``_base_`` tree of the config ``path`` (a file or a packaged name such as
+    ``pointramba/modelnet10_small``) as plain data, interpolations left unresolved (pipelines read it so)."""
+    from zoo.resources import find_config
+
+    return _load_tree(find_config(path).resolve(), ())
+
+
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> DictConfig:
     """Load the YAML config at ``path`` with its ``_base_`` chain and ``overrides`` applied.
 
-    Returns an OmegaConf ``DictConfig`` (``${...}`` interpolations resolved). Raises ``FileNotFoundError`` for a
-    missing file and :class:`ConfigError` for bad YAML, ``_base_`` cycles or malformed overrides.
+    ``path`` is a file, or the name of a config shipped with zoo (``pointramba/modelnet10_small``; see
+    :func:`zoo.resources.list_configs`). Returns an OmegaConf ``DictConfig`` (``${...}`` interpolations
+    resolved). Raises ``FileNotFoundError`` for a missing file and :class:`ConfigError` for bad YAML, ``_base_``
+    cycles, malformed overrides or interpolations that cannot be resolved.
     """
-    data = apply_overrides(_load_tree(Path(path).resolve(), ()), overrides)
+    data = apply_overrides(load_raw_config(path), overrides)
     cfg = OmegaConf.create(data)
-    OmegaConf.resolve(cfg)
+    try:
+        OmegaConf.resolve(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # omegaconf's InterpolationResolutionError etc.; a ConfigError inside keeps its text
+        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else exc
+        raise ConfigError(f"{path}: {cause}") from None
     return cfg
 
 
@@ -159,21 +181,55 @@ def _dataclass_type(tp: Any) -> type | None:
     return None
 
 
-def _check_keys(data: Mapping, schema: type, prefix: str) -> None:
+def schema_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every dotted key a dataclass schema accepts (nested sections expanded), e.g. ``trainer.epochs``."""
+    hints = typing.get_type_hints(schema)
+    out = []
+    for f in dataclasses.fields(schema):
+        sub = _dataclass_type(hints[f.name])
+        out += schema_keys(sub, f"{prefix}{f.name}.") if sub is not None else [f"{prefix}{f.name}"]
+    return out
+
+
+def _suggest(path: str, root: type) -> str | None:
+    """The valid key closest to the unknown ``path``: one ending in the same name (``epochs`` ->
+    ``trainer.epochs``), else the closest dotted key."""
+    keys = schema_keys(root)
+    leaf = path.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    if same_leaf:
+        return same_leaf[0]
+    hint = close_matches(path, keys, n=1)
+    if hint:
+        return hint[0]
+    leaves = close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=1)
+    return next((k for k in keys if leaves and k.rsplit(".", 1)[-1] == leaves[0]), None)
+
+
+def _check_keys(data: Mapping, schema: type, prefix: str, root: type | None = None) -> None:
+    root = root or schema
     hints = typing.get_type_hints(schema)
     fields = {f.name for f in dataclasses.fields(schema)}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in fields:
-            hint = close_matches(str(key), fields, n=1)
+            hint = _suggest(path, root)
             raise ConfigError(
                 f"Unknown config key '{path}'."
-                + (f" Did you mean '{prefix}{hint[0]}'?" if hint else "")
+                + (f" Did you mean '{hint}'?" if hint else "")
                 + f" Valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(sorted(fields))}"
             )
         sub = _dataclass_type(hints[key])
         if sub is not None and isinstance(value, Mapping):
-            _check_keys(value, sub, f"{path}.")
+            _check_keys(value, sub, f"{path}.", root)
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], tree
 
 
 def validate_config(cfg: Mapping | DictConfig, schema: type) -> Any:
@@ -183,13 +239,23 @@ def validate_config(cfg: Mapping | DictConfig, schema: type) -> Any:
     :class:`ConfigError` naming the key and the expected type. Missing keys take the schema's defaults.
     """
     data = to_container(cfg)
+    missing = [k for k, v in _leaves(data) if v == "???"]
+    if missing:
+        raise ConfigError(f"config key(s) {', '.join(missing)} must be set (the config marks them '???'): "
+                          f"add e.g. {missing[0]}=VALUE to the command line")
     _check_keys(data, schema, "")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)
         return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise  # a section's own check (__post_init__) names its key already
     except Exception as exc:  # omegaconf's ValidationError / MissingMandatoryValue carry the key path
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, ConfigError):
+            raise inner from None
         key = getattr(exc, "full_key", None)
-        raise ConfigError(f"Invalid value for config key '{key}': {getattr(exc, 'msg', exc)}") from None
+        message = str(getattr(exc, "msg", exc)).splitlines()[0]
+        raise ConfigError(f"Invalid value for config key '{key}': {message}") from None
 
 
 def dump_config(cfg: Any, path: str | os.PathLike) -> Path:

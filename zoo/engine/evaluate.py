@@ -11,12 +11,14 @@ __all__ = ["evaluate_model"]
 
 
 def evaluate_model(recipe: Any, model: nn.Module, output_dir: str | os.PathLike | None = None, cpu: bool | None = None) -> dict[str, float]:
-    """Run ``recipe.evaluate`` on its eval loader with ``model`` in eval mode (device chosen by accelerate)."""
-    from accelerate import Accelerator
+    """Run ``recipe.evaluate`` on its eval loader with ``model`` in eval mode (device chosen by accelerate; its
+    state is private to this call, so it can run inside a training run)."""
+    from zoo.engine.accel import RunAccelerator
 
-    accelerator = Accelerator(cpu=cpu if cpu is not None else not torch.cuda.is_available())
-    eval_loader = recipe.build_eval_loader()
-    model, eval_loader = accelerator.prepare(model, eval_loader)
-    model.eval()
-    with torch.no_grad():
-        return recipe.evaluate(model, eval_loader, accelerator, output_dir=output_dir)
+    handle = RunAccelerator(cpu=cpu if cpu is not None else not torch.cuda.is_available())
+    with handle.active() as accelerator:
+        eval_loader = recipe.build_eval_loader()
+        model, eval_loader = accelerator.prepare(model, eval_loader)
+        model.eval()
+        with torch.no_grad():
+            return recipe.evaluate(model, eval_loader, accelerator, output_dir=output_dir)

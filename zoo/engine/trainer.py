@@ -241,8 +241,6 @@ class Trainer:
 
         acc = self.accelerator
         set_seed(self.seed)
-        if self.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
         model = self.recipe.build_model()
         if self.loop_name == "stream":
             self.stream = [(name, acc.prepare(loader)) for name, loader in self.recipe.build_stream()]
@@ -271,10 +269,11 @@ class Trainer:
         if train_loader is not None:
             self.train_loader = acc.prepare(train_loader)
             self.eval_loader = acc.prepare(eval_loader) if eval_loader is not None else None
-        self._sampler = getattr(train_loader, "sampler", None)
         if self.ema is not None:
             self.ema.to(acc.device)
         self.loop = build_loop(self.loop_name, self)
+        if self.is_main:  # only now: a run that fails to start leaves no directory behind
+            self.output_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -370,11 +369,10 @@ class Trainer:
         """Make the loader's order (and its workers' seeds) those of ``epoch``."""
         # accelerate's prepared loader calls sampler.set_epoch(<its own iteration count>) on every __iter__, and
         # that count restarts at 0 in a resumed process: set it (and through it the sampler) to the true epoch.
-        if hasattr(loader, "set_epoch"):
+        if hasattr(loader, "set_epoch"):  # accelerate's prepared loader: sets its sampler's epoch too
             loader.set_epoch(epoch)
-        sampler = getattr(loader, "sampler", None) or self._sampler
-        if sampler is not None and hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
 
     def train_batch(self, batch: Any, batch_index: int, domain: str | None = None,
                     allow_no_backward: bool = False) -> dict[str, float]:
@@ -408,6 +406,8 @@ class Trainer:
     def evaluate(self, output_dir: str | os.PathLike | None = None) -> dict[str, float]:
         """Evaluate the current (or EMA) weights on the recipe's eval loader; the model is left in train mode."""
         model = self.eval_model()
+        if self.eval_loader is not None:  # its workers' seeds (if it has random transforms) follow the epoch too
+            self.set_loader_epoch(self.eval_loader, self.epoch)
         with torch.no_grad():
             self.recipe.before_evaluate(self.accelerator.unwrap_model(model), self.accelerator)
             model.eval()
