@@ -77,7 +77,8 @@ def run_training(config: str, overrides: Sequence[str] = (), output: str | os.Pa
         print(yaml.safe_dump(raw, sort_keys=False))
         return None
     command = _command_line(config, overrides, output_dir)
-    prepare_run_dir(output_dir, resume=resume is not None, overwrite=overwrite, command=command)
+    prepare_run_dir(output_dir, resume=resume is not None, overwrite=overwrite, command=command,
+                    needs_last=not recipe_cls.owns_run())
     changes: dict = {}
     stored = output_dir / "config.yaml"
     if resume is not None and stored.is_file() and (output_dir / "last.pt").is_file():

@@ -60,13 +60,16 @@ def _looks_like_run_dir(run_dir: Path) -> bool:
         (run_dir / "pipeline.yaml").is_file()
 
 
-def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool, command: str = "") -> None:
+def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool, command: str = "",
+                    needs_last: bool = True) -> None:
     """Check (and with ``overwrite`` empty) ``run_dir`` before a run starts; see the module docstring.
 
     Raises:
         RunExistsError: the directory holds a run and neither flag was given (the message says both).
         FileNotFoundError: ``resume`` but there is no ``last.pt`` to continue from while the folder holds a run.
         ValueError: both flags, or ``overwrite`` of a folder that does not look like a run directory.
+
+    ``needs_last=False`` for runs that resume without ``last.pt`` (recipes that drive their own run).
     """
     run_dir = Path(run_dir)
     if resume and overwrite:
@@ -75,7 +78,7 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool, comma
         return
     state = describe_run(run_dir)
     if resume:
-        if not (run_dir / "last.pt").is_file() and state is not None:
+        if needs_last and not (run_dir / "last.pt").is_file() and state is not None:
             raise FileNotFoundError(f"{run_dir} holds {state} but no last.pt to resume from; "
                                     "use --overwrite to start it again or choose another --output")
         return

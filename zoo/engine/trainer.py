@@ -247,7 +247,9 @@ class Trainer:
             if not self.stream:
                 raise ValueError(f"recipe '{type(self.recipe).__name__}' built an empty stream (no domains)")
             train_loader, eval_loader = None, None
-            plan = TrainPlan(sum(_loader_length(l) or 0 for _, l in self.stream), None, None)
+            lengths = [_loader_length(loader) for _, loader in self.stream]
+            total = sum(n for n in lengths if n is not None)
+            plan = TrainPlan(total, total if None not in lengths else None, 1)  # one pass over the stream
         else:
             train_loader, eval_loader = self.recipe.build_dataloaders()
             batch = getattr(train_loader, "batch_size", None) or 1
@@ -466,7 +468,8 @@ class Trainer:
         """Run the loop to its end (resuming if asked); returns the summary also written to ``metrics.json``."""
         outer_rng = capture_rng_state()
         try:
-            with self._run_accelerator.active(), self.stop:
+            # enable_grad: a nested run may start inside an outer evaluation (under no_grad)
+            with self._run_accelerator.active(), self.stop, torch.enable_grad():
                 return self._fit()
         finally:
             restore_rng_state(outer_rng)

@@ -66,18 +66,20 @@ class Recipe:
         self.plan: Any = None  # zoo.engine.trainer.TrainPlan, set by the Trainer before configure_optimizer
 
     # ---------------------------------------------------------------- shape of the run
-    def owns_run(self) -> bool:
+    @classmethod
+    def owns_run(cls) -> bool:
         """Whether this recipe drives its own run (it overrides :meth:`run`)."""
-        return type(self).run is not Recipe.run
+        return cls.run is not Recipe.run
 
     def run(self, ctx: Any) -> dict[str, Any]:
         """Drive the whole run (``ctx``: :class:`zoo.engine.context.RunContext`); return its final metrics, which
         ``tools/train.py`` writes to ``metrics.json``. Only for recipes that are not "train, then evaluate"."""
         raise NotImplementedError
 
-    def has_stream(self) -> bool:
+    @classmethod
+    def has_stream(cls) -> bool:
         """Whether the recipe is run by the stream loop (it overrides :meth:`build_stream`)."""
-        return type(self).build_stream is not Recipe.build_stream
+        return cls.build_stream is not Recipe.build_stream
 
     def build_stream(self) -> list[tuple[str, torch.utils.data.DataLoader]]:
         """The ordered ``(domain name, loader)`` sequence of a stream run (test-time adaptation)."""
