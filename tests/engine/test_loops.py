@@ -159,6 +159,12 @@ def test_bf16_autocast_is_active_in_the_step(tmp_path):
     assert trainer.best["value"] > 50
 
 
+def test_accelerator_options_come_from_the_config(tmp_path):
+    trainer = _trainer(tmp_path, tmp_path / "run", ["trainer.ddp_find_unused_parameters=true"])
+    assert trainer.accelerator.ddp_handler.find_unused_parameters is True
+    assert _trainer(tmp_path, tmp_path / "b").accelerator.ddp_handler.find_unused_parameters is False
+
+
 # ------------------------------------------------------------------------------------------------ stream loop
 class ToyStream(_StopAt, ClassifyRecipe):
     """Test-time adaptation in miniature: three shifted domains; each batch is scored, then entropy is minimised.

@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import run_toy
 from torch import nn
 
 from zoo.engine.checkpoint import atomic_save, capture_rng_state, restore_rng_state
@@ -91,8 +90,3 @@ def test_rng_state_round_trip(tmp_path):
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
-
-
-def test_bf16_mixed_precision_trains(tmp_path):
-    trainer = run_toy(tmp_path, tmp_path / "run", ["trainer.mixed_precision=bf16", "trainer.epochs=2"])
-    assert trainer.best["value"] > 50
