@@ -157,3 +157,50 @@ def test_stage_reference_outside_a_pipeline_is_a_clear_error(tmp_path, toy_confi
     assert proc.returncode == 2 and "not run as a stage of a pipeline" in proc.stderr
     missing = cli(tmp_path / "refine.yaml", cwd=tmp_path)
     assert missing.returncode == 2 and "model.checkpoint_path must be set" in missing.stderr
+
+
+def test_truncated_last_pt_on_resume_names_the_file(toy_config, tmp_path):
+    out = tmp_path / "run"
+    assert cli(toy_config, "trainer.epochs=1", "--output", out, cwd=tmp_path).returncode == 0
+    last = out / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    proc = cli(toy_config, "trainer.epochs=2", "--output", out, "--resume", cwd=tmp_path)
+    assert proc.returncode == 2 and str(last) in proc.stderr and "truncated or corrupt" in proc.stderr
+    assert "weights_only=False" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from zoo.engine.checkpoint import atomic_save
+
+    path = tmp_path / "last.pt"
+    atomic_save({"a": torch.ones(1)}, path)
+
+    def full_disk(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="Is the disk full") as info:
+        atomic_save({"a": torch.zeros(1)}, path)
+    assert str(path) in str(info.value) and "previous last.pt is intact" in str(info.value)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_resume_drops_log_rows_the_checkpoint_does_not_have(toy_config, tmp_path):
+    """A run stopped between writing a metrics row and saving (save_every=2 here) resumes without repeated rows."""
+    out = tmp_path / "run"
+    assert cli(toy_config, "trainer.epochs=3", "trainer.save_every=2", "--output", out, cwd=tmp_path).returncode == 0
+    # make it look interrupted after epoch 3's row but with last.pt of epoch 2
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 3
+    (out / "metrics.json").unlink()
+    early = cli(toy_config, "trainer.epochs=2", "--output", tmp_path / "two", cwd=tmp_path)
+    assert early.returncode == 0
+    (out / "last.pt").write_bytes((tmp_path / "two" / "last.pt").read_bytes())
+    proc = cli(toy_config, "trainer.epochs=3", "trainer.save_every=2", "--output", out, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    epochs = [r.split(",")[0] for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3"]
