@@ -6,6 +6,8 @@
     python tools/benchmark.py pointops [--quick]
 
 Each subcommand is a module ``tools/benchmarks/<name>.py`` with ``add_arguments(parser)`` and ``run(args)``.
+Every benchmark checks that its rows compute the same result before timing them; when one does not, the run stops
+with ``error: <benchmark>: row '<name>' ...`` and exit status 2 (nothing is timed or written for it).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchmarks  # noqa: E402  (tools/benchmarks, found through the path above)
-from benchmarks._common import describe_machine  # noqa: E402
+from benchmarks._common import BenchmarkCheckError, describe_machine  # noqa: E402
 
 
 def discover() -> dict[str, object]:
@@ -47,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} {((module.__doc__ or '').strip().splitlines() or [''])[0]}")
         return 0
     print(describe_machine())
-    modules[args.command].run(args)
+    try:
+        modules[args.command].run(args)
+    except BenchmarkCheckError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

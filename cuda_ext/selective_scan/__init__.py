@@ -3,7 +3,8 @@
 ``selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
 return_last_state=False)`` has mamba-ssm's signature and semantics (see :mod:`.reference` for the math).
 
-Backends (``backend=`` keyword, else the ``ZOO_KERNEL`` environment variable, else automatic):
+Backends (``backend=`` keyword, else ``$ZOO_KERNEL`` -- ``scan:NAME`` or a global ``NAME`` -- else automatic; the
+rules live in :mod:`cuda_ext._dispatch`, shared by every op):
 
 * ``"triton"`` — Triton kernels (:mod:`.triton`); the default for CUDA tensors when triton imports.
   CPU tensors only under ``TRITON_INTERPRET=1`` (tests).
@@ -16,11 +17,10 @@ Nothing here imports triton or needs a GPU until a backend that needs them is as
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-
 import torch
+
+from cuda_ext import _dispatch
+from cuda_ext._dispatch import triton_available
 
 from . import cpu as _cpu
 from .reference import check_inputs, selective_scan_ref
@@ -28,14 +28,7 @@ from .reference import check_inputs, selective_scan_ref
 __all__ = ["selective_scan_fn", "selective_scan_ref", "SelectiveScanFn", "resolve_backend", "BACKENDS",
            "triton_available"]
 
-BACKENDS = ("ref", "cpu", "triton", "mamba_ssm")
-_ENV = "ZOO_KERNEL"
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def triton_available() -> bool:
-    """True when the ``triton`` package can be imported (says nothing about a GPU)."""
-    return importlib.util.find_spec("triton") is not None
+BACKENDS = _dispatch.OPS["scan"].backends
 
 
 def _triton_module():
@@ -57,17 +50,9 @@ def _mamba_ssm_fn():
 
 
 def resolve_backend(backend: str | None, u: torch.Tensor) -> str:
-    """Pick the backend: explicit ``backend`` > ``$ZOO_KERNEL`` > triton on CUDA (when importable) > cpu."""
-    name = backend if backend is not None else (os.environ.get(_ENV) or None)
-    if name is None:
-        if u.is_cuda and u.dtype in _TRITON_DTYPES and triton_available():
-            return "triton"
-        return "cpu"
-    name = name.strip().lower()
-    if name not in BACKENDS:
-        src = "backend" if backend is not None else f"${_ENV}"
-        raise ValueError(f"selective_scan_fn: {src}={name!r} is not a backend; choose one of {', '.join(BACKENDS)}")
-    return name
+    """Pick the backend for ``u (batch, D, L)``: explicit ``backend`` > ``$ZOO_KERNEL`` (``scan:NAME``, then a global
+    ``NAME``) > triton on CUDA (when importable, fp16/bf16/fp32) > cpu. See :func:`cuda_ext._dispatch.resolve`."""
+    return _dispatch.resolve("scan", u, backend)
 
 
 class SelectiveScanFn(torch.autograd.Function):

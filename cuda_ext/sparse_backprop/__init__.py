@@ -3,7 +3,9 @@ and the autograd Functions of a Linear / 1×1 convolution whose trainable entrie
 
 The public API with argument checking is ``zoo.ops.sparse_grad``; this package picks the implementation:
 
-* ``ZOO_KERNEL=ref|cpu|triton`` forces one (``triton`` on CPU tensors needs ``TRITON_INTERPRET=1``);
+* ``ZOO_KERNEL=ref|cpu|triton`` (or for this op only, ``ZOO_KERNEL=sddmm:NAME``) forces one through the shared
+  dispatcher :mod:`cuda_ext._dispatch` (``triton`` on CPU tensors needs ``TRITON_INTERPRET=1``; a global
+  ``mamba_ssm`` falls back to the automatic choice);
 * otherwise CUDA tensors in float16/bfloat16/float32 use Triton when it is importable, everything else the fast
   PyTorch path (``cpu.py``, device-agnostic, bounded memory).
 
@@ -11,41 +13,20 @@ Importing this package never imports Triton.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 
+from cuda_ext import _dispatch
 from cuda_ext.sparse_backprop import cpu, reference
 from cuda_ext.sparse_backprop.reference import flat_to_rows_cols
 
 __all__ = ["backend", "sampled_weight_grad", "SparseLinearFunction", "SparseConv1x1Function", "GatherGradFunction"]
 
-_BACKENDS = ("ref", "cpu", "triton")
-
-
-@lru_cache(maxsize=None)
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
 
 def backend(t: torch.Tensor) -> str:
-    """The implementation used for tensor ``t``: ``"ref"``, ``"cpu"`` (fast PyTorch) or ``"triton"``."""
-    forced = os.environ.get("ZOO_KERNEL", "").strip().lower()
-    if forced:
-        if forced not in _BACKENDS:
-            raise ValueError(f"ZOO_KERNEL={forced!r} is not a kernel backend; use one of {', '.join(_BACKENDS)}.")
-        if forced == "triton":
-            if not _triton_importable():
-                raise ImportError("ZOO_KERNEL=triton but Triton is not installed: pip install 'zoo[triton]'.")
-            if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-                raise RuntimeError("ZOO_KERNEL=triton with CPU tensors needs TRITON_INTERPRET=1 (or CUDA tensors).")
-        return forced
-    if t.is_cuda and t.dtype != torch.float64 and _triton_importable():
-        return "triton"
-    return "cpu"
+    """The implementation of the SDDMM (op ``"sddmm"``) for tensor ``t``: ``"ref"``, ``"cpu"`` (fast PyTorch) or
+    ``"triton"``. See :func:`cuda_ext._dispatch.resolve`."""
+    return _dispatch.resolve("sddmm", t)
 
 
 def sampled_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -207,7 +207,8 @@ def test_backend_resolution(monkeypatch):
     assert resolve_backend(None, u) == "ref"
     assert resolve_backend("cpu", u) == "cpu"  # the keyword wins over the environment
     monkeypatch.setenv("ZOO_KERNEL", "cuda")
-    with pytest.raises(ValueError, match=r"\$ZOO_KERNEL='cuda' is not a backend; choose one of ref, cpu, triton"):
+    with pytest.raises(ValueError, match=r"\$ZOO_KERNEL='cuda': 'cuda' is not a kernel backend; valid backends: "
+                                         r"ref, cpu, triton, mamba_ssm"):
         resolve_backend(None, u)
     with pytest.raises(ValueError, match=r"backend='x'"):
         resolve_backend("x", u)

@@ -157,7 +157,8 @@ def test_fps_bad_inputs_name_the_problem(monkeypatch):
     with pytest.raises(ValueError, match="start_idx must be in"):
         ops.furthest_point_sample(torch.randn(1, 10, 3), 4, start_idx=10)
     monkeypatch.setenv("ZOO_KERNEL", "bogus")
-    with pytest.raises(ValueError, match="ZOO_KERNEL='bogus' is not a kernel backend"):
+    with pytest.raises(ValueError, match=r"ZOO_KERNEL='bogus': 'bogus' is not a kernel backend; valid backends: "
+                                         r"ref, cpu, triton, mamba_ssm"):
         ops.furthest_point_sample(torch.randn(1, 10, 3), 4)
 
 

@@ -1,4 +1,5 @@
-"""tools/benchmark.py: every benchmark runs end to end at tiny sizes and writes real, positive measurements."""
+"""tools/benchmark.py: every benchmark runs end to end at tiny sizes and writes real, positive measurements, and
+refuses to time a row that does not compute what its reference computes."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,3 +58,203 @@ def test_benchmark_runs_and_writes_json(name, tmp_path):
     for row in rows:
         timings = [v for k, v in row.items() if k.endswith(("_ms", "_s")) and v is not None]
         assert timings and all(isinstance(v, (int, float)) and v > 0 for v in timings), row
+
+
+# ----------------------------------------------------------------------------------------------------- the checks
+# Each benchmark checks that its rows compute the same result before timing them; these tests make one row
+# compute something else and assert that the benchmark refuses (and times nothing), and that honest rows pass.
+@pytest.fixture
+def bench(monkeypatch):
+    """tools/benchmarks importable in-process, with ``time_fn`` of each benchmark module recording its calls."""
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    import importlib
+
+    mods = {name: importlib.import_module(f"benchmarks.{name}") for name in ("_common", "scan", "pointops", "sara")}
+    timed = []
+
+    def recording_time_fn(fn, *, warmup=1, repeat=5, device=None):
+        timed.append({"warmup": warmup, "repeat": repeat})
+        return mods["_common"].time_fn(fn, warmup=warmup, repeat=repeat, device=device)
+
+    for name in ("scan", "pointops", "sara"):
+        monkeypatch.setattr(mods[name], "time_fn", recording_time_fn)
+    mods["timed"] = timed
+    return mods
+
+
+def _args(module, *argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    args = parser.parse_args(list(argv))
+    args.json = None
+    return args
+
+
+TINY_SCAN = [(2, 8, 4, 16)]
+
+
+def _scan_args(bench, monkeypatch, *extra):
+    scan = bench["scan"]
+    monkeypatch.setattr(scan, "QUICK_CONFIGS", TINY_SCAN)
+    monkeypatch.setattr(scan, "cpu_peak_mb", lambda *a: 1.0)  # the memory probe's subprocess is covered above
+    return _args(scan, "--quick", "--device", "cpu", "--threads", "1", *extra)
+
+
+def test_scan_times_checked_rows_with_the_same_warmup(bench, monkeypatch, capsys):
+    bench["scan"].run(_scan_args(bench, monkeypatch))
+    assert "checked against the reference" in capsys.readouterr().out
+    # reference + zoo_cpu (mambapy when installed), fwd and fwd+bwd each: every row, the baseline too, warms up once
+    assert len(bench["timed"]) >= 4 and all(t["warmup"] == 1 for t in bench["timed"]), bench["timed"]
+
+
+def test_scan_refuses_a_row_with_another_output(bench, monkeypatch, capsys):
+    scan = bench["scan"]
+    real = scan.forward_fn
+
+    def forward_fn(backend):
+        fwd = real(backend)
+        return (lambda **kw: fwd(**kw) * 1.01) if backend == "zoo_cpu" else fwd
+
+    monkeypatch.setattr(scan, "forward_fn", forward_fn)
+    with pytest.raises(bench["_common"].BenchmarkCheckError,
+                       match=r"scan: row 'zoo_cpu' disagrees with 'reference' on the output .*not timing it"):
+        scan.run(_scan_args(bench, monkeypatch, "--skip-reference"))
+    assert bench["timed"] == []
+    import benchmark  # tools/benchmark.py: the command line prints the check's message and exits 2
+
+    capsys.readouterr()
+    assert benchmark.main(["scan", "--quick", "--device", "cpu", "--threads", "1", "--skip-reference"]) == 2
+    assert "error: scan: row 'zoo_cpu' disagrees with 'reference' on the output" in capsys.readouterr().err
+    assert bench["timed"] == []
+
+
+def test_scan_refuses_a_row_with_other_gradients(bench, monkeypatch):
+    """Same forward values, but the gradient of delta is 1.5x: only the gradient check can catch it."""
+    scan = bench["scan"]
+    real = scan.forward_fn
+
+    def forward_fn(backend):
+        fwd = real(backend)
+        if backend != "zoo_cpu":
+            return fwd
+        return lambda delta, **kw: fwd(delta=delta * 1.5 - delta.detach() * 0.5, **kw)
+
+    monkeypatch.setattr(scan, "forward_fn", forward_fn)
+    with pytest.raises(bench["_common"].BenchmarkCheckError, match=r"row 'zoo_cpu' .* on the gradient of delta"):
+        scan.run(_scan_args(bench, monkeypatch))
+    assert bench["timed"] == []
+
+
+def _pointops_args(bench, monkeypatch):
+    monkeypatch.setattr(bench["pointops"], "CONFIGS", [(2, 96, 12, 4)])
+    monkeypatch.setattr(bench["pointops"], "peak_memory", lambda fn, device: None)
+    return _args(bench["pointops"], "--quick", "--device", "cpu", "--threads", "1")
+
+
+def test_pointops_honest_rows_pass_and_agree(bench, monkeypatch):
+    results = bench["pointops"].run(_pointops_args(bench, monkeypatch))
+    fps, knn = results[0]["rows"], results[1]["rows"]
+    assert [r["name"] for r in fps] == ["naive_loop", "dense_nxn", "zoo_cpu"] and fps[2]["same_idx"] is True
+    assert knn[1]["same_set"] == 1.0 and len(bench["timed"]) == 5
+
+
+def test_pointops_refuses_zoo_fps_with_other_indices(bench, monkeypatch):
+    from zoo.ops import pointcloud
+
+    real = pointcloud.furthest_point_sample
+    monkeypatch.setattr(pointcloud, "furthest_point_sample", lambda xyz, M: real(xyz, M).flip(1))
+    with pytest.raises(bench["_common"].BenchmarkCheckError,
+                       match=r"row 'zoo_cpu' returns other FPS indices than 'naive_loop' in 2 of 2 clouds"):
+        bench["pointops"].run(_pointops_args(bench, monkeypatch))
+    assert bench["timed"] == []
+
+
+def test_pointops_refuses_a_baseline_that_is_no_fps(bench, monkeypatch):
+    pointops = bench["pointops"]
+    real = pointops.fps_dense_nxn
+    monkeypatch.setattr(pointops, "fps_dense_nxn", lambda xyz, M: real(xyz, M)[:, [0, 2, 1, *range(3, M)]])
+    with pytest.raises(bench["_common"].BenchmarkCheckError, match=r"row 'dense_nxn' is not a furthest point sampling"):
+        pointops.run(_pointops_args(bench, monkeypatch))
+    assert bench["timed"] == []
+
+
+def test_pointops_refuses_knn_with_other_neighbour_sets(bench, monkeypatch):
+    from zoo.ops import pointcloud
+
+    real = pointcloud.knn
+    monkeypatch.setattr(pointcloud, "knn", lambda ref, q, k: tuple(t[..., 1:k + 1] for t in real(ref, q, k + 1)))
+    xyz = torch.rand(2, 64, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(bench["_common"].BenchmarkCheckError, match=r"row 'zoo_cpu' returns other neighbour sets"):
+        bench["pointops"]._knn_rows(xyz, xyz[:, :8], 4, "cpu", 1)
+    assert bench["timed"] == []
+
+
+def _sara_layer_args(bench, monkeypatch):
+    sara = bench["sara"]
+    monkeypatch.setattr(sara, "LAYER_IN", 24)
+    monkeypatch.setattr(sara, "LAYER_OUT", 40)
+    monkeypatch.setattr(sara, "LAYER_TOKENS", 16)
+    return _args(sara, "--batch", "2", "--repeat", "1", "--threads", "1", "--fraction", "0.2")
+
+
+@pytest.mark.parametrize("variant", ["layer_dense", "layer_kernel"])
+def test_sara_layer_rows_pass_the_gradient_check(bench, monkeypatch, variant):
+    row = bench["sara"].measure_layer(variant, _sara_layer_args(bench, monkeypatch))
+    assert row["time_ms"] > 0 and len(bench["timed"]) == 1
+
+
+def test_sara_layer_refuses_a_kernel_with_other_gradients(bench, monkeypatch):
+    import cuda_ext.sparse_backprop as sb
+
+    real = sb.sampled_weight_grad
+    monkeypatch.setattr(sb, "sampled_weight_grad", lambda *a: real(*a) * 1.1)
+    with pytest.raises(bench["_common"].BenchmarkCheckError,
+                       match=r"sara: row 'layer_kernel' disagrees with 'dense dW gathered' on the gradient of its "
+                             r"weight values"):
+        bench["sara"].measure_layer("layer_kernel", _sara_layer_args(bench, monkeypatch))
+    assert bench["timed"] == []
+
+
+def test_sara_refuses_a_variant_that_starts_from_other_weights(bench, monkeypatch):
+    pytest.importorskip("diffusers")
+    pytest.importorskip("peft")
+    from zoo.adapters import sara as zoo_sara
+
+    class Shifted(zoo_sara.SaRAOptimizer):
+        def __init__(self, model, **kw):
+            super().__init__(model, **kw)
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].add_(0.5)  # a non-zero initial delta: another function
+
+    monkeypatch.setattr(zoo_sara, "SaRAOptimizer", Shifted)
+    args = _args(bench["sara"], "--width", "0.125", "--latent", "8", "--batch", "1", "--repeat", "1", "--threads", "1")
+    args.width, args.latent = 0.125, 8
+    with pytest.raises(bench["_common"].BenchmarkCheckError,
+                       match=r"row 'sara_dense' gives loss .* at its initial weights where the unmodified UNet gives"):
+        bench["sara"].measure("sara_dense", args)
+    assert bench["timed"] == []
+
+
+def test_sara_rows_must_agree_after_the_same_step(bench):
+    check = bench["sara"].check_same_step
+    rows = [{"name": "full", "loss0": 1.0, "loss1": 0.9}, {"name": "sara_dense", "loss0": 1.0, "loss1": 0.95},
+            {"name": "sara_kernel", "loss0": 1.0, "loss1": 0.95}]
+    check(rows)
+    with pytest.raises(bench["_common"].BenchmarkCheckError,
+                       match=r"row 'sara_kernel' reaches loss 0.96 after one AdamW step where 'sara_dense' "
+                             r"reaches 0.95"):
+        check([*rows[:2], {**rows[2], "loss1": 0.96}])
+    with pytest.raises(bench["_common"].BenchmarkCheckError, match=r"row 'sara_dense' started from loss 1.1"):
+        check([rows[0], {**rows[1], "loss0": 1.1}])
+
+
+def test_sara_parent_stops_when_a_child_check_fails(bench, monkeypatch, tmp_path):
+    sara = bench["sara"]
+    msg = "sara: row 'sara_kernel' gives loss 2 at its initial weights ...; not timing it"
+    monkeypatch.setattr(sara.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, sara.CHECK_EXIT, "", f"Traceback ...\nBenchmarkCheckError: {msg}\n"))
+    args = _args(sara, "--width", "0.125", "--latent", "8")
+    with pytest.raises(bench["_common"].BenchmarkCheckError, match=r"^sara: row 'sara_kernel' gives loss 2"):
+        sara._spawn("sara_kernel", args)

@@ -1,6 +1,9 @@
-"""Shared measuring helpers for benchmarks: median wall time, peak memory, and a ratio table.
+"""Shared measuring helpers for benchmarks: median wall time, peak memory, a ratio table, and the checks that rows
+compute the same result before they are timed.
 
-Every figure is measured in the same run as its baseline; tables print ratios against the baseline row.
+Every figure is measured in the same run as its baseline; tables print ratios against the baseline row. A row
+whose result disagrees with its reference is not timed: :func:`check_close` / :func:`check_true` raise
+:class:`BenchmarkCheckError` naming the benchmark, the row and the disagreement.
 """
 from __future__ import annotations
 
@@ -13,7 +16,37 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["sync", "time_fn", "peak_memory", "Row", "print_table", "write_json", "describe_machine"]
+__all__ = ["sync", "time_fn", "peak_memory", "Row", "print_table", "write_json", "describe_machine",
+           "BenchmarkCheckError", "check_close", "check_true", "rel_error"]
+
+
+class BenchmarkCheckError(AssertionError):
+    """A benchmark row does not compute what its reference computes, so timing it would compare unlike things."""
+
+
+def check_true(ok: bool, bench: str, row: str, what: str) -> None:
+    """Raise :class:`BenchmarkCheckError` ``"<bench>: row '<row>' <what>; not timing it"`` unless ``ok``."""
+    if not ok:
+        raise BenchmarkCheckError(f"{bench}: row {row!r} {what}; not timing it (the rows must compute the same "
+                                  f"result before their speed is compared)")
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max|actual - expected| / max|expected|`` in float64 (inf on a shape mismatch or a non-finite value)."""
+    if actual.shape != expected.shape:
+        return float("inf")
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    err = ((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item() if e.numel() else 0.0
+    return err if err == err else float("inf")  # NaN -> inf
+
+
+def check_close(bench: str, row: str, name: str, actual: torch.Tensor, expected: torch.Tensor, tol: float,
+                against: str = "reference") -> None:
+    """Check ``actual`` against ``expected`` elementwise, with an error relative to ``max|expected|`` <= ``tol``."""
+    err = rel_error(actual, expected)
+    shapes = "" if actual.shape == expected.shape else f" (shape {tuple(actual.shape)} vs {tuple(expected.shape)})"
+    check_true(err <= tol, bench, row, f"disagrees with {against!r} on {name}: max error {err:.2e} relative to "
+                                       f"max|{against}| exceeds {tol:.0e}{shapes}")
 
 
 def sync(device: str | torch.device | None) -> None:

@@ -16,18 +16,28 @@ with exact distances, deterministic ties), ``zoo_triton`` the Triton FPS kernel 
 ``same_set``: agreement with the naive result (``dense_nxn`` uses cdist's matmul form, whose rounding changes
 some choices). Times are medians; peak memory is the extra RSS / CUDA memory of one call.
 
+Before any row is timed its result is checked (a :class:`BenchmarkCheckError` stops the benchmark otherwise):
+the zoo FPS rows must return exactly ``naive_loop``'s indices; every FPS row must be a greedy furthest-point
+sequence (each chosen point's exact distance to the points chosen before it is the largest, up to the rounding of
+a matmul-form distance, ``FPS_RTOL``); every KNN row must return K distinct neighbours whose exact squared
+distances are the K smallest (up to ``KNN_ATOL``, so rounding ties of the matmul form pass) -- the same neighbour
+sets.
+
     python tools/benchmark.py pointops [--quick] [--device cpu|cuda|all] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 
-from benchmarks._common import Row, peak_memory, print_table, time_fn, write_json
+from benchmarks._common import Row, check_true, peak_memory, print_table, time_fn, write_json
 
 CONFIGS = [(32, 1024, 256, 16), (32, 8192, 512, 16)]  # (B, N, M, K)
+FPS_RTOL = 1e-4  # a chosen point may be this much (relative) closer than the furthest one (matmul-form rounding)
+KNN_ATOL = 1e-5  # squared-distance slack for neighbour sets (coordinates in [0, 1): matmul-form rounding ~1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------- baselines
@@ -100,50 +110,113 @@ def _measure(name: str, fn, device: str, repeat: int, **extra) -> Row:
     return Row(name, time_ms=t * 1e3, peak_mb=None if mem is None else mem / 2**20, **extra)
 
 
-def _fps_rows(xyz: torch.Tensor, M: int, device: str, repeat: int, monkey_env) -> list[Row]:
-    from zoo.ops.pointcloud import furthest_point_sample
+# ----------------------------------------------------------------------------------------------------- checks
+def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact squared distances ``(..., 3), (..., 3) -> (...)`` summed as ``dx*dx + dy*dy + dz*dz`` (float32)."""
+    d = a.float() - b.float()
+    return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
 
+
+def fps_greedy_error(xyz: torch.Tensor, idx: torch.Tensor) -> float:
+    """How far ``idx (B, M)`` is from a greedy FPS of ``xyz (B, N, 3)``: the largest, over clouds and steps, of
+    ``(max_p d(p) - d(idx_j)) / max_p d(p)`` with ``d`` the exact squared distance to ``idx[:, :j]`` (0 = greedy)."""
+    B, N, _ = xyz.shape
+    rows = torch.arange(B, device=xyz.device)
+    mind = torch.full((B, N), float("inf"), device=xyz.device)
+    worst = torch.zeros((), device=xyz.device)
+    for j in range(idx.shape[1]):
+        if j:
+            best = mind.max(1).values
+            worst = torch.maximum(worst, ((best - mind[rows, idx[:, j]]) / best.clamp_min(1e-30)).max())
+        mind = torch.minimum(mind, _sqdist(xyz, xyz[rows, idx[:, j]][:, None]))
+    return float(worst)
+
+
+def knn_error(xyz: torch.Tensor, centers: torch.Tensor, idx: torch.Tensor, chunk: int = 64) -> float:
+    """How far ``idx (B, M, K)`` is from the K nearest neighbours of ``centers (B, M, 3)`` among ``xyz (B, N, 3)``:
+    the largest gap between the sorted exact squared distances of the given neighbours and the K smallest ones
+    (inf when a query repeats a neighbour). Processed in chunks of queries (memory ``chunk x N``)."""
+    K = idx.shape[-1]
+    if bool((idx.sort(-1).values.diff(dim=-1) == 0).any()):
+        return float("inf")
+    worst = 0.0
+    for b in range(xyz.shape[0]):
+        for s in range(0, centers.shape[1], chunk):
+            d = _sqdist(centers[b, s:s + chunk, None], xyz[b, None])  # (chunk, N)
+            best = d.topk(K, dim=-1, largest=False).values.sort(-1).values
+            got = d.gather(1, idx[b, s:s + chunk]).sort(-1).values
+            worst = max(worst, float((got - best).abs().max()))
+    return worst
+
+
+def _check_fps(results: dict[str, torch.Tensor], xyz: torch.Tensor) -> None:
+    ref = results["naive_loop"]
+    for name, idx in results.items():
+        check_true(idx.shape == ref.shape and idx.dtype == torch.long, "pointops", name,
+                   f"returns {tuple(idx.shape)} {idx.dtype} indices, naive_loop {tuple(ref.shape)} {ref.dtype}")
+        if name.startswith("zoo"):
+            diff = int((idx != ref).any(1).sum())
+            check_true(diff == 0, "pointops", name, f"returns other FPS indices than 'naive_loop' in {diff} of "
+                                                   f"{ref.shape[0]} clouds")
+        err = fps_greedy_error(xyz, idx)
+        check_true(err <= FPS_RTOL, "pointops", name, f"is not a furthest point sampling: a chosen point is "
+                                                      f"{err:.2e} (relative) closer than the furthest one "
+                                                      f"(allowed {FPS_RTOL:.0e})")
+
+
+def _check_knn(results: dict[str, torch.Tensor], xyz: torch.Tensor, centers: torch.Tensor, K: int) -> None:
+    for name, idx in results.items():
+        check_true(idx.shape == (*centers.shape[:2], K), "pointops", name,
+                   f"returns neighbour indices of shape {tuple(idx.shape)}, expected {(*centers.shape[:2], K)}")
+        err = knn_error(xyz, centers, idx)
+        check_true(err <= KNN_ATOL, "pointops", name, f"returns other neighbour sets than the exact K={K} nearest: "
+                                                      f"squared distances off by {err:.2e} (allowed {KNN_ATOL:.0e})")
+
+
+# ----------------------------------------------------------------------------------------------------- rows
+def _fps_rows(xyz: torch.Tensor, M: int, device: str, repeat: int, monkey_env) -> list[Row]:
     N = xyz.shape[1]
-    rows = [_measure("naive_loop", lambda: fps_naive_loop(xyz, M), device, repeat)]
-    if N <= 2048:
-        rows.append(_measure("dense_nxn", lambda: fps_dense_nxn(xyz, M), device, repeat))
-    with monkey_env("cpu"):
-        rows.append(_measure("zoo_cpu", lambda: furthest_point_sample(xyz, M), device, repeat))
-    if device == "cuda":
-        with monkey_env(None):
-            rows.append(_measure("zoo_triton", lambda: furthest_point_sample(xyz, M), device, repeat))
-    ref = fps_naive_loop(xyz, M)
-    for r in rows:  # every implementation must agree (tie-free random input)
-        r["same_idx"] = bool(torch.equal(ref, _run_named(r["name"], xyz, M, monkey_env)))
+    names = ["naive_loop"] + (["dense_nxn"] if N <= 2048 else []) + ["zoo_cpu"] + \
+        (["zoo_triton"] if device == "cuda" else [])
+    results = {name: _run_named(name, xyz, M, monkey_env) for name in names}
+    _check_fps(results, xyz)  # every implementation must agree (tie-free random input) before it is timed
+    rows = []
+    for name in names:
+        env = monkey_env("cpu" if name == "zoo_cpu" else None) if name.startswith("zoo") else contextlib.nullcontext()
+        with env:  # ZOO_KERNEL set once around the timed calls
+            rows.append(_measure(name, lambda: _run_named(name, xyz, M), device, repeat))
+        rows[-1]["same_idx"] = bool(torch.equal(results["naive_loop"], results[name]))
     return rows
 
 
-def _run_named(name: str, xyz, M, monkey_env):
+def _run_named(name: str, xyz, M, monkey_env=None):
+    """Row ``name``'s FPS of ``xyz``; ``monkey_env`` (when given) sets ``ZOO_KERNEL`` for the zoo rows."""
     from zoo.ops.pointcloud import furthest_point_sample
 
     if name == "naive_loop":
         return fps_naive_loop(xyz, M)
     if name == "dense_nxn":
         return fps_dense_nxn(xyz, M)
+    if monkey_env is None:
+        return furthest_point_sample(xyz, M)
     with monkey_env("cpu" if name == "zoo_cpu" else None):
         return furthest_point_sample(xyz, M)
 
 
 def _knn_rows(xyz: torch.Tensor, centers: torch.Tensor, K: int, device: str, repeat: int) -> list[Row]:
-    from zoo.ops.pointcloud import knn
+    from zoo.ops import pointcloud
 
-    rows = [
-        _measure("knn_point", lambda: knn_point(K, xyz, centers), device, repeat),
-        _measure("zoo_cpu" if device == "cpu" else "zoo_cuda", lambda: knn(xyz, centers, K), device, repeat),
-    ]
-    theirs = knn_point(K, xyz, centers).sort(-1).values
-    ours = knn(xyz, centers, K)[1].sort(-1).values
+    zoo_name = "zoo_cpu" if device == "cpu" else "zoo_cuda"
+    fns = {"knn_point": lambda: knn_point(K, xyz, centers), zoo_name: lambda: pointcloud.knn(xyz, centers, K)[1]}
+    results = {name: fn() for name, fn in fns.items()}
+    _check_knn(results, xyz, centers, K)  # the same neighbour sets (up to rounding ties) before timing
+    rows = [_measure(name, fn, device, repeat) for name, fn in fns.items()]
+    theirs, ours = (results[n].sort(-1).values for n in fns)
     rows[1]["same_set"] = float((theirs == ours).all(-1).float().mean())  # fraction of queries with the same K set
     return rows
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    import contextlib
     import os
 
     @contextlib.contextmanager

@@ -27,6 +27,13 @@ allocated. ``adapter_mb`` is what the variant adds to the model's own weights (S
 changes; official layout: bool masks + values; LoRA: its factors), each storage counted once. The timed steps
 (after one warm-up step) are the memory-measured ones. Timings on a shared CPU are only indicative.
 
+Checks before timing (a :class:`BenchmarkCheckError` stops the benchmark): every variant starts from the same
+weights, so its loss at the warm-up step must equal the loss of the unmodified UNet on the same inputs
+(``LOSS_RTOL``); the layer rows' gradients of SaRA's values must equal the dense weight gradient ``dyᵀ x`` gathered
+at the selected entries (``GRAD_TOL``), which is what both the kernel and dense-then-gather compute. Before the
+table is printed, variants that train the same entries with the same AdamW (``sara_official``, ``sara_dense``,
+``sara_kernel``; ``sara_attn_dense``, ``sara_attn_kernel``) must reach the same loss after that first step.
+
     python tools/benchmark.py sara                       # CPU: width 0.25, 32x32 latents, batch 2
     python tools/benchmark.py sara --width 1 --latent 64 --batch 1 --repeat 1 --threads 2   # real size, CPU (~17 min)
     python tools/benchmark.py sara --device cuda --width 1 --latent 64 --batch 4
@@ -44,12 +51,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import (Row, memory_in_use, peak_memory, peak_memory_in_use, print_table, reset_peak_memory,
-                                sync, time_fn, write_json)
+from benchmarks._common import (BenchmarkCheckError, Row, check_close, check_true, memory_in_use, peak_memory,
+                                peak_memory_in_use, print_table, reset_peak_memory, sync, time_fn, write_json)
 
 VARIANTS = ("full", "lora", "lora_all", "sara_official", "sara_dense", "sara_kernel", "sara_attn_dense", "sara_attn_kernel")
 LAYER_VARIANTS = ("layer_dense", "layer_kernel")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LAYER_IN, LAYER_OUT, LAYER_TOKENS = 1280, 10240, 1024  # the layer table: SD 1.5's largest Linear, tokens per batch item
+SAME_STEP = (("sara_official", "sara_dense", "sara_kernel"), ("sara_attn_dense", "sara_attn_kernel"))
+LOSS_RTOL = 1e-5  # warm-up loss vs the unmodified UNet's (zero-initialised deltas: the same function)
+STEP_RTOL = 1e-4  # loss after one AdamW step, between variants that train the same entries
+GRAD_TOL = 1e-4   # SaRA value gradients vs dense dW gathered, relative to the largest
+CHECK_EXIT = 3    # exit status of a child whose check failed: the parent stops instead of skipping the row
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,10 +175,23 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.zeros(1, device=device)  # CUDA context outside the measurement
     gc.collect()
-    base_mem = memory_in_use(device)
+    base_mem = memory_in_use(device)  # the inputs below count in the peak, as the UNet's weights do
+    g = torch.Generator(device="cpu").manual_seed(0)
+    B, L = args.batch, args.latent
+    x = torch.randn(B, 4, L, L, generator=g).to(device)
+    target = torch.randn(B, 4, L, L, generator=g).to(device)
+    text = torch.randn(B, 77, 768, generator=g).to(device)
+    t = torch.randint(0, 1000, (B,), generator=g).to(device)
     unet = build_unet(sd15_unet_config(width=args.width, sample_size=args.latent)).to(device)
     if args.grad_checkpointing:
         unet.enable_gradient_checkpointing()
+    unet.train()
+
+    def loss_fn() -> torch.Tensor:
+        return torch.nn.functional.mse_loss(unet(x, t, text).sample, target)
+
+    with torch.no_grad():
+        base_loss = float(loss_fn())  # the unmodified UNet: every variant must start from this function
     n_total = sum(p.numel() for p in unet.parameters())
     base_bytes = _tensor_bytes([*unet.parameters(), *unet.buffers()])
     theta = args.threshold or _threshold_for_fraction(list(unet.parameters()), args.fraction)
@@ -196,22 +222,22 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     trainable = sum(p.numel() for g in opt.param_groups for p in g["params"])
     extra = [s[3] for s in getattr(opt, "slots", [])] + [p for g in opt.param_groups for p in g["params"]]
     adapter_bytes = _tensor_bytes([*unet.parameters(), *unet.buffers(), *extra]) - base_bytes
-    g = torch.Generator(device="cpu").manual_seed(0)
-    B, L = args.batch, args.latent
-    x = torch.randn(B, 4, L, L, generator=g).to(device)
-    target = torch.randn(B, 4, L, L, generator=g).to(device)
-    text = torch.randn(B, 77, 768, generator=g).to(device)
-    t = torch.randint(0, 1000, (B,), generator=g).to(device)
-    unet.train()
 
-    def step() -> None:
-        loss = torch.nn.functional.mse_loss(unet(x, t, text).sample, target)
+    def step() -> torch.Tensor:
+        loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
-    step()  # warm-up: optimiser state exists from here on
+    loss0 = float(step())  # warm-up: optimiser state exists from here on
     sync(device)
+    check_true(abs(loss0 - base_loss) <= LOSS_RTOL * abs(base_loss), "sara", variant,
+               f"gives loss {loss0:.8g} at its initial weights where the unmodified UNet gives {base_loss:.8g} "
+               f"(relative difference {abs(loss0 - base_loss) / abs(base_loss):.1e} > {LOSS_RTOL:.0e}): it does not "
+               f"start from the same model")
+    with torch.no_grad():
+        loss1 = float(loss_fn())  # after one AdamW step: compared across variants that train the same entries
     state_bytes = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
 
     # After the warm-up every step holds the same tensors, so the peak over the timed steps is one step's peak:
@@ -221,21 +247,23 @@ def measure(variant: str, args: argparse.Namespace) -> dict:
     peak = peak_memory_in_use(device) - base_mem
     return {"name": variant, "trainable_M": trainable / 1e6, "opt_state_mb": state_bytes / 2**20,
             "adapter_mb": adapter_bytes / 2**20,
-            "peak_mb": peak / 2**20, "time_ms": seconds * 1e3, **info}
+            "peak_mb": peak / 2**20, "time_ms": seconds * 1e3, "loss0": loss0, "loss1": loss1, **info}
 
 
 def measure_layer(variant: str, args: argparse.Namespace) -> dict:
-    """Backward of one SaRA Linear the size of SD 1.5's largest (GEGLU 1280 -> 10240) over ``batch·1024`` tokens."""
+    """Backward of one SaRA Linear the size of SD 1.5's largest (GEGLU 1280 -> 10240) over ``batch·1024`` tokens.
+
+    Before timing, the gradients of SaRA's values are checked against :func:`check_layer_grads`."""
     from zoo.adapters import sara
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    layer = torch.nn.Sequential(torch.nn.Linear(1280, 10240)).to(device)
+    layer = torch.nn.Sequential(torch.nn.Linear(LAYER_IN, LAYER_OUT)).to(device)
     theta = _threshold_for_fraction([layer[0].weight], args.fraction)
     sara.apply_sara(layer, theta, kernel=variant == "layer_kernel")
-    x = torch.randn(args.batch * 1024, 1280, device=device, requires_grad=True)
+    x = torch.randn(args.batch * LAYER_TOKENS, LAYER_IN, device=device, requires_grad=True)
     y = layer(x)
     gy = torch.randn_like(y)
 
@@ -244,12 +272,52 @@ def measure_layer(variant: str, args: argparse.Namespace) -> dict:
         layer.zero_grad(set_to_none=True)
         x.grad = None
 
-    backward()
+    y.backward(gy, retain_graph=True)
+    check_layer_grads(variant, layer, x.detach(), gy)
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    backward()  # warm-up
     sync(device)
     peak = peak_memory(backward, device)
     seconds = time_fn(backward, warmup=0, repeat=args.repeat, device=device)
     return {"name": variant, "trainable_M": sara.num_sara_parameters(layer) / 1e6, "peak_mb": peak / 2**20,
             "time_ms": seconds * 1e3}
+
+
+def check_layer_grads(variant: str, layer: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor) -> None:
+    """SaRA's value gradients in ``layer`` (a Sequential around one SaRA Linear, after ``y.backward(gy)``) against the
+    dense gradients ``dW = gyᵀ x`` (out, in) and ``db = Σ gy`` gathered at the selected entries (times the delta's
+    scale): what dense-then-gather and the sparse kernel must both compute. ``x (T, in)``, ``gy (T, out)``."""
+    from zoo.adapters import sara
+
+    dense = {"weight": (gy.double().T @ x.double()).flatten(), "bias": gy.double().sum(0)}
+    entries = sara.sara_entries(layer)
+    check_true(bool(entries), "sara", variant, "has no SaRA entries to check")
+    for _, _, delta, p in entries:
+        values = delta.values(p)
+        check_true(values.grad is not None, "sara", variant, f"computes no gradient for the SaRA values of {p}")
+        want = dense[p][delta.index(p).long()] * float(delta.scale)
+        check_close("sara", variant, f"the gradient of its {p} values", values.grad, want, GRAD_TOL,
+                    against="dense dW gathered")
+
+
+def check_same_step(rows: list[dict]) -> None:
+    """All rows start from the same loss (same weights and inputs), and the variants of each :data:`SAME_STEP`
+    group reach the same loss after one AdamW step (they train the same entries the same way)."""
+    first = rows[0]
+    for r in rows[1:]:
+        check_true(abs(r["loss0"] - first["loss0"]) <= LOSS_RTOL * abs(first["loss0"]), "sara", r["name"],
+                   f"started from loss {r['loss0']:.8g}, {first['name']!r} from {first['loss0']:.8g}: the rows did "
+                   f"not measure the same UNet and inputs")
+    by_name = {r["name"]: r for r in rows}
+    for group in SAME_STEP:
+        present = [by_name[n] for n in group if n in by_name]
+        for r in present[1:]:
+            a, b = r["loss1"], present[0]["loss1"]
+            check_true(abs(a - b) <= STEP_RTOL * abs(b), "sara", r["name"],
+                       f"reaches loss {a:.8g} after one AdamW step where {present[0]['name']!r} reaches {b:.8g} "
+                       f"(relative difference {abs(a - b) / abs(b):.1e} > {STEP_RTOL:.0e}), though both train the "
+                       f"same entries with the same optimiser")
 
 
 def _spawn(variant: str, args: argparse.Namespace) -> dict | None:
@@ -269,6 +337,10 @@ def _spawn(variant: str, args: argparse.Namespace) -> dict | None:
     # the peak RSS tracks the tensors actually alive
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode == CHECK_EXIT:
+        Path(out).unlink(missing_ok=True)
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"sara: the check of {variant!r} failed"
+        raise BenchmarkCheckError(last.removeprefix("BenchmarkCheckError: "))
     if proc.returncode != 0:
         print(f"{variant}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -282,7 +354,11 @@ def run(args: argparse.Namespace) -> None:
     args.width = args.width if args.width is not None else (1.0 if cuda else 0.25)
     args.latent = args.latent if args.latent is not None else (64 if cuda else 32)
     if args.only:  # child process: one variant
-        result = (measure_layer if args.only in LAYER_VARIANTS else measure)(args.only, args)
+        try:
+            result = (measure_layer if args.only in LAYER_VARIANTS else measure)(args.only, args)
+        except BenchmarkCheckError as e:
+            print(f"BenchmarkCheckError: {e}", file=sys.stderr)
+            raise SystemExit(CHECK_EXIT) from None
         Path(args.out).write_text(json.dumps(result))
         return
     rows, extra = [], {}
@@ -298,13 +374,17 @@ def run(args: argparse.Namespace) -> None:
           f"{', '.join(LORA_TARGETS)}; lora_all: rank {extra.get('lora_all_rank', '-')} on every Linear and Conv2d")
     if not rows:
         raise SystemExit("no variant could be measured")
+    check_same_step(rows)
+    for r in rows:
+        del r["loss0"], r["loss1"]
     baseline = "full" if any(r["name"] == "full" for r in rows) else rows[0]["name"]
     table = print_table("One training step (fwd + bwd + AdamW)", rows, baseline=baseline,
                         ratios={"time_ms": "speedup", "peak_mb": "fraction"})
     layer_rows = [Row(**r) for r in (_spawn(v, args) for v in LAYER_VARIANTS if args.layer) if r is not None]
     layer_table = []
     if layer_rows:
-        layer_table = print_table(f"Backward of one SaRA Linear 1280->10240 over {args.batch * 1024} tokens "
+        layer_table = print_table(f"Backward of one SaRA Linear {LAYER_IN}->{LAYER_OUT} over "
+                                  f"{args.batch * LAYER_TOKENS} tokens "
                                   f"({args.fraction:.1%} trainable): dense dW + gather vs sparse kernel",
                                   layer_rows, baseline="layer_dense", ratios={"time_ms": "speedup", "peak_mb": "fraction"})
     write_json(args.json, {"rows": table, "layer_rows": layer_table, "config": vars(args) | extra})

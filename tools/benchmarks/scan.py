@@ -11,6 +11,12 @@ and a long sequence ``(2, 768, 16, 8192)``. Inputs as Mamba passes them: input-d
 * GPU (``--device cuda``): ``zoo_triton`` and ``mamba_ssm`` (when its CUDA kernel is installed) next to the
   reference.
 
+Before any row is timed, every row's output and the gradients of all eight inputs are checked against the
+reference (computed in float32) on a slice of the very inputs it is timed on (the first ``CHECK_BATCH`` sequences
+and ``CHECK_DIM`` channels, full length; channels are independent, so the slice is the same computation): a row
+that disagrees stops the benchmark with a :class:`BenchmarkCheckError` naming the row and the tensor. This runs
+with ``--skip-reference`` too. Every row, the reference included, gets one untimed warm-up call.
+
 ``time_ms`` is the median wall time of forward + backward (gradients of all eight inputs), ``cpu_ms`` its process
 CPU time on the CPU (all threads; with ``--threads 1`` it is immune to other jobs sharing the cores), ``fwd_ms``
 forward only; ``peak_mb`` the extra memory of one forward + backward, each measured in a fresh subprocess on the CPU
@@ -21,6 +27,7 @@ forward only; ``peak_mb`` the extra memory of one forward + backward, each measu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -32,11 +39,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import Row, peak_memory, print_table, time_fn, write_json
+from benchmarks._common import Row, check_close, peak_memory, print_table, time_fn, write_json
 
 CPU_CONFIGS = [(32, 768, 16, 512), (2, 768, 16, 8192)]
 QUICK_CONFIGS = [(8, 256, 16, 256), (1, 256, 16, 2048)]
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+CHECK_BATCH, CHECK_DIM = 2, 32  # the slice of the timed inputs on which every row is checked against the reference
+CHECK_TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}  # error / max|reference|
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
@@ -96,6 +105,53 @@ def fwd_bwd(backend, inputs):
         torch.autograd.grad(out, leaves, gout)
 
     return step
+
+
+# ----------------------------------------------------------------------------------------------------- check
+def check_slice(inputs):
+    """The first ``CHECK_BATCH`` sequences and ``CHECK_DIM`` channels of ``inputs`` (detached copies).
+
+    u/delta/z ``(batch, D, L)`` -> ``(b, d, L)``; A ``(D, N)`` -> ``(d, N)``; D/delta_bias ``(D,)`` -> ``(d,)``;
+    B/C ``(batch, N, L)`` -> ``(b, N, L)``. Channels do not interact, so each row's output on the slice is the
+    matching slice of its output on the full inputs.
+    """
+    b, d = CHECK_BATCH, CHECK_DIM
+    cut = {"u": (slice(b), slice(d)), "delta": (slice(b), slice(d)), "z": (slice(b), slice(d)), "A": (slice(d),),
+           "D": (slice(d),), "delta_bias": (slice(d),), "B": (slice(b),), "C": (slice(b),)}
+    return {k: inputs[k].detach()[cut[k]].clone() for k in NAMES}
+
+
+def _out_and_grads(fwd, inputs, gout):
+    """``fwd(**inputs)`` and the gradients of all eight inputs for the upstream gradient ``gout``."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out = fwd(**leaves)
+    grads = torch.autograd.grad(out, [leaves[k] for k in NAMES], gout)
+    return out.detach(), dict(zip(NAMES, grads))
+
+
+def check_rows(backends, shape, device, dtype) -> None:
+    """Check every row's output and input gradients against the float32 reference before anything is timed.
+
+    The inputs are a :func:`check_slice` of the inputs the rows are timed on (``make_inputs(*shape)``); raises
+    :class:`benchmarks._common.BenchmarkCheckError` naming the first row and tensor that disagree by more than
+    ``CHECK_TOL[dtype]`` relative to the reference's largest magnitude.
+    """
+    sliced = check_slice(make_inputs(*shape, device=device, dtype=dtype))
+    gout = torch.randn(sliced["u"].shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    from cuda_ext.selective_scan.reference import selective_scan_ref
+
+    truth = functools.partial(selective_scan_ref, delta_softplus=True)  # the ground truth, not a row's closure
+    want_out, want_grads = _out_and_grads(truth, {k: v.float() for k, v in sliced.items()}, gout.float())
+    tol = CHECK_TOL[dtype]
+    for backend in backends:
+        if backend == "reference":
+            continue
+        out, grads = _out_and_grads(forward_fn(backend), sliced, gout)
+        check_close("scan", backend, f"the output {shape}", out, want_out, tol)
+        for k in NAMES:
+            check_close("scan", backend, f"the gradient of {k} {shape}", grads[k], want_grads[k], tol)
+    print(f"  checked against the reference on a {CHECK_BATCH}x{CHECK_DIM}-channel slice: "
+          f"{', '.join(b for b in backends if b != 'reference') or 'no other row'}", flush=True)
 
 
 def available(backend, device):
@@ -160,12 +216,14 @@ def _bench(device, shape, backends, repeat, threads, dtype):
     for backend in backends:
         if not available(backend, device):
             print(f"  ({backend}: not available, skipped)")
-            continue
+    backends = [b for b in backends if available(b, device)]
+    check_rows(backends, shape, device, dtype)
+    for backend in backends:
         inputs = make_inputs(*shape, device=device, dtype=dtype)
         step = fwd_bwd(backend, inputs)
         fwd = forward_fn(backend)
-        slow = device == "cpu" and backend in ("reference", "mambapy_pscan")
-        reps, warm = (1, 0) if slow and backend == "reference" else (repeat, 1)
+        # every row gets the same untimed warm-up call; the (slow) CPU reference is timed once instead of `repeat`
+        reps, warm = (1 if device == "cpu" and backend == "reference" else repeat), 1
         with torch.no_grad():
             fwd_ms = time_fn(lambda: fwd(**inputs), warmup=warm, repeat=reps, device=device) * 1e3
         cpu_times = []  # process CPU time of each timed call: robust when other jobs share the cores

@@ -7,8 +7,10 @@ Conventions (the ones of pointnet2_ops and of PointMamba / PoinTramba ``misc.fps
   ``|a|^2 + |b|^2 - 2ab`` shortcut, so duplicate points give exactly 0 and equal distances are real ties);
 * ties go to the lowest index, everywhere.
 
-Each op dispatches through ``cuda_ext.pointops``: the Triton kernel for FPS on CUDA, fast memory-bounded PyTorch
-elsewhere, the plain reference with ``ZOO_KERNEL=ref``. All implementations return the same indices.
+Each op dispatches through ``cuda_ext.pointops`` and the shared :mod:`cuda_ext._dispatch` (op names ``fps``,
+``knn``, ``ball_query``): the Triton kernel for FPS on CUDA, fast memory-bounded PyTorch elsewhere, the plain
+reference with ``ZOO_KERNEL=ref`` (or ``ZOO_KERNEL=fps:ref``). A global ``ZOO_KERNEL=mamba_ssm`` (for the scan)
+leaves these ops on their automatic choice. All implementations return the same indices.
 """
 
 from __future__ import annotations

@@ -3,12 +3,15 @@
 For ``y = x Wᵀ + b`` the weight gradient restricted to the entries ``(rows[k], cols[k])`` is the sampled
 dense-dense product ``dv[k] = Σ_t dy[t, rows[k]] · x[t, cols[k]]`` (SDDMM). The ops here compute it through
 ``cuda_ext.sparse_backprop`` (Triton on CUDA, a bounded-memory PyTorch path elsewhere, the dense reference with
-``ZOO_KERNEL=ref``) and wrap it into autograd:
+``ZOO_KERNEL=ref`` or ``ZOO_KERNEL=sddmm:ref``; op name ``sddmm`` in :mod:`cuda_ext._dispatch`) and wrap it into
+autograd (the dense-then-gather path has a single implementation and no backend choice):
 
 * :func:`sparse_weight_grad` — the SDDMM itself, ``(*, out), (*, in), (K,) -> (K,)``;
 * :func:`sparse_linear` / :func:`sparse_conv1x1` — a Linear / 1×1 conv whose trainable parameters are
   ``values (K,)`` at ``index``; ``values`` gets its gradient from the SDDMM, the frozen weight none;
-* :func:`attach_sparse_grad` — SaRA's official dense-gradient-then-gather, for any parameter (k×k convs, norms).
+* :func:`attach_sparse_grad` — SaRA's official dense-gradient-then-gather, for any parameter (k×k convs, norms);
+* the autograd Functions behind them, re-exported for layers that call ``.apply`` directly (``zoo.layers.lora``):
+  :class:`SparseLinearFunction`, :class:`SparseConv1x1Function`, :class:`GatherGradFunction`.
 
 Indices are flat row-major positions into the weight viewed as ``(out, in·kh·kw)`` (``weight.flatten()``
 positions), int32 or int64, unique.
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sparse_weight_grad", "sparse_linear", "sparse_conv1x1", "attach_sparse_grad", "is_conv1x1"]
+from cuda_ext.sparse_backprop import GatherGradFunction, SparseConv1x1Function, SparseLinearFunction
+
+__all__ = ["sparse_weight_grad", "sparse_linear", "sparse_conv1x1", "attach_sparse_grad", "is_conv1x1",
+           "SparseLinearFunction", "SparseConv1x1Function", "GatherGradFunction"]
 
 
 def _check_index(index: torch.Tensor, numel: int, device: torch.device) -> None:
@@ -72,8 +78,6 @@ def sparse_linear(
     ``weight_has_values=True``: ``weight`` already holds the values at ``index`` (SaRA keeps them in place), so
     no weight copy is made; otherwise a dense effective weight is built for the forward (and saved).
     """
-    from cuda_ext.sparse_backprop import SparseLinearFunction
-
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x (*, {weight.shape[-1] if weight.dim() == 2 else '?'}) and weight (out, in) expected, "
                          f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}")
@@ -106,8 +110,6 @@ def sparse_conv1x1(
     weight_has_values: bool = False,
 ) -> torch.Tensor:
     """1×1 convolution ``(B, C, H, W) -> (B, O, H, W)`` with the same sparse-values semantics as :func:`sparse_linear`."""
-    from cuda_ext.sparse_backprop import SparseConv1x1Function
-
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1) or x.dim() != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"x (B, C, H, W) and a 1x1 weight (O, C, 1, 1) expected, got x {tuple(x.shape)} and "
                          f"weight {tuple(weight.shape)}")
@@ -122,8 +124,6 @@ def attach_sparse_grad(weight: torch.Tensor, index: torch.Tensor, values: torch.
 
     ``weight`` must already hold ``scale · values`` at ``index``; use the result in place of the weight in any op.
     """
-    from cuda_ext.sparse_backprop import GatherGradFunction
-
     _check_index(index, weight.numel(), weight.device)
     _check_values(values, index)
     return GatherGradFunction.apply(weight.detach(), index, values, scale)
