@@ -4,9 +4,11 @@
     python tools/sample.py --pipeline PATH --adapter runs/style/sara_weights.safetensors \
         --prompts "Barbie style, a dog" "Barbie style, a house" --output grid.png [--steps 25 --guidance 7.5 --seed 0]
 
-``--pipeline``: a diffusers folder or a single .safetensors/.ckpt file (with ``--single-file-config DIR`` offline).
+``--pipeline``: a diffusers folder (Stable Diffusion or SDXL, from its model_index.json) or a single .safetensors/.ckpt
+file (with ``--single-file-config DIR`` offline).
 ``--adapter``: SaRA weights (``sara_weights.safetensors``), a diffusers LoRA (``pytorch_lora_weights.safetensors``),
-a fine-tuned UNet folder, or a run directory holding one of them. Rows: prompts; columns: base | adapter.
+a fine-tuned UNet folder, or a run directory holding one of them (``--kind`` names the method of
+zoo.diffusion.methods when detection is not wanted). Rows: prompts; columns: base | adapter.
 """
 import sys
 

@@ -226,3 +226,167 @@ def test_mixed_sparse_and_lowrank_merge_roundtrip():
     assert torch.equal(net.block[0].base.weight, w)
     merged = lora.remove_adapters(net, merge=True)
     torch.testing.assert_close(merged(x), y, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ per-adapter control
+def test_add_lora_freeze_keeps_an_earlier_frozen_adapter_frozen():
+    """Break-for-Make: train the style adapter with the content adapter present (active) but frozen."""
+    net = _net()
+    lora.add_lora(net, ALL, rank=2, init="random", name="content")
+    assert lora.set_adapter_trainable(net, "content", False) == len(ALL)
+    lora.add_lora(net, ALL, rank=2, init="random", name="style")  # freeze=True: the base only
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all(".deltas.style." in n for n in trainable)
+    assert lora.trainable_adapters(net) == ["style"] and lora.active_adapters(net) == ["content", "style"]
+    net(_x()).square().sum().backward()
+    for n, p in net.named_parameters():
+        assert (p.grad is not None) == (".deltas.style." in n), n
+    # the two explicit forms keep their meaning
+    lora.set_adapter_trainable(net, ["content"], True)
+    assert lora.trainable_adapters(net) == ["content", "style"]
+    lora.mark_only_adapters_trainable(net, ["content"])
+    assert lora.trainable_adapters(net) == ["content"]
+    assert not any(p.requires_grad for n, p in net.named_parameters() if ".deltas." not in n)
+    with pytest.raises(KeyError, match="no adapter named 'contnet'.*'content', 'style'"):
+        lora.set_adapter_trainable(net, "contnet")
+
+
+def test_fp32_factors_over_a_bf16_base():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Conv1d(12, 5, 3, padding=1)).to(torch.bfloat16)
+    ref = {k: v.float() for k, v in net.state_dict().items()}
+    lora.add_lora(net, ["0", "2"], rank=3, alpha=6, init="random", dtype=torch.float32)
+    for name, p in lora.named_adapter_parameters(net):
+        assert p.dtype == torch.float32, name
+    assert net[0].base.weight.dtype == torch.bfloat16
+    x = torch.randn(2, 7, 6).to(torch.bfloat16)
+
+    def forward(model, x):
+        return model[2](model[1](model[0](x)).transpose(1, 2))
+
+    y = forward(net, x)
+    assert y.dtype == torch.bfloat16
+    # reference in float32: the (bf16-valued) base weights plus the fp32 deltas
+    dense = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Conv1d(12, 5, 3, padding=1))
+    dense.load_state_dict(ref)
+    with torch.no_grad():
+        dense[0].weight.add_(net[0].delta_weight("default"))
+        dense[2].weight.add_(net[2].delta_weight("default"))
+    want = forward(dense, x.float())
+    torch.testing.assert_close(y.float(), want, rtol=3e-2, atol=3e-2)
+    assert not torch.allclose(forward(_bare(ref), x.float()), want, atol=3e-2)  # the delta matters
+    y.float().square().sum().backward()
+    grads = [p.grad for _, p in lora.named_adapter_parameters(net)]
+    assert all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the factors are cast by autocast
+        assert forward(net, x).dtype == torch.bfloat16
+    lora.merge_adapters(net)
+    assert net[0].base.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(forward(net, x).float(), want, rtol=3e-2, atol=3e-2)
+    lora.unmerge_adapters(net)
+    net.to(torch.bfloat16)
+    lora.cast_adapters(net, torch.float32)
+    assert all(p.dtype == torch.float32 for _, p in lora.named_adapter_parameters(net))
+
+
+def _bare(state):
+    m = nn.Sequential(nn.Linear(6, 12), nn.GELU(), nn.Conv1d(12, 5, 3, padding=1))
+    m.load_state_dict(state)
+    return m
+
+
+def test_active_adapter_sets():
+    net, ref = _net(), _net()
+    lora.add_lora(net, ["block.0"], rank=2, init="random", name="a")
+    lora.add_lora(net, ["block.0", "pw"], rank=2, init="random", name="b")
+    only_a = _net()
+    lora.add_lora(only_a, ["block.0"], rank=2, init="random", name="a")
+    lora.load_adapter_state_dict(only_a, lora.adapter_state_dict(net, ["a"]))
+    x = _x()
+    assert lora.set_active_adapters(net, ["a"]) == ["a"] and lora.active_adapters(net) == ["a"]
+    torch.testing.assert_close(net(x), only_a(x), rtol=0, atol=0)
+    assert lora.set_active_adapters(net, []) == []
+    torch.testing.assert_close(net(x), ref(x), rtol=0, atol=0)
+    assert lora.set_active_adapters(net, "b") == ["b"]
+    assert not torch.allclose(net(x), ref(x)) and not torch.allclose(net(x), only_a(x))
+    assert sorted(lora.trainable_adapters(net)) == ["a", "b"]  # activity does not change trainability
+    with pytest.raises(KeyError, match="no adapter named 'c'"):
+        lora.set_active_adapters(net, ["a", "c"])
+    assert lora.active_adapters(net) == ["b"]  # a failed call changes nothing
+
+
+def test_adapter_param_groups_two_learning_rates():
+    net = _net()
+    lora.add_lora(net, ALL, rank=2, init="random", name="vida_low")
+    lora.add_lora(net, ["block.*"], rank=4, init="random", name="vida_high")
+    lora.add_lora(net, ["pw"], rank=2, init="orthogonal", name="plp", frozen_down_cols=4, frozen_up_rows=3)
+    lora.add_lora(net, ["conv"], rank=2, name="off")
+    lora.set_adapter_trainable(net, "off", False)
+    net.norm.requires_grad_(True)  # a trainable base parameter: goes to the base group
+    groups = lora.adapter_param_groups(net, {"vida_low": {"lr": 1e-5}, "vida_high": {"lr": 1e-4},
+                                             "plp.up": {"lr": 3e-4}}, base={"lr": 1e-3})
+    assert [g["name"] for g in groups] == ["vida_low", "vida_high", "plp.up", "base"]
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    assert len(ids) == len(set(ids)) == len(trainable) and set(ids) == {id(p) for p in trainable}
+    by_name = {id(p): n for n, p in net.named_parameters()}
+    assert all(".deltas.vida_low." in by_name[id(p)] for p in groups[0]["params"]) and len(groups[0]["params"]) == 10
+    assert [by_name[id(p)] for p in groups[2]["params"]] == ["pw.deltas.plp.up"]
+    assert {by_name[id(p)] for p in groups[3]["params"]} == {"norm.weight", "norm.bias", "pw.deltas.plp.down"}
+    opt = torch.optim.AdamW(groups, lr=0.5)
+    assert [g["lr"] for g in opt.param_groups] == [1e-5, 1e-4, 3e-4, 1e-3]
+    assert lora.adapter_param_groups(net, {})[0]["name"] == "base"
+    with pytest.raises(KeyError, match="no adapter named 'vida_mid'.*'vida_low'"):
+        lora.adapter_param_groups(net, {"vida_mid": {"lr": 1.0}})
+    with pytest.raises(KeyError, match="adapter 'plp' has no tensor 'left'"):
+        lora.adapter_param_groups(net, {"plp.left": {"lr": 1.0}})
+
+
+def test_plp_initial_delta_is_nonzero_as_the_official_code():
+    fd, fu, r = 3, 6, 4
+    a, b = _net(), _net()
+    for m in (a, b):  # the content run and the style run, same seed
+        lora.add_lora(m, ["block.0"], rank=r, alpha=8, init="orthogonal", frozen_down_cols=fd, frozen_up_rows=fu,
+                      seed=7, name="content")
+    lora.add_lora(b, ["block.0"], rank=r, alpha=8, init="orthogonal", frozen_down_cols=fd, frozen_up_rows=fu,
+                  seed=7, name="style")  # same seed, same layer: the style adapter shares the frozen parts
+    d = a.block[0].deltas["content"]
+    dw = d.delta_weight()
+    s = 8 / r
+    assert dw.abs().sum() > 0 and not torch.allclose(a(_x()), _net()(_x()))  # the layer changed at step 0
+    torch.testing.assert_close(dw[:fu], s * d.up_frozen @ d.down_weight(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(dw[:fu, :fd], s * d.up_frozen @ d.down_frozen, rtol=1e-6, atol=1e-7)
+    assert torch.equal(dw[fu:], torch.zeros_like(dw[fu:]))  # the trainable rows of up start at zero
+    assert d.up.abs().sum() == 0 and d.down.abs().sum() > 0
+    for other in (b.block[0].deltas["content"], b.block[0].deltas["style"]):
+        assert torch.equal(other.down_frozen, d.down_frozen) and torch.equal(other.up_frozen, d.up_frozen)
+    c = _net()
+    lora.add_lora(c, ["block.0"], rank=r, init="orthogonal", frozen_down_cols=fd, frozen_up_rows=fu, seed=8)
+    assert not torch.equal(c.block[0].deltas["default"].up_frozen, d.up_frozen)  # another seed, other parts
+
+
+def test_sparse_deltas_go_through_zoo_ops(monkeypatch):
+    import inspect
+
+    import zoo.adapters.sara as sara_mod
+    from zoo.ops import sparse_grad
+
+    calls = []
+    for fn_name in ("SparseLinearFunction", "GatherGradFunction"):
+        original = getattr(sparse_grad, fn_name)
+
+        class Spy:
+            @staticmethod
+            def apply(*args, _fn=original, _name=fn_name):
+                calls.append(_name)
+                return _fn.apply(*args)
+
+        monkeypatch.setattr(sparse_grad, fn_name, Spy)
+    net = _net()
+    _sparse(net, "block.0", ("weight", "bias"))
+    lora.mark_only_adapters_trainable(net)
+    net(_x()).sum().backward()
+    assert calls == ["GatherGradFunction", "SparseLinearFunction"]  # bias gathered, weight through the SDDMM op
+    assert net.block[0].deltas["sparse"].values("weight").grad is not None
+    for mod in (lora, sara_mod):
+        assert "import cuda_ext" not in inspect.getsource(mod) and "from cuda_ext" not in inspect.getsource(mod)

@@ -12,9 +12,11 @@ Method, as implemented here on the zoo's adapter core (:mod:`zoo.layers.lora`):
   trainable vector plus an int32 index per parameter; the original weights are frozen.
 * **Unstructured backpropagation.** Only the selected entries get gradients and optimiser state. For the weights
   of ``nn.Linear`` and 1×1 ``nn.Conv2d`` the weight gradient is computed *only at the selected entries* by the
-  SDDMM kernel of ``cuda_ext.sparse_backprop`` (Triton on GPU) — no dense ``dW`` is ever formed. For every other
-  parameter (k×k convolutions, biases, norms) the dense gradient is formed transiently by the usual backward and
-  gathered (dense-gradient-then-gather, which is what the official code does for all layers).
+  SDDMM op :func:`zoo.ops.sparse_grad.sparse_linear` / ``sparse_conv1x1`` (dispatched by ``zoo.ops`` to the
+  Triton kernel on GPU) — no dense ``dW`` is ever formed. For every other parameter (k×k convolutions, biases,
+  norms) the dense gradient is formed transiently by the usual backward and gathered
+  (:func:`zoo.ops.sparse_grad.attach_sparse_grad`: dense-gradient-then-gather, which is what the official code
+  does for all layers). Nothing here calls ``cuda_ext`` directly.
   The trained values live in the frozen weights in place, so there is no weight copy either.
 * **Low-rank constraint.** ``L_rank = λ · ||P ⊙ M||_*`` (nuclear norm) on one randomly chosen 2-D weight per
   step whose smaller side is > 64 and that has > 100 trainable entries (official: ``min(shape) > 64``, and

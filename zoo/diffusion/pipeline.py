@@ -1,6 +1,13 @@
-"""Loading Stable Diffusion from local files: a diffusers folder or one ``.safetensors`` / ``.ckpt`` checkpoint."""
+"""Loading Stable Diffusion (1.x / 2.x) and SDXL from local files: a diffusers folder or one ``.safetensors`` /
+``.ckpt`` checkpoint.
+
+The pipeline class comes from the folder's ``model_index.json`` (``_class_name``): ``StableDiffusionPipeline`` or
+``StableDiffusionXLPipeline`` (two text encoders, pooled text embeddings and size/crop time ids). Single files are
+SD unless ``single_file_config`` (a diffusers folder of the same family) says SDXL, or ``pipeline_class`` is given.
+"""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,10 +15,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["require_diffusers", "dtype_kwargs", "SINGLE_FILE_SUFFIXES", "resolve_pipeline_path", "load_pipeline", "SDComponents",
-           "load_components", "dtype_from_precision"]
+__all__ = ["require_diffusers", "dtype_kwargs", "SINGLE_FILE_SUFFIXES", "PIPELINE_CLASSES", "pipeline_class_name",
+           "resolve_pipeline_path", "load_pipeline", "SDComponents", "load_components", "dtype_from_precision"]
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+#: the diffusers pipeline classes this module loads (``model_index.json``'s ``_class_name``)
+PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
 def require_diffusers() -> None:
@@ -57,6 +66,19 @@ def resolve_pipeline_path(path: str | os.PathLike | None, key: str = "model.pret
     return "single_file", p
 
 
+def pipeline_class_name(folder: str | os.PathLike) -> str:
+    """``_class_name`` of a diffusers folder's ``model_index.json`` (one of :data:`PIPELINE_CLASSES`); raises a
+    ``ValueError`` naming the file for other pipelines."""
+    index = Path(folder) / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name", "StableDiffusionPipeline")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {index}: {exc}") from exc
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(f"{index} describes a {name}; supported: {', '.join(PIPELINE_CLASSES)}")
+    return name
+
+
 def load_pipeline(
     path: str | os.PathLike,
     *,
@@ -64,22 +86,35 @@ def load_pipeline(
     original_config: str | os.PathLike | None = None,
     torch_dtype: torch.dtype | None = None,
     key: str = "model.pretrained",
+    pipeline_class: str | None = None,
 ) -> Any:
-    """A ``StableDiffusionPipeline`` (no safety checker) from a diffusers folder or a single checkpoint file.
+    """A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (no safety checker) from a diffusers folder
+    (class from its ``model_index.json``) or a single checkpoint file.
 
-    Single files go through ``StableDiffusionPipeline.from_single_file``. Offline, diffusers needs the
-    architecture's configs: ``single_file_config`` (a local diffusers folder of the same model family, e.g. a
-    saved SD 1.5 pipeline) or ``original_config`` (the original ``v1-inference.yaml``).
+    Single files go through ``<class>.from_single_file``. Offline, diffusers needs the architecture's configs:
+    ``single_file_config`` (a local diffusers folder of the same model family, e.g. a saved SD 1.5 pipeline; its
+    class is used) or ``original_config`` (the original ``v1-inference.yaml``). ``pipeline_class`` forces the class.
     """
     require_diffusers()
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     kind, p = resolve_pipeline_path(path, key)
-    kwargs: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    if pipeline_class is None:
+        if kind == "folder":
+            pipeline_class = pipeline_class_name(p)
+        elif single_file_config is not None and (Path(single_file_config) / "model_index.json").is_file():
+            pipeline_class = pipeline_class_name(single_file_config)
+        else:
+            pipeline_class = "StableDiffusionPipeline"
+    if pipeline_class not in PIPELINE_CLASSES:
+        raise ValueError(f"pipeline_class must be one of {', '.join(PIPELINE_CLASSES)}, got '{pipeline_class}'")
+    cls = getattr(diffusers, pipeline_class)
+    sdxl = pipeline_class == "StableDiffusionXLPipeline"
+    kwargs: dict[str, Any] = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
     if torch_dtype is not None:
         kwargs.update(dtype_kwargs(torch_dtype))
     if kind == "folder":
-        return StableDiffusionPipeline.from_pretrained(str(p), local_files_only=True, **kwargs)
+        return cls.from_pretrained(str(p), local_files_only=True, **kwargs)
     if single_file_config is not None:
         cfg = Path(single_file_config)
         if not (cfg / "model_index.json").is_file():
@@ -90,8 +125,10 @@ def load_pipeline(
         if not Path(original_config).is_file():
             raise FileNotFoundError(f"original_config file not found: {original_config}")
         kwargs["original_config"] = str(original_config)
+    if not sdxl:
+        kwargs["load_safety_checker"] = False
     try:
-        return StableDiffusionPipeline.from_single_file(str(p), load_safety_checker=False, **kwargs)
+        return cls.from_single_file(str(p), **kwargs)
     except Exception as exc:
         if single_file_config is None and original_config is None:
             raise RuntimeError(
@@ -104,7 +141,8 @@ def load_pipeline(
 
 @dataclass
 class SDComponents:
-    """What a fine-tuning run needs: the trainable UNet, the frozen parts, and the two schedulers."""
+    """What a fine-tuning run needs: the trainable UNet, the frozen parts, and the two schedulers. SDXL has a
+    second text encoder (``CLIPTextModelWithProjection``: its pooled output conditions the UNet) and tokenizer."""
 
     unet: Any
     vae: Any
@@ -112,6 +150,29 @@ class SDComponents:
     tokenizer: Any
     noise_scheduler: Any  # DDPM, for adding noise in training
     scheduler: Any  # the pipeline's own (inference) scheduler
+    text_encoder_2: Any = None  # SDXL only
+    tokenizer_2: Any = None
+    pipeline_class: str = "StableDiffusionPipeline"
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.pipeline_class == "StableDiffusionXLPipeline"
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        return [t for t in (self.text_encoder, self.text_encoder_2) if t is not None]
+
+    def pipeline(self, unet: Any = None) -> Any:
+        """A pipeline of these components (``unet`` replaces the UNet, e.g. the trained one), no safety checker."""
+        import diffusers
+
+        parts = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                     unet=self.unet if unet is None else unet, scheduler=self.scheduler)
+        if self.is_sdxl:
+            return diffusers.StableDiffusionXLPipeline(text_encoder_2=self.text_encoder_2, tokenizer_2=self.tokenizer_2,
+                                                       **parts)
+        return diffusers.StableDiffusionPipeline(safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False, **parts)
 
 
 def load_components(path: str | os.PathLike, **kwargs: Any) -> SDComponents:
@@ -121,4 +182,6 @@ def load_components(path: str | os.PathLike, **kwargs: Any) -> SDComponents:
 
     pipe = load_pipeline(path, **kwargs)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    return SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, noise_scheduler, pipe.scheduler)
+    return SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, noise_scheduler, pipe.scheduler,
+                        text_encoder_2=getattr(pipe, "text_encoder_2", None), tokenizer_2=getattr(pipe, "tokenizer_2", None),
+                        pipeline_class=type(pipe).__name__)

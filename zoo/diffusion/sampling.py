@@ -1,8 +1,10 @@
 """Sample grids: each prompt rendered without and with an adapter, from the same noise, side by side.
 
-Adapters (detected from the path, or named): ``sara`` — a :func:`zoo.adapters.sara.save_sara` file
-(``sara_weights.safetensors``); ``lora`` — a diffusers LoRA file (``pytorch_lora_weights.safetensors``, or its
-folder); ``full`` — a fine-tuned UNet folder (``config.json`` + weights). ``python tools/sample.py --help``.
+Adapters (detected from the path, or named; the methods of :mod:`zoo.diffusion.methods`): ``sara`` — a
+:func:`zoo.adapters.sara.save_sara` file (``sara_weights.safetensors``); ``lora`` — a diffusers LoRA file
+(``pytorch_lora_weights.safetensors``, or its folder; UNet-only files load into the zoo's adapter core, others
+through ``pipe.load_lora_weights``); ``full`` — a fine-tuned UNet folder (``config.json`` + weights).
+``python tools/sample.py --help``.
 """
 from __future__ import annotations
 
@@ -14,72 +16,27 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from zoo.diffusion.methods import LORA_FILE, SARA_FILE, adapter_method_names, detect_adapter_method, get_adapter_method  # noqa: F401
 from zoo.diffusion.pipeline import require_diffusers
 
 __all__ = ["detect_adapter_kind", "load_adapter", "sample_images", "make_grid", "comparison_grid", "sample_main"]
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
-SARA_FILE = "sara_weights.safetensors"
-
 
 def detect_adapter_kind(path: str | os.PathLike) -> str:
-    """``"sara"``, ``"lora"`` or ``"full"`` for an adapter file/folder; raises naming what was expected."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"adapter not found: {p}")
-    if p.is_dir():
-        if (p / "config.json").is_file() or (p / "unet" / "config.json").is_file():
-            return "full"
-        if (p / LORA_FILE).is_file():
-            return "lora"
-        if (p / SARA_FILE).is_file():
-            return "sara"
-        raise ValueError(f"{p}: a folder with neither a UNet (config.json or unet/), {LORA_FILE} nor {SARA_FILE}")
-    if p.suffix != ".safetensors":
-        raise ValueError(f"{p}: adapter files are .safetensors (SaRA or diffusers LoRA)")
-    from safetensors import safe_open
-
-    with safe_open(str(p), "pt") as f:
-        meta = f.metadata() or {}
-        keys = list(f.keys())
-    if meta.get("format") == "zoo.sara":
-        return "sara"
-    if any("lora" in k for k in keys):
-        return "lora"
-    raise ValueError(f"{p}: neither a SaRA weights file nor a diffusers LoRA file")
+    """The adapter method (``"sara"``, ``"lora"``, ``"full"``, ...) whose output ``path`` holds; raises naming what
+    was expected. Asks each registered method of :mod:`zoo.diffusion.methods` (``detect``)."""
+    return detect_adapter_method(path)
 
 
 def load_adapter(pipe: Any, path: str | os.PathLike, kind: str | None = None) -> Callable[[bool], None]:
-    """Load the adapter at ``path`` into ``pipe`` and return ``set_enabled(bool)`` switching it on/off."""
+    """Load the adapter at ``path`` into ``pipe`` and return ``set_enabled(bool)`` switching it on/off (the method's
+    ``load``; ``kind`` names the method, default: detected)."""
     kind = kind or detect_adapter_kind(path)
-    p = Path(path)
-    if kind == "sara":
-        from zoo.adapters.sara import SaRAPatch
-
-        patch = SaRAPatch(pipe.unet, p / SARA_FILE if p.is_dir() else p)
-        patch.apply()
-        return patch.set_enabled
-    if kind == "lora":
-        if p.is_dir():
-            pipe.load_lora_weights(str(p), weight_name=LORA_FILE)
-        else:
-            pipe.load_lora_weights(str(p.parent), weight_name=p.name)
-        return lambda on: pipe.enable_lora() if on else pipe.disable_lora()
-    if kind == "full":
-        from diffusers import UNet2DConditionModel
-
-        from zoo.diffusion.pipeline import dtype_kwargs
-
-        base = pipe.unet
-        folder = p / "unet" if (p / "unet" / "config.json").is_file() else p
-        tuned = UNet2DConditionModel.from_pretrained(str(folder), **dtype_kwargs(base.dtype)).to(base.device)
-
-        def set_enabled(on: bool) -> None:
-            pipe.unet = tuned if on else base
-
-        set_enabled(True)
-        return set_enabled
-    raise ValueError(f"unknown adapter kind '{kind}'; choose sara, lora or full")
+    try:
+        method = get_adapter_method(kind)
+    except KeyError:
+        raise ValueError(f"unknown adapter kind '{kind}'; choose one of {', '.join(adapter_method_names())}") from None
+    return method.load(pipe, path)
 
 
 @torch.no_grad()
@@ -159,7 +116,7 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pipeline", required=True, help="diffusers folder or single .safetensors/.ckpt checkpoint")
     parser.add_argument("--single-file-config", help="local diffusers folder with the configs of a single-file model")
     parser.add_argument("--adapter", help="sara_weights.safetensors, pytorch_lora_weights.safetensors, a run dir or a UNet folder")
-    parser.add_argument("--kind", choices=["sara", "lora", "full"], help="adapter type (default: detected)")
+    parser.add_argument("--kind", choices=adapter_method_names(), help="adapter method (default: detected)")
     parser.add_argument("--prompts", nargs="+", required=True)
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--steps", type=int, default=25)

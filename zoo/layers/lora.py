@@ -27,11 +27,25 @@ into the base weights (the layer then runs as the plain base module) and ``layer
 base weights (bit for bit; with ``keep_base=False`` the low-rank part is subtracted instead, saving one weight
 copy at the price of rounding).
 
-Model-level helpers: :func:`inject_adapter` / :func:`add_lora` wrap modules selected by name patterns,
-:func:`mark_only_adapters_trainable`, :func:`adapter_parameters`, :func:`adapter_state_dict` /
-:func:`load_adapter_state_dict` (only the deltas, a flat safetensors-friendly dict keyed
-``<module path>.<adapter name>.<tensor>``), :func:`merge_adapters` / :func:`unmerge_adapters`,
-:func:`remove_adapters`, :func:`set_adapter_scale`, :func:`enable_adapter`.
+Model-level helpers: :func:`inject_adapter` / :func:`add_lora` wrap modules selected by name patterns;
+:func:`adapter_state_dict` / :func:`load_adapter_state_dict` (only the deltas, a flat safetensors-friendly dict
+keyed ``<module path>.<adapter name>.<tensor>``; a ``convert`` hook reads other layouts, see
+:mod:`zoo.adapters.lora_formats`), :func:`merge_adapters` / :func:`unmerge_adapters`, :func:`remove_adapters`,
+:func:`set_adapter_scale`, :func:`enable_adapter`.
+
+Per-adapter control (peft's ``set_adapter`` / ``active_adapters``, with training and activity kept apart so that
+"train the style adapter with the content adapter active but frozen" can be said):
+
+* **trainable state** — :func:`freeze_base` (every parameter that is no delta's: ``requires_grad=False``),
+  :func:`set_adapter_trainable` (one or more adapters on/off, others untouched), :func:`trainable_adapters`,
+  :func:`mark_only_adapters_trainable` (base *and* every other adapter frozen). ``add_lora(freeze=True)`` freezes
+  the base and leaves the adapters that were there before as they were;
+* **active set** — :func:`set_active_adapters` (the named adapters contribute, every other is off),
+  :func:`active_adapters`; a disabled adapter keeps its trainable flag (its parameters just get no gradient);
+* **optimiser groups** — :func:`adapter_param_groups` (a learning rate per adapter, or per adapter tensor:
+  ViDA's low/high adapters, Break-for-Make's two projections);
+* **dtype** — ``add_lora(dtype=torch.float32)`` trains fp32 factors over an fp16/bf16 base (the delta casts its
+  input to its own dtype and its output back to the base's); :func:`cast_adapters` re-casts after ``model.to()``.
 
 How the zoo's adapter methods configure it:
 
@@ -70,6 +84,13 @@ __all__ = [
     "inject_adapter",
     "add_lora",
     "mark_only_adapters_trainable",
+    "freeze_base",
+    "set_adapter_trainable",
+    "trainable_adapters",
+    "set_active_adapters",
+    "active_adapters",
+    "adapter_param_groups",
+    "cast_adapters",
     "adapter_parameters",
     "named_adapter_parameters",
     "adapter_state_dict",
@@ -98,6 +119,8 @@ class Delta(nn.Module):
 
     #: True for deltas that live in the base weights (:class:`SparseDelta`), False for activation-space ones
     in_place: bool = False
+    #: tensors a saved state may carry besides :meth:`delta_state`'s (e.g. a LoRA file's ``alpha``)
+    optional_state_keys: tuple[str, ...] = ()
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
@@ -122,6 +145,23 @@ class Delta(nn.Module):
         """The tensors that define the delta (parameters and persistent buffers)."""
         return {k: v for k, v in self.state_dict(keep_vars=True).items()}
 
+    def required_state_keys(self, state: Mapping[str, torch.Tensor]) -> set[str]:
+        """The keys (of :meth:`delta_state`) that ``state`` must hold for :meth:`load_delta_state` to be complete."""
+        return set(self.delta_state())
+
+
+def _fit_trailing_ones(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``value`` reshaped to ``shape`` when the two differ only by trailing 1-dims (``(o, r, 1, 1)`` vs ``(o, r)``)."""
+    def strip(s):
+        s = list(s)
+        while len(s) > 2 and s[-1] == 1:
+            s.pop()
+        return s
+
+    if tuple(value.shape) != tuple(shape) and strip(value.shape) == strip(shape):
+        return value.reshape(shape)
+    return value
+
 
 def _init_generator(seed: int | None, name: str) -> torch.Generator | None:
     """A CPU generator seeded by ``seed`` and the layer name (stable across runs and processes), or None."""
@@ -138,6 +178,22 @@ class LowRankDelta(Delta):
     ``down_frozen (r, frozen_down_cols, *k)`` / ``up_frozen (frozen_up_rows, r)`` are persistent buffers
     (``down = [down_frozen | down]`` along the input dim, ``up = [up_frozen ; up]`` along the output dim).
 
+    Initial ``ΔW``: zero for every init except ``"random"`` and PLP. **PLP** (``init="orthogonal"`` with a frozen
+    part) starts from a *non-zero* ``ΔW``, as Break-for-Make's official code does (its
+    ``LoRALinearLayer.initialize_weights_feature``: ``up`` zero, then the first rows of ``up`` and the first
+    columns of ``down`` are replaced by disjoint rows of an orthogonal basis). With ``fu = frozen_up_rows``,
+    ``s = alpha / rank``, and the trainable ``up`` rows starting at zero::
+
+        ΔW[:fu, :] = s · up_frozen @ [down_frozen | down]      (non-zero)
+        ΔW[fu:, :] = 0
+
+    so the frozen block ``ΔW[:fu, :frozen_down_cols] = s · up_frozen @ down_frozen`` stays non-zero throughout
+    training of the other parts. The adapted layer therefore differs from the base at step 0; content and style
+    runs that pass the same ``seed`` (``add_lora(seed=...)``, a per-layer generator) share the frozen parts bit for
+    bit. Deviation: the official code draws a 1280-row basis for every layer (rows of norm ``√(r/1280)``) from the
+    global RNG; here the basis has ``max(frozen_down_cols + frozen_up_rows, rank)`` rows (the same for SD's 1280-wide
+    layers, larger rows on narrower ones) from the given generator.
+
     Args:
         base: the layer being adapted (only its shapes are read).
         rank: inner dimension ``r`` (>= 1).
@@ -152,6 +208,8 @@ class LowRankDelta(Delta):
         scale: run-time multiplier.
         dtype: of the delta's tensors (default: the base weight's; pass float32 to train on a half-precision base).
     """
+
+    optional_state_keys = ("alpha",)
 
     def __init__(
         self,
@@ -270,6 +328,46 @@ class LowRankDelta(Delta):
             conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[h.dim()]
             return conv(h, up) * self.scaling
         return base._conv_forward(x, self.delta_weight(), None)  # grouped: weight space (already scaled)
+
+    def load_delta_state(self, layer: "LoRALayer", state: Mapping[str, torch.Tensor]) -> None:
+        """Load ``down`` / ``up`` (and the frozen parts); also accepts what LoRA files hold.
+
+        * ``alpha`` (a scalar tensor): sets ``alpha`` and ``scaling = alpha / rank`` exactly (kohya / converted files);
+        * factors with extra trailing 1-dims or without them (a conv ``lora_B`` ``(out, r, 1, 1)`` for ``up (out, r)``,
+          a Linear factor ``(r, in)`` for a 1×1 conv's ``down (r, in, 1, 1)``) are reshaped;
+        * full-size ``down (r, in, *k)`` / ``up (out, r)`` for a delta with a frozen part (and no ``*_frozen`` keys)
+          are split into the frozen buffer and the trainable parameter.
+        """
+        state = dict(state)
+        if "alpha" in state:
+            self.set_alpha(float(state.pop("alpha")))
+        for key, frozen_key, dim, n_frozen in (("down", "down_frozen", 1, self.frozen_down_cols),
+                                               ("up", "up_frozen", 0, self.frozen_up_rows)):
+            if key not in state:
+                continue
+            value = state[key]
+            full = self.down_weight() if key == "down" else self.up_weight()
+            target = getattr(self, key)
+            for shape in (target.shape, full.shape):
+                value = _fit_trailing_ones(value, shape)
+            if n_frozen and frozen_key not in state and value.shape == full.shape:
+                state[frozen_key], value = value.narrow(dim, 0, n_frozen), value.narrow(dim, n_frozen, value.shape[dim] - n_frozen)
+            state[key] = value
+        super().load_delta_state(layer, state)
+
+    def required_state_keys(self, state: Mapping[str, torch.Tensor]) -> set[str]:
+        """As the base class, but a full-size ``down`` / ``up`` also provides its frozen part (LoRA files)."""
+        keys = set(self.delta_state())
+        for key, frozen_key in (("down", "down_frozen"), ("up", "up_frozen")):
+            full = self.down_weight() if key == "down" else self.up_weight()
+            if frozen_key in keys and key in state and _fit_trailing_ones(state[key], full.shape).shape == full.shape:
+                keys.discard(frozen_key)
+        return keys
+
+    def set_alpha(self, alpha: float) -> None:
+        """Set ``alpha`` and with it ``scaling = alpha / rank``."""
+        self.alpha = float(alpha)
+        self.scaling = self.alpha / self.rank
 
     def extra_repr(self) -> str:
         s = f"rank={self.rank}, alpha={self.alpha:g}, init={self.init}, scale={self.scale}, enabled={self.enabled}"
@@ -637,9 +735,16 @@ class LoRALayer(nn.Module):
         return out
 
     def _sparse_forward(self, x: torch.Tensor, deltas: list[SparseDelta], *args, **kwargs) -> torch.Tensor:
-        """Base forward whose sparse-delta values receive gradients (kernel for Linear / 1×1 conv weights)."""
-        from cuda_ext.sparse_backprop import GatherGradFunction, SparseConv1x1Function, SparseLinearFunction
-        from zoo.ops.sparse_grad import is_conv1x1
+        """Base forward whose sparse-delta values receive gradients (kernel for Linear / 1×1 conv weights).
+
+        The ops come from :mod:`zoo.ops.sparse_grad` (which dispatches to the kernels): its autograd Functions
+        ``SparseLinearFunction`` / ``SparseConv1x1Function`` (SDDMM weight gradient, no dense ``dW``) for the one
+        weight delta of a Linear / 1×1 conv, ``GatherGradFunction`` (dense gradient gathered at the indices) for
+        every other parameter. They are applied directly rather than through ``sparse_linear`` & co., whose
+        index range checks (``index.min()`` / ``max()``) would sync the GPU at every layer of every forward; the
+        indices were validated once when the delta was built (:meth:`SparseDelta._clean_index`).
+        """
+        from zoo.ops.sparse_grad import GatherGradFunction, SparseConv1x1Function, SparseLinearFunction, is_conv1x1
 
         base = self.base
         overrides: dict[str, torch.Tensor] = {}
@@ -661,6 +766,7 @@ class LoRALayer(nn.Module):
         if kernel_delta is not None:
             fn = SparseLinearFunction if isinstance(base, nn.Linear) else SparseConv1x1Function
             bias = overrides.get("bias", base.bias)
+            # the weight already holds the values in place (SparseDelta.write): no weight copy
             return fn.apply(x, base.weight, bias, kernel_delta.index("weight"), kernel_delta.values("weight"),
                             float(kernel_delta.scale))
         return _functional_forward(base, overrides, x, *args, **kwargs)
@@ -778,13 +884,17 @@ def add_lora(
     layer_types: tuple[type, ...] = _LOWRANK_TYPES,
     exclude: Any = (),
     freeze: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, LoRALayer]:
     """Add a :class:`LowRankDelta` named ``name`` to the modules selected by ``targets``.
 
     ``rank``, ``alpha``, ``frozen_down_cols`` and ``frozen_up_rows`` may be constants, ``{pattern: value}``
     dicts or callables ``fn(module_name, module)`` (a rank of 0/None skips the layer — CoLoRA's per-layer
     ranks). ``seed``: initialise each layer from a generator seeded by ``(seed, module name)`` (reproducible
-    frozen PLP parts). ``freeze``: make every non-adapter parameter of ``model`` non-trainable.
+    frozen PLP parts). ``freeze``: make every parameter that belongs to no adapter non-trainable
+    (:func:`freeze_base`); the new adapter is trainable, adapters added before keep their trainable state (so a
+    frozen content adapter stays frozen while the style adapter trains). ``dtype``: of the new factors (default:
+    each base weight's), e.g. ``torch.float32`` over an fp16/bf16 base.
     """
 
     def make(mod_name: str, base: nn.Module) -> Delta | None:
@@ -795,20 +905,147 @@ def add_lora(
             base, int(r), _per_layer(alpha, mod_name, base), init=init, dropout=dropout,
             frozen_down_cols=int(_per_layer(frozen_down_cols, mod_name, base) or 0),
             frozen_up_rows=int(_per_layer(frozen_up_rows, mod_name, base) or 0),
-            generator=_init_generator(seed, mod_name), scale=scale,
+            generator=_init_generator(seed, mod_name), scale=scale, dtype=dtype,
         )
 
     layers = inject_adapter(model, targets, make, name=name, layer_types=layer_types, exclude=exclude)
     if freeze:
-        mark_only_adapters_trainable(model)
+        freeze_base(model)
     return layers
 
 
-def mark_only_adapters_trainable(model: nn.Module, names: Sequence[str] | None = None) -> None:
-    """``requires_grad=False`` for every parameter except those of the deltas (named ``names``, default all)."""
-    keep = {id(p) for _, p in named_adapter_parameters(model, names, trainable_only=False)}
+def _names_list(names: str | Sequence[str] | None) -> list[str] | None:
+    return [names] if isinstance(names, str) else (None if names is None else list(names))
+
+
+def _check_adapter_names(model: nn.Module, names: Sequence[str], what: str) -> None:
+    present = adapter_names(model)
+    unknown = [n for n in names if n not in present]
+    if unknown:
+        raise KeyError(f"{what}: no adapter named {', '.join(map(repr, unknown))} in the model; its adapters are "
+                       f"{', '.join(map(repr, present)) or 'none (add one with add_lora / inject_adapter first)'}")
+
+
+def _delta_param_ids(model: nn.Module) -> set[int]:
+    return {id(p) for _, layer in iter_lora_layers(model) for p in layer.deltas.parameters()}
+
+
+def mark_only_adapters_trainable(model: nn.Module, names: str | Sequence[str] | None = None) -> None:
+    """``requires_grad=False`` for every parameter except those of the deltas named ``names`` (default: all
+    adapters), which become trainable: the base and every other adapter are frozen."""
+    keep = {id(p) for _, p in named_adapter_parameters(model, _names_list(names), trainable_only=False)}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
+
+
+def freeze_base(model: nn.Module) -> None:
+    """``requires_grad=False`` for every parameter of ``model`` that belongs to no delta; adapters are untouched."""
+    adapter = _delta_param_ids(model)
+    for p in model.parameters():
+        if id(p) not in adapter:
+            p.requires_grad_(False)
+
+
+def set_adapter_trainable(model: nn.Module, names: str | Sequence[str], trainable: bool = True) -> int:
+    """Make the parameters of adapters ``names`` trainable (or frozen with ``trainable=False``) in every layer;
+    other adapters and the base keep their state. Returns the number of deltas changed; unknown names raise."""
+    names = _names_list(names)
+    _check_adapter_names(model, names, "set_adapter_trainable")
+    n = 0
+    for _, layer in iter_lora_layers(model):
+        for delta_name, delta in layer.deltas.items():
+            if delta_name in names:
+                delta.requires_grad_(trainable)
+                n += 1
+    return n
+
+
+def trainable_adapters(model: nn.Module) -> list[str]:
+    """Names of the adapters with at least one trainable parameter (in order of first appearance)."""
+    out: dict[str, None] = {}
+    for _, layer in iter_lora_layers(model):
+        for delta_name, delta in layer.deltas.items():
+            if any(p.requires_grad for p in delta.parameters()):
+                out[delta_name] = None
+    return list(out)
+
+
+def set_active_adapters(model: nn.Module, names: str | Sequence[str]) -> list[str]:
+    """Enable the adapters ``names`` in every layer and disable every other one (peft's ``set_adapter``; an
+    empty list switches all off). Trainable flags are not changed (see :func:`set_adapter_trainable`). Unknown
+    names raise a ``KeyError``; merged layers a ``RuntimeError`` (unmerge first). Returns the active names."""
+    names = _names_list(names)
+    _check_adapter_names(model, names, "set_active_adapters")
+    for _, layer in iter_lora_layers(model):
+        for delta_name in layer.deltas:
+            layer.enable(delta_name, delta_name in names)
+    return active_adapters(model)
+
+
+def active_adapters(model: nn.Module) -> list[str]:
+    """Names of the adapters enabled in at least one layer (in order of first appearance)."""
+    return list(dict.fromkeys(k for _, layer in iter_lora_layers(model) for k, d in layer.deltas.items() if d.enabled))
+
+
+def adapter_param_groups(
+    model: nn.Module, groups: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Optimiser parameter groups by adapter name: ``[{"params": [...], "name": key, **options}, ...]``.
+
+    ``groups`` maps an adapter name (``"vida_high"``) or an adapter tensor (``"plp.down"``, ``"plp.up"``: one
+    tensor name of the deltas, as in :func:`named_adapter_parameters`) to the group's options (``{"lr": 1e-5}``);
+    a tensor key wins over its adapter's key. Every other trainable parameter — the base's and those of adapters
+    not named — goes into one last group ``"name": "base"`` with the options ``base`` (default: none, i.e. the
+    optimiser's defaults). Only trainable parameters are listed, each in exactly one group; empty groups are left
+    out. Keys naming no adapter (or no tensor of it) raise a ``KeyError`` listing the model's adapters.
+
+    Example (ViDA: two learning rates)::
+
+        torch.optim.AdamW(adapter_param_groups(model, {"vida_low": {"lr": 1e-5}, "vida_high": {"lr": 1e-4}},
+                                               base={"lr": 1e-6}))
+    """
+    present = adapter_names(model)
+    tensors: dict[str, set[str]] = {}
+    for _, layer in iter_lora_layers(model):
+        for delta_name, delta in layer.deltas.items():
+            tensors.setdefault(delta_name, set()).update(n for n, _ in delta.named_parameters())
+    for key in groups:
+        adapter, _, tensor = key.partition(".")
+        if adapter not in present:
+            raise KeyError(f"adapter_param_groups: no adapter named '{adapter}' (key '{key}') in the model; its "
+                           f"adapters are {', '.join(map(repr, present)) or 'none'}")
+        if tensor and tensor not in tensors[adapter]:
+            raise KeyError(f"adapter_param_groups: adapter '{adapter}' has no tensor '{tensor}' (key '{key}'); its "
+                           f"trainable tensors are {', '.join(sorted(tensors[adapter]))}")
+    members: dict[str, list[nn.Parameter]] = {key: [] for key in groups}
+    seen: set[int] = set()
+    for _, layer in iter_lora_layers(model):
+        for delta_name, delta in layer.deltas.items():
+            for pname, p in delta.named_parameters():
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                key = f"{delta_name}.{pname}" if f"{delta_name}.{pname}" in groups else delta_name
+                if key in groups:
+                    members[key].append(p)
+                    seen.add(id(p))
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    out = [{"params": members[key], "name": key, **dict(opts)} for key, opts in groups.items() if members[key]]
+    if rest:
+        out.append({"params": rest, "name": "base", **dict(base or {})})
+    return out
+
+
+def cast_adapters(model: nn.Module, dtype: torch.dtype, names: str | Sequence[str] | None = None) -> None:
+    """Cast the tensors of the deltas (of adapters ``names``, default all) to ``dtype`` — e.g. back to float32
+    after ``model.to(torch.float16)`` cast everything (diffusers' ``cast_training_params``). Sparse deltas keep
+    their int32 indices and the copies of the base entries (``*_orig``, in the base's dtype)."""
+    names = _names_list(names)
+    for _, layer in iter_lora_layers(model):
+        for delta_name, delta in layer.deltas.items():
+            if names is None or delta_name in names:
+                for key, t in list(delta.named_parameters()) + list(delta.named_buffers()):
+                    if t is not None and t.is_floating_point() and t.dtype != dtype and not key.endswith("_orig"):
+                        t.data = t.data.to(dtype)
 
 
 def named_adapter_parameters(
@@ -849,12 +1086,32 @@ def adapter_state_dict(model: nn.Module, names: Sequence[str] | None = None) -> 
     return out
 
 
-def load_adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> dict[str, list[str]]:
+def load_adapter_state_dict(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    convert: Callable[..., Mapping[str, torch.Tensor]] | None = None,
+) -> dict[str, list[str]]:
     """Load tensors saved by :func:`adapter_state_dict` into the existing deltas of ``model``.
+
+    ``convert(state) -> state``: a key-conversion hook applied first, mapping another layout to ours
+    (``<module path>.<adapter>.<tensor>``); :mod:`zoo.adapters.lora_formats` ships ``from_peft``,
+    ``from_diffusers`` and ``from_kohya`` (LoRA files of peft, diffusers and kohya-ss). A hook that takes a
+    ``model`` keyword also receives ``model`` (to resolve module names or the adapter's name).
+    Besides the deltas' own tensors a delta accepts its ``optional_state_keys`` (``alpha`` for low-rank deltas:
+    ``scaling = alpha / rank`` is set exactly).
 
     Returns ``{"missing": [...], "unexpected": [...]}``; with ``strict`` any of them raises a ``RuntimeError``
     listing the keys. Sparse deltas accept index sets of other sizes (they are re-applied to the base).
     """
+    if convert is not None:
+        import inspect
+
+        try:
+            takes_model = "model" in inspect.signature(convert).parameters
+        except (TypeError, ValueError):
+            takes_model = False
+        state = convert(state, model=model) if takes_model else convert(state)
     targets: dict[str, tuple[LoRALayer, str, Delta]] = {}
     for layer_name, layer in iter_lora_layers(model):
         for delta_name, delta in layer.deltas.items():
@@ -871,8 +1128,8 @@ def load_adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor],
     for prefix, (layer, _, delta) in targets.items():
         expected = set(delta.delta_state())
         got = grouped.get(prefix, {})
-        missing += [f"{prefix}.{k}" for k in sorted(expected - set(got))]
-        unexpected += [f"{prefix}.{k}" for k in sorted(set(got) - expected)]
+        missing += [f"{prefix}.{k}" for k in sorted(delta.required_state_keys(got) - set(got))]
+        unexpected += [f"{prefix}.{k}" for k in sorted(set(got) - expected - set(delta.optional_state_keys))]
     if strict and (missing or unexpected):
         raise RuntimeError(
             "adapter state does not match the model's adapters:"
@@ -882,8 +1139,8 @@ def load_adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor],
         )
     for prefix, values in grouped.items():
         layer, _, delta = targets[prefix]
-        expected = set(delta.delta_state())
-        delta.load_delta_state(layer, {k: v for k, v in values.items() if k in expected})
+        accepted = set(delta.delta_state()) | set(delta.optional_state_keys)
+        delta.load_delta_state(layer, {k: v for k, v in values.items() if k in accepted})
     return {"missing": missing, "unexpected": unexpected}
 
 

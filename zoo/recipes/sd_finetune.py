@@ -1,15 +1,19 @@
-"""Stable Diffusion fine-tuning on a folder of captioned images (style / subject), with SaRA, LoRA or full training.
+"""Stable Diffusion (1.x/2.x and SDXL) fine-tuning on a folder of captioned images (style / subject), with SaRA,
+LoRA or full training.
 
 The recipe of diffusers' ``train_text_to_image(_lora).py`` on the zoo's Trainer: the VAE encodes the images to
 latents, noise is added at random DDPM timesteps, the UNet predicts the noise (or the velocity, per the
 scheduler's ``prediction_type``) from the noisy latents and the CLIP text embedding of the caption, and the loss
-is the MSE (optionally Min-SNR weighted). Only the UNet is trained, through one of three adapters
-(``model.adapter``):
+is the MSE (optionally Min-SNR weighted). Only the UNet is trained, by one of the registered adapter methods of
+:mod:`zoo.diffusion.methods` (``model.adapter``; each knows how to apply, optimise, checkpoint, save, load and
+switch itself):
 
 * ``sara`` — :mod:`zoo.adapters.sara`: the entries with ``|w| < threshold`` of every UNet parameter, the sparse
   weight-gradient kernel, SaRA's nuclear-norm loss (added to the loss, logged as ``train_rank``) and progressive
   re-selection; saves ``sara_weights.safetensors``;
-* ``lora`` — the baseline through peft (``unet.add_adapter``); saves diffusers' ``pytorch_lora_weights.safetensors``;
+* ``lora`` — LoRA on the zoo's adapter core; saves diffusers' ``pytorch_lora_weights.safetensors``
+  (``pipe.load_lora_weights`` reads it);
+* ``peft_lora`` — the same LoRA through peft (``unet.add_adapter``), the benchmark baseline; same file;
 * ``full`` — every UNet weight; saves the UNet as a diffusers folder ``unet/``.
 
 The VAE and the text encoder stay frozen inside the recipe and move to the model's device lazily, in the
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.config import ConfigError
+from zoo.diffusion.methods import adapter_method_names, get_adapter_method
 from zoo.engine.data import build_loader
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 
@@ -42,7 +47,7 @@ __all__ = ["SaRAConfig", "LoRAConfig", "SDModelConfig", "SDDataConfig", "SDSampl
 
 _logger = logging.getLogger("zoo")
 
-ADAPTERS = ("sara", "lora", "full")
+ADAPTERS = tuple(adapter_method_names())  # the registered methods (zoo.diffusion.methods) at import time
 
 
 @dataclass
@@ -64,7 +69,7 @@ class LoRAConfig:
 
     rank: int = 4
     alpha: float | None = None  # default: rank
-    init: str = "gaussian"  # peft init_lora_weights: gaussian | true (kaiming/zero) | ...
+    init: str = "gaussian"  # gaussian (N(0, 1/r) / zero) | true or lora (kaiming / zero) | orthogonal | ...
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
 
@@ -76,7 +81,7 @@ class SDModelConfig:
     pretrained: str | None = None  # diffusers folder (model_index.json) or a single .safetensors/.ckpt file
     single_file_config: str | None = None  # for single files offline: a local diffusers folder with the configs
     original_config: str | None = None  # ... or the original inference yaml
-    adapter: str = "sara"  # sara | lora | full
+    adapter: str = "sara"  # a registered method of zoo.diffusion.methods: sara | lora | peft_lora | full
     sara: SaRAConfig = field(default_factory=SaRAConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False
@@ -137,16 +142,21 @@ class SDFinetuneConfig(RecipeConfig):
 
 
 class _TokenizeCollate:
-    """Stack images and tokenize captions to ``(B, model_max_length)`` ids (picklable for loader workers)."""
+    """Stack images and tokenize captions to ``(B, model_max_length)`` ids (picklable for loader workers):
+    ``input_ids``, and ``input_ids_2`` with SDXL's second tokenizer."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, tokenizer_2: Any = None):
         self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        tok = self.tokenizer
-        ids = tok([b["caption"] for b in batch], padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids
-        return {"pixel_values": torch.stack([b["pixel_values"] for b in batch]), "input_ids": ids}
+        captions = [b["caption"] for b in batch]
+        out = {"pixel_values": torch.stack([b["pixel_values"] for b in batch])}
+        for key, tok in (("input_ids", self.tokenizer), ("input_ids_2", self.tokenizer_2)):
+            if tok is not None:
+                out[key] = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                               return_tensors="pt").input_ids
+        return out
 
 
 @register_recipe("sd_finetune")
@@ -160,23 +170,21 @@ class SDFinetuneRecipe(Recipe):
     def __init__(self, cfg: SDFinetuneConfig):
         super().__init__(cfg)
         m, d = cfg.model, cfg.data
-        if m.adapter not in ADAPTERS:
-            raise ConfigError(f"model.adapter must be one of {', '.join(ADAPTERS)}, got '{m.adapter}'")
+        names = adapter_method_names()
+        if m.adapter not in names:
+            raise ConfigError(f"model.adapter must be one of {', '.join(names)}, got '{m.adapter}'")
+        self.method = get_adapter_method(m.adapter)(m)
         if m.prediction_type not in (None, "epsilon", "v_prediction"):
             raise ConfigError(f"model.prediction_type must be epsilon or v_prediction, got '{m.prediction_type}'")
         if m.sara.decay_to not in ("zero", "pretrained"):
             raise ConfigError(f"model.sara.decay_to must be 'zero' or 'pretrained', got '{m.sara.decay_to}'")
-        if cfg.trainer.ema_decay and m.adapter != "full":
-            raise ConfigError("trainer.ema_decay is only supported with model.adapter=full in sd_finetune "
-                              "(an EMA copy of an adapter run would duplicate the whole UNet)")
+        if cfg.trainer.ema_decay and not self.method.supports_ema:
+            raise ConfigError(f"trainer.ema_decay is not supported with model.adapter={m.adapter} in sd_finetune "
+                              "(an EMA copy of an adapter run would duplicate the whole UNet; use model.adapter=full)")
         from zoo.diffusion.pipeline import require_diffusers, resolve_pipeline_path
 
         require_diffusers()
-        if m.adapter == "lora":
-            try:
-                import peft  # noqa: F401
-            except ImportError as exc:
-                raise ImportError("model.adapter=lora needs peft: pip install -e .[diffusion]") from exc
+        self.method.check(m)
         # fail before any heavy work: the model path and the image folder must be usable
         try:
             resolve_pipeline_path(m.pretrained, "model.pretrained")
@@ -200,7 +208,8 @@ class SDFinetuneRecipe(Recipe):
         if m.prediction_type is not None:
             c.noise_scheduler.register_to_config(prediction_type=m.prediction_type)
         c.vae.requires_grad_(False).eval()
-        c.text_encoder.requires_grad_(False).eval()
+        for text_encoder in c.text_encoders:
+            text_encoder.requires_grad_(False).eval()
         return c
 
     @property
@@ -212,7 +221,7 @@ class SDFinetuneRecipe(Recipe):
     def _place_frozen(self, device: torch.device) -> None:
         if self._frozen_device != device:
             c = self.components
-            for module in (c.vae, c.text_encoder):
+            for module in (c.vae, *c.text_encoders):
                 dtype = self.weight_dtype if module.dtype != self.weight_dtype else None  # .to(dtype) warns even if equal
                 module.to(device=device, dtype=dtype)
             self._frozen_device = device
@@ -221,21 +230,9 @@ class SDFinetuneRecipe(Recipe):
     def build_model(self) -> nn.Module:
         m = self.cfg.model
         unet = self.components.unet
-        unet.requires_grad_(m.adapter == "full")
         if m.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        if m.adapter == "sara":
-            from zoo.adapters.sara import apply_sara, num_sara_parameters
-
-            apply_sara(unet, m.sara.threshold, kernel=m.sara.kernel)
-            _logger.info("SaRA: %d trainable entries (|w| < %g) of %d UNet weights", num_sara_parameters(unet),
-                         m.sara.threshold, sum(p.numel() for n, p in unet.named_parameters() if ".deltas." not in n))
-        elif m.adapter == "lora":
-            from peft import LoraConfig
-
-            init: Any = {"true": True, "false": False}.get(str(m.lora.init).lower(), m.lora.init)
-            unet.add_adapter(LoraConfig(r=m.lora.rank, lora_alpha=m.lora.alpha or m.lora.rank, init_lora_weights=init,
-                                        lora_dropout=m.lora.dropout, target_modules=list(m.lora.target_modules)))
+        self.method.apply(unet, m)
         unet.train()
         return unet
 
@@ -247,71 +244,22 @@ class SDFinetuneRecipe(Recipe):
         return math.ceil(n / t.grad_accum_steps) * t.epochs
 
     def configure_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
-        if self.cfg.model.adapter != "sara":
-            return super().configure_optimizer(model, cfg)
-        from zoo.adapters.sara import SaRAOptimizer
-
-        s = self.cfg.model.sara
-        if cfg.name.lower() != "adamw":
-            raise ConfigError(f"model.adapter=sara trains with its own AdamW; optim.name must be adamw, got '{cfg.name}'")
-        prog = s.progressive_iter
-        if prog is not None and 0 < prog < 1:
-            prog = round(prog * self._total_steps())
-        # lambda_rank=0 here: the recipe adds the nuclear-norm loss to the training loss (works with fp16 loss scaling
-        # and gradient accumulation, and is logged), instead of the official in-step backward.
-        return SaRAOptimizer(model, s.threshold, lr=None if s.lr_rule else cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, decay_to=s.decay_to,
-                             progressive_iter=int(prog) if prog else None, lambda_rank=0.0,
-                             reselect_reset_state=s.reselect_reset_state, kernel=s.kernel)
+        """The method's own optimiser (SaRA's sparse AdamW) or the ``optim`` section's over the trainable tensors."""
+        opt = self.method.configure_optimizer(model, cfg, self._total_steps)
+        return opt if opt is not None else super().configure_optimizer(model, cfg)
 
     def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        adapter = self.cfg.model.adapter
-        if adapter == "sara":
-            from zoo.adapters.sara import sara_state_dict
-
-            return sara_state_dict(model)
-        if adapter == "lora":
-            from peft import get_peft_model_state_dict
-
-            return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
-        return model.state_dict()
+        """Only what the method trains (the adapter's tensors; the whole UNet for ``full``)."""
+        return self.method.state_dict(model)
 
     def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        adapter = self.cfg.model.adapter
-        if adapter == "sara":
-            from zoo.adapters.sara import load_sara_state_dict
-
-            load_sara_state_dict(model, state)
-        elif adapter == "lora":
-            from peft import set_peft_model_state_dict
-
-            result = set_peft_model_state_dict(model, state, adapter_name="default")
-            unexpected = getattr(result, "unexpected_keys", None)
-            if unexpected:
-                raise RuntimeError(f"LoRA checkpoint has keys the model does not: {unexpected[:10]}")
-        else:
-            model.load_state_dict(state)
+        self.method.load_state_dict(model, state)
 
     def save_adapter(self, model: nn.Module, output_dir: str | Path) -> Path:
-        """Write the trained part into ``output_dir``: ``sara_weights.safetensors``,
-        ``pytorch_lora_weights.safetensors`` or ``unet/``; returns its path."""
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        adapter = self.cfg.model.adapter
-        if adapter == "sara":
-            from zoo.adapters.sara import save_sara
-
-            return save_sara(model, out / "sara_weights.safetensors", threshold=self.cfg.model.sara.threshold)
-        if adapter == "lora":
-            from diffusers import StableDiffusionPipeline
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft import get_peft_model_state_dict
-
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
-            StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers, safe_serialization=True)
-            return out / "pytorch_lora_weights.safetensors"
-        model.save_pretrained(str(out / "unet"), safe_serialization=True)
-        return out / "unet"
+        """Write the trained part into ``output_dir`` (``sara_weights.safetensors``,
+        ``pytorch_lora_weights.safetensors`` or ``unet/``, per method); returns its path."""
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        return self.method.save(model, output_dir)
 
     # ---------------------------------------------------------------- data
     def _dataset(self, train: bool) -> Any:
@@ -328,7 +276,7 @@ class SDFinetuneRecipe(Recipe):
     def build_dataloaders(self):
         d = self.cfg.data
         train_set = self._dataset(True)
-        collate = _TokenizeCollate(self.components.tokenizer)
+        collate = self._collate()
         self._train_loader = build_loader(train_set, d.batch_size, shuffle=True, seed=self.cfg.seed,
                                           num_workers=d.num_workers, drop_last=len(train_set) >= d.batch_size,
                                           collate_fn=collate)
@@ -337,18 +285,36 @@ class SDFinetuneRecipe(Recipe):
     def build_eval_loader(self):
         d = self.cfg.data
         return build_loader(self._dataset(False), d.eval_batch_size or d.batch_size, shuffle=False,
-                            num_workers=d.num_workers, collate_fn=_TokenizeCollate(self.components.tokenizer))
+                            num_workers=d.num_workers, collate_fn=self._collate())
+
+    def _collate(self) -> _TokenizeCollate:
+        c = self.components
+        return _TokenizeCollate(c.tokenizer, c.tokenizer_2)
 
     # ---------------------------------------------------------------- steps
-    def _encode(self, batch: dict[str, torch.Tensor], sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, batch: dict[str, torch.Tensor], sample: bool) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+        """``(latents (B, 4, h, w), text embedding (B, L, D), added_cond_kwargs or None)``.
+
+        SD: the text encoder's last hidden state. SDXL (as diffusers' ``train_text_to_image_sdxl.py``): the
+        penultimate hidden states of both encoders concatenated ``(B, L, D1 + D2)``, the second encoder's pooled
+        projection as ``text_embeds (B, P)`` and ``time_ids (B, 6)`` = original size, crop top-left, target size.
+        Deviation: the time ids are ``(R, R, 0, 0, R, R)`` for resolution ``R`` (the images were resized and
+        cropped to ``R × R``), not each image's original size and crop offset.
+        """
         c = self.components
         px = batch["pixel_values"]
         self._place_frozen(px.device)
         with torch.no_grad():
             dist = c.vae.encode(px.to(self.weight_dtype)).latent_dist
             latents = (dist.sample() if sample else dist.mode()) * c.vae.config.scaling_factor
-            text = c.text_encoder(batch["input_ids"], return_dict=False)[0]
-        return latents, text
+            if not c.is_sdxl:
+                return latents, c.text_encoder(batch["input_ids"], return_dict=False)[0], None
+            h1 = c.text_encoder(batch["input_ids"], output_hidden_states=True)
+            h2 = c.text_encoder_2(batch["input_ids_2"], output_hidden_states=True)
+            text = torch.cat([h1.hidden_states[-2], h2.hidden_states[-2]], dim=-1)
+            r = self.cfg.data.resolution
+            time_ids = torch.tensor([[r, r, 0, 0, r, r]], device=px.device, dtype=text.dtype).expand(px.shape[0], 6)
+        return latents, text, {"text_embeds": h2.text_embeds, "time_ids": time_ids}
 
     def _target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         sched = self.components.noise_scheduler
@@ -372,14 +338,14 @@ class SDFinetuneRecipe(Recipe):
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         m = self.cfg.model
         sched = self.components.noise_scheduler
-        latents, text = self._encode(batch, sample=True)
+        latents, text, cond = self._encode(batch, sample=True)
         noise = torch.randn_like(latents)
         if m.noise_offset:
             noise = noise + m.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, device=latents.device,
                                                          dtype=latents.dtype)
         t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
         noisy = sched.add_noise(latents, noise, t)
-        pred = model(noisy, t, text, return_dict=False)[0]
+        pred = model(noisy, t, text, added_cond_kwargs=cond, return_dict=False)[0]
         target = self._target(latents, noise, t)
         weights = self._loss_weights(t)
         if weights is None:
@@ -388,12 +354,9 @@ class SDFinetuneRecipe(Recipe):
             per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
             mse = (per * weights.to(per.device)).mean()
         losses = {"loss": mse, "mse": mse.detach()}
-        if m.adapter == "sara" and m.sara.lambda_rank:
-            from zoo.adapters.sara import sara_rank_loss
-
-            rank = sara_rank_loss(model, m.sara.lambda_rank)
-            losses["loss"] = mse + rank
-            losses["rank"] = rank.detach()
+        for name, term in self.method.extra_losses(model).items():  # e.g. SaRA's nuclear-norm loss ("rank")
+            losses["loss"] = losses["loss"] + term
+            losses[name] = term.detach()
         return losses
 
     # ---------------------------------------------------------------- evaluation
@@ -404,13 +367,13 @@ class SDFinetuneRecipe(Recipe):
         timesteps = torch.linspace(0, T - 1, n_t).round().long()
         per_sample: list[torch.Tensor] = []
         for i, batch in enumerate(loader):
-            latents, text = self._encode(batch, sample=False)
+            latents, text, cond = self._encode(batch, sample=False)
             gen = torch.Generator().manual_seed(self.cfg.eval.seed + 1000 * i + accelerator.process_index)
             total = torch.zeros(latents.shape[0], device=latents.device)
             for t_val in timesteps.tolist():
                 noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
                 t = torch.full((latents.shape[0],), t_val, device=latents.device, dtype=torch.long)
-                pred = model(sched.add_noise(latents, noise, t), t, text, return_dict=False)[0]
+                pred = model(sched.add_noise(latents, noise, t), t, text, added_cond_kwargs=cond, return_dict=False)[0]
                 total += F.mse_loss(pred.float(), self._target(latents, noise, t).float(), reduction="none").mean((1, 2, 3))
             per_sample.append(accelerator.gather_for_metrics(total / n_t).cpu())
         metrics = {"val_loss": torch.cat(per_sample).mean().item()}
@@ -427,15 +390,11 @@ class SDFinetuneRecipe(Recipe):
 
     def render_samples(self, unet: nn.Module, device: torch.device) -> Any:
         """``samples.png``'s grid: each prompt without (base) and with the trained adapter, same noise."""
-        from diffusers import StableDiffusionPipeline
-
         from zoo.diffusion.sampling import comparison_grid
 
         c, s, d = self.components, self.cfg.sample, self.cfg.data
         self._place_frozen(device)
-        pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=unet,
-                                       scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+        pipe = c.pipeline(unet)  # StableDiffusionPipeline or StableDiffusionXLPipeline
         pipe.set_progress_bar_config(disable=True)
         set_enabled = self._adapter_switch(pipe, unet, device)
         prompts = [(d.prefix if s.use_prefix else "") + p for p in s.prompts]
@@ -451,22 +410,13 @@ class SDFinetuneRecipe(Recipe):
             unet.train(was_training)
 
     def _adapter_switch(self, pipe: Any, unet: nn.Module, device: torch.device) -> Any:
-        adapter = self.cfg.model.adapter
-        if adapter == "sara":
-            from zoo.layers.lora import enable_adapter
-
-            return lambda on: enable_adapter(unet, "sara", on)
-        if adapter == "lora":
-            return lambda on: unet.enable_adapters() if on else unet.disable_adapters()
-        if not self.cfg.sample.compare_base:
-            return None
-        from zoo.diffusion.pipeline import load_components
-
+        """The method's on/off switch for the sample grid (``full`` reloads the original UNet for the base column)."""
         m = self.cfg.model
-        base = load_components(m.pretrained, single_file_config=m.single_file_config,
-                               original_config=m.original_config).unet.to(device)
 
-        def set_enabled(on: bool) -> None:
-            pipe.unet = unet if on else base
+        def load_base() -> nn.Module:
+            from zoo.diffusion.pipeline import load_components
 
-        return set_enabled
+            return load_components(m.pretrained, single_file_config=m.single_file_config,
+                                   original_config=m.original_config).unet.to(device)
+
+        return self.method.switch(pipe, unet, load_base if self.cfg.sample.compare_base else None)
