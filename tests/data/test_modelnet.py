@@ -263,7 +263,7 @@ def test_registry_builds_and_checks_arguments(tmp_path):
         build_dataset("modelnet40", root=tmp_path, split="test", num_point=512)
     with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
         ModelNet40(tmp_path, split="val")
-    with pytest.raises(ValueError, match="num_points=4096 but the stored clouds have 2048"):
+    with pytest.raises(ValueError, match=r"_2048pts_fps.dat \[sample 0\]: num_points=4096 but this cloud has 2048"):
         ModelNet40(tmp_path, split="test", num_points=4096)[0]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import re
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,12 +49,22 @@ def read_idx(path: str | Path) -> np.ndarray:
     0x0E float64), the number of dimensions, then one big-endian uint32 per dimension.
 
     Raises:
-        ValueError: bad magic number, unknown type code, or a data size that does not match the header;
-            the message names the file.
+        FileNotFoundError: no such file.
+        ValueError: a truncated or corrupt ``.gz``, bad magic number, unknown type code, or a data size that does
+            not match the header; the message names the file.
     """
     path = Path(path)
-    with _open(path) as f:
-        raw = f.read()
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file: {path}")
+    try:
+        with _open(path) as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ValueError(
+            f"{path}: cannot decompress this gzip file; it is truncated or corrupt (an interrupted download?). "
+            f"Delete it and download it again from https://yann.lecun.com/exdb/mnist/ (or a mirror).\n"
+            f"({type(e).__name__}: {e})"
+        ) from e
     if len(raw) < 4:
         raise ValueError(f"{path}: not an IDX file (only {len(raw)} bytes)")
     zero, code, ndim = struct.unpack(">HBB", raw[:4])

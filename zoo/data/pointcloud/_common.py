@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -22,20 +23,21 @@ __all__ = [
     "dataset_not_found",
     "default_data_root",
     "natural_sorted",
+    "nonfinite_rows",
     "normalize_unit_sphere_np",
+    "read_h5_arrays",
     "subsample",
 ]
 
 SPLITS = ("train", "test")
+_logger = logging.getLogger("zoo")
 
 
 def default_data_root() -> Path | None:
-    """``$ZOO_DATA`` if set, else ``<repo>/../shared/data`` when it exists, else ``None``."""
-    env = os.environ.get("ZOO_DATA")
-    if env:
-        return Path(env).expanduser()
-    guess = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-    return guess if guess.is_dir() else None
+    """``$ZOO_DATA`` if set, else the default data folder when it exists, else ``None`` (see ``zoo.data.paths``)."""
+    from zoo.data.paths import data_root
+
+    return data_root()
 
 
 def candidate_dirs(root: str | os.PathLike | None, subdirs: Sequence[str]) -> list[Path]:
@@ -103,11 +105,22 @@ class ArrayCache:
         self.params = params
 
     def load(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(points (S, P, C) memmap, labels (S,))`` or ``None`` when there is no complete cache."""
+        """``(points (S, P, C) memmap, labels (S,))`` or ``None`` when there is no complete cache.
+
+        An unreadable cache (cut by a full disk, edited, another version) is ignored with a warning naming it,
+        so the caller rebuilds it.
+        """
         if not (self.array_path.is_file() and self.meta_path.is_file()):
             return None
-        meta = json.loads(self.meta_path.read_text())
-        return np.load(self.array_path, mmap_mode="r"), np.asarray(meta["labels"], dtype=np.int64)
+        try:
+            labels = np.asarray(json.loads(self.meta_path.read_text())["labels"], dtype=np.int64)
+            points = np.load(self.array_path, mmap_mode="r")
+            if points.ndim != 3 or len(points) != len(labels):
+                raise ValueError(f"array shape {points.shape} does not match {len(labels)} labels")
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            _logger.warning("ignoring the unreadable dataset cache %s (%s); rebuilding it", self.array_path, e)
+            return None
+        return points, labels
 
     def save(self, points: np.ndarray, labels: np.ndarray) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +150,62 @@ def file_signature(paths: Sequence[Path], base: Path) -> list:
     return out
 
 
+def read_h5_arrays(
+    path: Path, keys: Sequence[str], optional: Sequence[str] = (), where: str = ""
+) -> dict[str, np.ndarray]:
+    """The datasets ``keys`` (required) and ``optional`` (when present) of an HDF5 file, as numpy arrays.
+
+    h5py reports a corrupt or truncated file as ``OSError: Unable to synchronously open file`` without the path;
+    this raises an ``OSError`` that names the file, says it is corrupt or truncated and to download it again
+    (``where``: the download hint). A missing dataset is a ``KeyError`` that names the file and its keys.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h:
+            missing = [k for k in keys if k not in h]
+            if missing:
+                raise KeyError(f"{path} has no dataset(s) {missing}; it has {sorted(h.keys())}")
+            return {k: np.asarray(h[k]) for k in [*keys, *(k for k in optional if k in h)]}
+    except OSError as e:
+        hint = f" Get it from:\n{where}" if where else ""
+        raise OSError(
+            f"{path}: cannot read this HDF5 file; it is corrupt or truncated (an interrupted download or copy?). "
+            f"Delete it and download it again.{hint}\n(h5py: {e})"
+        ) from e
+
+
+def nonfinite_rows(clouds: np.ndarray | Sequence[np.ndarray], columns: int, chunk: int = 256) -> np.ndarray:
+    """Indices ``(K,)`` int64 of the clouds with a NaN/inf among their first ``columns`` columns.
+
+    ``clouds``: a ``(S, P, C)`` array (memory-mapped is fine: read ``chunk`` clouds at a time) or a list of
+    ``(P_i, C)`` arrays.
+    """
+    if isinstance(clouds, np.ndarray) and clouds.ndim == 3:
+        bad = [
+            s + np.flatnonzero(~np.isfinite(clouds[s : s + chunk, :, :columns]).all(axis=(1, 2)))
+            for s in range(0, len(clouds), chunk)
+        ]
+        return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
+    return np.array([i for i, c in enumerate(clouds) if not np.isfinite(c[:, :columns]).all()], dtype=np.int64)
+
+
+def nonfinite_error(dataset: str, sources: Sequence[str], total: int | None = None) -> ValueError:
+    """The error for clouds with NaN/inf coordinates: names the files (or samples) and the ``drop_nonfinite`` fix.
+
+    ``total``: how many clouds were checked (``None``: one cloud found while reading it).
+    """
+    shown = "\n".join(f"  - {s}" for s in sources[:5])
+    if len(sources) > 5:
+        shown += f"\n  ... and {len(sources) - 5} more"
+    count = f"{len(sources)} of {total} clouds have" if total is not None else "this cloud has"
+    return ValueError(
+        f"{dataset}: {count} NaN/inf coordinates (a model gives non-finite logits for them):\n{shown}\n"
+        f"Fix or remove these files, or drop such clouds with drop_nonfinite=True "
+        f"(config: data.kwargs.drop_nonfinite=true)."
+    )
+
+
 # ----------------------------------------------------------------------------------------------------- samples
 def normalize_unit_sphere_np(xyz: np.ndarray) -> np.ndarray:
     """Centre ``(N, 3)`` on its centroid and scale into the unit sphere (PointMamba's ``pc_normalize``)."""
@@ -145,16 +214,31 @@ def normalize_unit_sphere_np(xyz: np.ndarray) -> np.ndarray:
     return xyz / m if m > 0 else xyz
 
 
-def subsample(points: torch.Tensor, num_points: int | None, method: str) -> torch.Tensor:
-    """``(P, C) -> (num_points, C)``: ``"first"`` rows, a ``"random"`` subset (torch RNG) or ``"fps"`` (start 0)."""
+def too_few_points_error(source: str, have: int, num_points: int, every: bool = False) -> ValueError:
+    """The error for a stored cloud with fewer points than ``num_points``: names the file and both fixes.
+
+    ``every``: ``source`` names several files whose clouds all have ``have`` points.
+    """
+    what = "every stored cloud there has" if every else "this cloud has"
+    return ValueError(
+        f"{source}: num_points={num_points} but {what} {have} points. Lower num_points to <= {have} "
+        f"(config: data.kwargs.num_points={have}), or take all stored points with num_points=None "
+        f"(data.kwargs.num_points=null) and pad with the 'resample' transform "
+        f"({{name: resample, num_points: {num_points}}} in data.train_transforms / data.eval_transforms), "
+        f"which repeats random points."
+    )
+
+
+def subsample(points: torch.Tensor, num_points: int | None, method: str, source: str = "stored cloud") -> torch.Tensor:
+    """``(P, C) -> (num_points, C)``: ``"first"`` rows, a ``"random"`` subset (torch RNG) or ``"fps"`` (start 0).
+
+    ``source`` (the file the cloud comes from) is named in the error raised when ``P < num_points``.
+    """
     P = points.shape[0]
     if num_points is None or num_points == P:
         return points
     if num_points > P:
-        raise ValueError(
-            f"num_points={num_points} but the stored clouds have {P} points; use num_points <= {P} "
-            f"(or num_points=None), or add the 'resample' transform to pad."
-        )
+        raise too_few_points_error(source, P, num_points)
     if method == "first":
         return points[:num_points]
     if method == "random":
@@ -170,8 +254,14 @@ class PointCloudClassification(Dataset):
     """Base of the classification datasets: items are ``(points (num_points, C) float32 tensor, label int)``.
 
     Subclasses fill ``classes`` (names, index = label), ``labels`` ``(S,)`` int64, and either ``_array``
-    (``(S, P, C)`` array, possibly memory-mapped, or a list of ``(P, C)`` arrays) or ``_loader`` + ``_paths``
-    (read one file per item).
+    (``(S, P, C)`` array, possibly memory-mapped, or a list of ``(P, C)`` arrays) plus ``_blocks`` (which file
+    holds which rows, for error messages) or ``_loader`` + ``_paths`` (read one file per item; ``_paths`` is kept
+    when a cache replaces the loader), then call ``_check_clouds()`` once loaded.
+
+    Clouds with NaN/inf coordinates are an error naming the file (or file and sample) unless
+    ``drop_nonfinite=True``, which drops them (``dropped_nonfinite`` lists their sources; the count is logged on
+    the ``"zoo"`` logger). Stacked arrays are checked at construction, per-file clouds when read (all of them at
+    construction with ``drop_nonfinite=True``).
     """
 
     classes: list[str]
@@ -184,6 +274,7 @@ class PointCloudClassification(Dataset):
         use_normals: bool,
         normalize: bool,
         sampling: str,
+        drop_nonfinite: bool = False,
     ):
         if sampling not in ("first", "random", "fps"):
             raise ValueError(f"sampling must be 'first', 'random' or 'fps', got {sampling!r}")
@@ -194,9 +285,13 @@ class PointCloudClassification(Dataset):
         self.use_normals = use_normals
         self.normalize = normalize
         self.sampling = sampling
+        self.drop_nonfinite = bool(drop_nonfinite)
+        self.dropped_nonfinite: list[str] = []
         self._array: np.ndarray | list | None = None
         self._loader: Callable[[Path], np.ndarray] | None = None
         self._paths: list[Path] = []
+        self._blocks: list[tuple[Path, int, int]] = []  # (file, first row, end row) of stacked arrays
+        self._rows: np.ndarray | None = None  # storage row of each item once clouds were dropped
 
     @property
     def num_classes(self) -> int:
@@ -205,18 +300,79 @@ class PointCloudClassification(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _row(self, index: int) -> int:
+        """Storage row (in ``_array`` / ``_paths``) of item ``index``."""
+        return int(self._rows[index]) if self._rows is not None else index
+
+    def _source_of_row(self, row: int) -> str:
+        if self._paths:
+            return str(self._paths[row])
+        for path, start, stop in self._blocks:
+            if start <= row < stop:
+                return f"{path} [sample {row - start}]"
+        return f"sample {row}"
+
+    def _stacked_source(self) -> str:
+        """The files behind a stacked array, for messages about all of them."""
+        if self._blocks:
+            return ", ".join(str(p) for p, _, _ in self._blocks)
+        if self._paths:
+            more = f" and {len(self._paths) - 1} more files" if len(self._paths) > 1 else ""
+            return f"{self._paths[0]}{more}"
+        return "(in memory)"
+
+    def source(self, index: int) -> str:
+        """Where item ``index`` is stored: its file, or ``"<file> [sample i]"`` for clouds stacked in one file."""
+        return self._source_of_row(self._row(index))
+
+    def _raw_row(self, row: int) -> np.ndarray:
+        if self._array is not None:
+            return np.asarray(self._array[row])
+        return self._loader(self._paths[row])
+
     def raw_points(self, index: int) -> np.ndarray:
         """The stored cloud ``(P, C)`` of item ``index`` before normalisation, sampling and transform."""
-        if self._array is not None:
-            return np.asarray(self._array[index])
-        return self._loader(self._paths[index])
+        return self._raw_row(self._row(index))
+
+    def _check_clouds(self) -> None:
+        """Once loaded: fail early on too few points (stacked arrays) and apply the NaN/inf policy."""
+        name = f"{type(self).__name__} ({getattr(self, 'split', '?')} split)"
+        arr = self._array
+        stacked = isinstance(arr, np.ndarray) and arr.ndim == 3
+        if stacked and self.num_points is not None and arr.shape[1] < self.num_points:
+            raise too_few_points_error(f"{name} {self._stacked_source()}", arr.shape[1], self.num_points, every=True)
+        columns = 6 if self.use_normals else 3
+        if arr is not None:
+            bad = nonfinite_rows(arr, columns)
+        elif self.drop_nonfinite:  # per-file clouds: read each once to find the bad ones
+            from tqdm.auto import tqdm
+
+            rows = tqdm(range(len(self._paths)), desc=f"{name}: checking for NaN/inf", disable=None, leave=False)
+            bad = np.array([r for r in rows if not np.isfinite(self._raw_row(r)[:, :columns]).all()], np.int64)
+        else:
+            return  # checked when each file is read
+        if not len(bad):
+            return
+        sources = [self._source_of_row(int(r)) for r in bad]
+        if not self.drop_nonfinite:
+            raise nonfinite_error(name, sources, len(self.labels))
+        keep = np.setdiff1d(np.arange(len(self.labels)), bad)
+        self._rows, self.labels = keep, np.asarray(self.labels)[keep]
+        self.dropped_nonfinite = sources
+        _logger.warning(
+            "%s: dropped %d of %d clouds with NaN/inf coordinates (drop_nonfinite=True), e.g. %s",
+            name, len(bad), len(keep) + len(bad), sources[0],
+        )  # fmt: skip
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         pts = np.array(self.raw_points(index), dtype=np.float32)  # a writable copy
         pts = pts[:, :6] if self.use_normals else pts[:, :3]
+        if not np.isfinite(pts).all():
+            name = f"{type(self).__name__} ({getattr(self, 'split', '?')} split)"
+            raise nonfinite_error(name, [self.source(index)])
         if self.normalize:
             pts[:, :3] = normalize_unit_sphere_np(pts[:, :3])
-        out = subsample(torch.from_numpy(pts), self.num_points, self.sampling)
+        out = subsample(torch.from_numpy(pts), self.num_points, self.sampling, self.source(index))
         if self.transform is not None:
             out = self.transform(out)
         return out, int(self.labels[index])

@@ -6,13 +6,17 @@ files are parsed here. When open3d is installed (``pip install 'zoo[pointcloud]'
 instead of returning an empty cloud with only a warning.
 
 Point arrays are ``(N, C)`` float32 with xyz first (then normals when asked for).
+
+A truncated or corrupt file raises a ``ValueError`` whose message starts with the file's path and says what is
+wrong (e.g. ``PCD binary data is truncated``), never a bare numpy/pickle error without the path.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,19 @@ def _existing(path: PathLike) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"No such file: {p}")
     return p
+
+
+@contextmanager
+def _naming(path: Path, what: str) -> Iterator[None]:
+    """Re-raise parse errors that do not name ``path`` as a ``ValueError`` that does (and says it is corrupt)."""
+    try:
+        yield
+    except (ValueError, IndexError, EOFError) as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ValueError(
+            f"{path}: corrupt or truncated {what} file ({type(e).__name__}: {e}); re-download or re-export it"
+        ) from e
 
 
 # ----------------------------------------------------------------------------------------------------- PCD
@@ -103,6 +120,11 @@ def read_pcd_fields(path: PathLike) -> dict[str, np.ndarray]:
     """
     p = _existing(path)
     raw = p.read_bytes()
+    with _naming(p, "PCD"):
+        return _pcd_fields(raw, p)
+
+
+def _pcd_fields(raw: bytes, p: Path) -> dict[str, np.ndarray]:
     header, offset = _parse_pcd_header(raw, p)
     names, dtypes, counts, n = _pcd_layout(header, p)
     kind = header["DATA"][0].lower() if header["DATA"] else ""
@@ -112,7 +134,7 @@ def read_pcd_fields(path: PathLike) -> dict[str, np.ndarray]:
         values = np.array(text.split(), dtype=np.float64)
         width = sum(counts)
         if values.size < n * width:
-            raise ValueError(f"{p}: PCD ascii data has {values.size} values, header needs {n} x {width}")
+            raise ValueError(f"{p}: PCD ascii data is truncated ({values.size} values, the header needs {n} x {width})")
         table = values[: n * width].reshape(n, width)
         out, col = {}, 0
         for name, dt, c in zip(names, dtypes, counts):
@@ -126,9 +148,18 @@ def read_pcd_fields(path: PathLike) -> dict[str, np.ndarray]:
         table = np.frombuffer(raw, dtype=record, count=n, offset=offset)
         return {name: np.ascontiguousarray(table[f"f{i}"]) for i, name in enumerate(names)}
     if kind == "binary_compressed":
-        compressed, size = np.frombuffer(raw, dtype="<u4", count=2, offset=offset)
-        body = raw[offset + 8 : offset + 8 + int(compressed)]
-        data = lzf_decompress(body, int(size)) if size else b""
+        if len(raw) - offset < 8:
+            raise ValueError(f"{p}: PCD binary_compressed data is truncated (no size header after DATA)")
+        compressed, size = (int(v) for v in np.frombuffer(raw, dtype="<u4", count=2, offset=offset))
+        body = raw[offset + 8 : offset + 8 + compressed]
+        if len(body) < compressed:
+            raise ValueError(
+                f"{p}: PCD binary_compressed data is truncated ({len(body)} of {compressed} compressed bytes)"
+            )
+        need = n * sum(c * dt.itemsize for dt, c in zip(dtypes, counts))
+        if size < need:
+            raise ValueError(f"{p}: PCD binary_compressed data holds {size} bytes, the header needs {need}")
+        data = lzf_decompress(body, size) if size else b""
         out, pos = {}, 0
         for name, dt, c in zip(names, dtypes, counts):  # column-major: each field's values are contiguous
             nbytes = n * c * dt.itemsize
@@ -201,6 +232,10 @@ def _ply_header(raw: bytes, p: Path) -> tuple[str, list[tuple[str, int, list[tup
         elif tok[0] == "property":
             if not elements:
                 raise ValueError(f"{p}: PLY property before any element")
+            types = tok[2:4] if tok[1] == "list" else tok[1:2]
+            unknown = [t for t in types if t not in _PLY_DTYPES]
+            if unknown:
+                raise ValueError(f"{p}: unknown PLY property type(s) {unknown} in line {line.strip()!r}")
             if tok[1] == "list":
                 elements[-1][2].append((tok[4], "list", _PLY_DTYPES[tok[2]], _PLY_DTYPES[tok[3]]))
             else:
@@ -227,14 +262,21 @@ def read_ply(path: PathLike) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """
     p = _existing(path)
     raw = p.read_bytes()
+    with _naming(p, "PLY"):
+        return _ply_data(raw, p)
+
+
+def _ply_data(raw: bytes, p: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     fmt, elements, offset = _ply_header(raw, p)
     vertex, faces = {}, None
     if fmt == "ascii":
-        lines = raw[offset:].decode("ascii", errors="replace").split("\n")
+        lines = [ln for ln in raw[offset:].decode("ascii", errors="replace").split("\n") if ln.strip()]
         pos = 0
         for name, count, props in elements:
             block = lines[pos : pos + count]
             pos += count
+            if len(block) < count:
+                raise ValueError(f"{p}: PLY ascii data is truncated ({len(block)} of {count} '{name}' lines)")
             if all(kind == "scalar" for _, kind, *_ in props):
                 table = np.array(" ".join(block).split(), dtype=np.float64).reshape(count, len(props))
                 if name == "vertex":
@@ -251,6 +293,11 @@ def read_ply(path: PathLike) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     for name, count, props in elements:
         if all(kind == "scalar" for _, kind, *_ in props):
             dt = np.dtype([(pn, endian + t) for pn, _, t in props])
+            if len(raw) - offset < count * dt.itemsize:
+                raise ValueError(
+                    f"{p}: PLY binary data is truncated ({max(len(raw) - offset, 0)} bytes left for {count} "
+                    f"'{name}' records of {dt.itemsize} bytes)"
+                )
             table = np.frombuffer(raw, dtype=dt, count=count, offset=offset)
             offset += count * dt.itemsize
             if name == "vertex":
@@ -260,6 +307,8 @@ def read_ply(path: PathLike) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
             raise ValueError(f"{p}: PLY element '{name}' mixes list and scalar properties; not supported")
         _, _, count_t, index_t = props[0]
         ct, it = np.dtype(endian + count_t), np.dtype(endian + index_t)
+        if count and len(raw) - offset < ct.itemsize:
+            raise ValueError(f"{p}: PLY binary data is truncated (no '{name}' data)")
         k = int(np.frombuffer(raw, dtype=ct, count=1, offset=offset)[0]) if count else 0
         fixed = np.dtype([("n", ct), ("i", it, (k,))])
         table = np.frombuffer(raw, dtype=fixed, count=count, offset=offset) if count else None
@@ -310,13 +359,19 @@ def write_ply(
 _OFF_MAGIC = re.compile(r"^\s*(C?N?OFF)\s*", re.IGNORECASE)
 
 
-def read_off(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read an OFF mesh: ``(vertices (V, 3) float32, triangles (F, 3) int64)``; polygons are fan-triangulated.
+def read_off(path: PathLike, dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Read an OFF mesh: ``(vertices (V, 3) dtype, triangles (F, 3) int64)``; polygons are fan-triangulated.
 
     Accepts the ModelNet quirk where the counts follow ``OFF`` on the same line (``OFF1234 5678 0``), comments and
-    blank lines, and per-face colour values after the indices.
+    blank lines, and per-face colour values after the indices. ``dtype``: float32 (default) or float64 (the
+    coordinates as written, e.g. to sample surfaces in double precision as open3d does).
     """
     p = _existing(path)
+    with _naming(p, "OFF"):
+        return _off_mesh(p, np.dtype(dtype))
+
+
+def _off_mesh(p: Path, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     lines = [ln.split("#", 1)[0].strip() for ln in p.read_text(errors="replace").splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
@@ -329,14 +384,19 @@ def read_off(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     rest = lines[0][m.end() :]
     body = lines[1:]
     if not rest:
+        if not body:
+            raise ValueError(f"{p}: OFF file ends after its 'OFF' line (truncated)")
         rest, body = body[0], body[1:]
-    nv, nf = (int(t) for t in rest.split()[:2])
+    counts = rest.split()
+    if len(counts) < 2 or not all(t.lstrip("-").isdigit() for t in counts[:2]):
+        raise ValueError(f"{p}: OFF counts line must be '<vertices> <faces> <edges>', got {rest[:40]!r}")
+    nv, nf = int(counts[0]), int(counts[1])
     if len(body) < nv + nf:
         raise ValueError(f"{p}: OFF header announces {nv} vertices and {nf} faces but has {len(body)} lines")
     vertices = np.array(" ".join(body[:nv]).split(), dtype=np.float64)
     if vertices.size != 3 * nv:
         vertices = np.array([ln.split()[:3] for ln in body[:nv]], dtype=np.float64)
-    vertices = vertices.reshape(nv, 3).astype(np.float32)
+    vertices = vertices.reshape(nv, 3).astype(dtype)
     face_lines = body[nv : nv + nf]
     try:  # fast path: all triangles, no colours
         table = np.array(" ".join(face_lines).split(), dtype=np.int64).reshape(nf, 4)
@@ -380,9 +440,14 @@ def read_txt(path: PathLike, delimiter: str | None = None) -> np.ndarray:
         text = text.replace(delimiter, " ")
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     cols = len(first.split())
-    values = np.array(text.split(), dtype=np.float32)
-    if cols == 0 or values.size % cols:
-        raise ValueError(f"{p}: rows do not all have {cols} values")
+    if cols == 0:
+        raise ValueError(f"{p}: empty point file (no values)")
+    try:
+        values = np.array(text.split(), dtype=np.float32)
+    except ValueError as e:
+        raise ValueError(f"{p}: not a text point file: {e}") from None
+    if values.size % cols:
+        raise ValueError(f"{p}: rows do not all have {cols} values (truncated last line?)")
     return values.reshape(-1, cols)
 
 
@@ -410,7 +475,8 @@ def read_points(path: PathLike, with_normals: bool = False) -> np.ndarray:
     if ext in (".txt", ".xyz", ".pts", ".csv", ".xyzn"):
         arr = read_txt(p)
     elif ext == ".npy":
-        arr = np.load(_existing(p)).astype(np.float32)
+        with _naming(p, ".npy"):
+            arr = np.load(_existing(p), allow_pickle=False).astype(np.float32)
     else:
         raise ValueError(f"{p}: unknown point-cloud extension {ext!r} (pcd, ply, off, txt, xyz, pts, csv, npy)")
     if arr.ndim != 2 or arr.shape[1] < ncols:

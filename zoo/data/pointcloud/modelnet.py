@@ -41,6 +41,7 @@ from zoo.data.pointcloud._common import (
     dataset_not_found,
     file_signature,
     natural_sorted,
+    read_h5_arrays,
 )
 from zoo.data.pointcloud.io import read_pcd, read_pcd_fields, read_txt
 from zoo.data.pointcloud.mesh import resolve_backend, sample_off
@@ -110,13 +111,32 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: a ModelNet .dat holds only numpy arrays")
+        raise _RefusedPickle(f"refusing to unpickle {module}.{name}: a ModelNet .dat holds only numpy arrays")
+
+
+class _RefusedPickle(pickle.UnpicklingError):
+    """A .dat that asks for something other than numpy arrays (never wrapped as 'corrupt')."""
+
+
+_DAT_WHERE = "https://github.com/lulutang0608/Point-BERT/blob/master/DATASET.md (PointMamba docs/DATASET.md)"
 
 
 def load_dat(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """Read a Point-BERT/PointMamba ``.dat``: ``(list of (P, 6) float32 arrays, labels (S,) int64)``."""
-    with open(path, "rb") as f:
-        obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    """Read a Point-BERT/PointMamba ``.dat``: ``(list of (P, 6) float32 arrays, labels (S,) int64)``.
+
+    A truncated or corrupt file raises a ``ValueError`` naming it (pickle alone says only "pickle data was
+    truncated"); a pickle that asks for anything but numpy arrays raises ``pickle.UnpicklingError``.
+    """
+    try:
+        with open(path, "rb") as f:
+            obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except _RefusedPickle as e:
+        raise _RefusedPickle(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, MemoryError) as e:
+        raise ValueError(
+            f"{path}: cannot unpickle this .dat; it is truncated or corrupt (an interrupted download?). Delete it "
+            f"and download it again from {_DAT_WHERE}\n({type(e).__name__}: {e})"
+        ) from e
     if not (isinstance(obj, (list, tuple)) and len(obj) == 2 and len(obj[0]) == len(obj[1])):
         raise ValueError(f"{path}: expected a pickled [list of points, list of labels] of equal length")
     points = [np.asarray(p, dtype=np.float32) for p in obj[0]]
@@ -199,6 +219,11 @@ class _ModelNet(PointCloudClassification):
         cache_dir: where the cache goes (default ``$ZOO_CACHE/pointcloud`` or ``~/.cache/zoo/pointcloud``).
         off_points, off_seed, off_backend: OFF surface sampling: points per mesh, seed, ``"auto"`` /
             ``"open3d"`` / ``"numpy"``.
+        drop_nonfinite: drop clouds with NaN/inf coordinates (their count is logged on the ``"zoo"`` logger and
+            their files listed in ``dropped_nonfinite``) instead of raising an error that names them.
+
+    A cloud with fewer points than ``num_points`` is an error that names its file and the fixes; so is a
+    corrupt or truncated file (h5, dat, pcd, txt, off).
     """
 
     NUM_CLASSES = 40
@@ -219,8 +244,9 @@ class _ModelNet(PointCloudClassification):
         off_points: int = 8192,
         off_seed: int = 0,
         off_backend: str = "auto",
+        drop_nonfinite: bool = False,
     ):
-        super().__init__(num_points, transform, use_normals, normalize, sampling)
+        super().__init__(num_points, transform, use_normals, normalize, sampling, drop_nonfinite)
         self.split = check_split(split)
         if format != "auto" and format not in FORMATS:
             raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
@@ -235,6 +261,7 @@ class _ModelNet(PointCloudClassification):
             for fmt in formats:
                 if self._try_format(fmt, d, cache, cache_dir, off_points, off_seed, off_backend):
                     self.format, self.root = fmt, d
+                    self._check_clouds()
                     return
         expected, where = _sources(nc, split)
         if format != "auto":
@@ -270,24 +297,26 @@ class _ModelNet(PointCloudClassification):
         points, self.labels = load_dat(path)
         if self.use_normals and points and points[0].shape[1] < 6:
             raise ValueError(f"{path} stores {points[0].shape[1]} columns; use_normals=True needs 6")
-        self._array = points
+        self._array, self._blocks = points, [(path, 0, len(points))]
         return True
 
     def _load_h5(self, d: Path, files: list[Path]) -> bool:
-        import h5py
-
         self.classes = self._names(d, "shape_names.txt", "modelnet40_shape_names.txt")
-        data, labels = [], []
+        where = "  - https://shapenet.cs.stanford.edu/media/modelnet40_ply_hdf5_2048.zip"
+        data, labels, blocks = [], [], []
         for f in files:
-            with h5py.File(f, "r") as h:
-                pts = np.asarray(h["data"], dtype=np.float32)
-                if self.use_normals:
-                    if "normal" not in h:
-                        raise KeyError(f"{f} has no 'normal' dataset; use use_normals=False")
-                    pts = np.concatenate([pts, np.asarray(h["normal"], dtype=np.float32)], axis=-1)
-                data.append(pts)
-                labels.append(np.asarray(h["label"]).reshape(-1).astype(np.int64))
+            h = read_h5_arrays(f, ["data", "label"], optional=["normal"], where=where)
+            pts = h["data"].astype(np.float32)
+            if self.use_normals:
+                if "normal" not in h:
+                    raise KeyError(f"{f} has no 'normal' dataset; use use_normals=False")
+                pts = np.concatenate([pts, h["normal"].astype(np.float32)], axis=-1)
+            start = blocks[-1][2] if blocks else 0
+            blocks.append((f, start, start + len(pts)))
+            data.append(pts)
+            labels.append(h["label"].reshape(-1).astype(np.int64))
         self._array, self.labels = np.concatenate(data), np.concatenate(labels)
+        self._blocks = blocks
         return True
 
     def _load_txt(self, d: Path, listing: Path, cache: bool, cache_dir) -> bool:

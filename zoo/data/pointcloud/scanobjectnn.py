@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.data.pointcloud._common import PointCloudClassification, candidate_dirs, check_split, dataset_not_found
+from zoo.data.pointcloud._common import (
+    PointCloudClassification,
+    candidate_dirs,
+    check_split,
+    dataset_not_found,
+    read_h5_arrays,
+)
 from zoo.data.registry import register_dataset
 
 __all__ = [
@@ -82,6 +88,10 @@ class ScanObjectNN(PointCloudClassification):
         sampling: ``"first"``, ``"random"`` or ``"fps"`` when ``num_points < 2048``.
         return_mask: also return the per-point foreground mask: items become ``(points, label, mask (P,))``
             (only with ``sampling="first"``; the mask is not transformed).
+        drop_nonfinite: drop clouds with NaN/inf coordinates (count logged on the ``"zoo"`` logger, samples
+            listed in ``dropped_nonfinite``) instead of raising an error that names the file and sample.
+
+    A corrupt or truncated h5 file is an ``OSError`` that names it and says to download it again.
     """
 
     def __init__(
@@ -94,8 +104,9 @@ class ScanObjectNN(PointCloudClassification):
         normalize: bool = False,
         sampling: str = "first",
         return_mask: bool = False,
+        drop_nonfinite: bool = False,
     ):
-        super().__init__(num_points, transform, False, normalize, sampling)
+        super().__init__(num_points, transform, False, normalize, sampling, drop_nonfinite)
         self.split = check_split(split)
         self.variant = _variant(variant)
         self.return_mask = return_mask
@@ -107,23 +118,23 @@ class ScanObjectNN(PointCloudClassification):
         if path is None:
             expected = [f"{v}: {scanobjectnn_file(v, split)}" for v in VARIANTS]
             raise dataset_not_found(f"ScanObjectNN {self.variant}", split, looked, expected, _WHERE)
-        import h5py
-
-        with h5py.File(path, "r") as h:
-            self._array = np.asarray(h["data"], dtype=np.float32)
-            self.labels = np.asarray(h["label"]).reshape(-1).astype(np.int64)
-            self.masks = np.asarray(h["mask"]) if return_mask and "mask" in h else None
+        h = read_h5_arrays(path, ["data", "label"], optional=["mask"] if return_mask else [], where=_WHERE)
+        self._array = h["data"].astype(np.float32)
+        self.labels = h["label"].reshape(-1).astype(np.int64)
+        self.masks = h.get("mask")
         if return_mask and self.masks is None:
             raise KeyError(f"{path} has no 'mask' dataset; use return_mask=False")
         self.path, self.root = path, path.parent.parent
+        self._blocks = [(path, 0, len(self._array))]
         self.classes = list(SCANOBJECTNN_CLASSES)
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
             raise ValueError(f"{path}: labels outside [0, 15): min {self.labels.min()} max {self.labels.max()}")
+        self._check_clouds()
 
     def __getitem__(self, index: int):
         points, label = super().__getitem__(index)
         if self.return_mask:
-            return points, label, torch.as_tensor(self.masks[index][: points.shape[0]])
+            return points, label, torch.as_tensor(self.masks[self._row(index)][: points.shape[0]])
         return points, label
 
     def extra_repr(self) -> str:
@@ -142,8 +153,11 @@ def _fixed(variant: str, title: str) -> type:
         normalize: bool = False,
         sampling: str = "first",
         return_mask: bool = False,
+        drop_nonfinite: bool = False,
     ):
-        ScanObjectNN.__init__(self, root, split, num_points, transform, variant, normalize, sampling, return_mask)
+        ScanObjectNN.__init__(
+            self, root, split, num_points, transform, variant, normalize, sampling, return_mask, drop_nonfinite
+        )
 
     doc = f"ScanObjectNN {title} (``variant={variant!r}``); same arguments as ``ScanObjectNN`` without ``variant``."
     return type(f"ScanObjectNN_{variant}", (ScanObjectNN,), {"__init__": __init__, "__doc__": doc})

@@ -10,6 +10,7 @@ Used by the quick-start demo and by tests: 1,000 clouds of 1,024 points are gene
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Sequence
 
@@ -27,6 +28,7 @@ SHAPE_CLASSES = (
     "pyramid", "capsule", "octahedron", "helix", "disc",
 )
 
+_logger = logging.getLogger("zoo")
 _SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
 _DEFAULT_SAMPLES_PER_CLASS = {"train": 100, "test": 30, "val": 30}
 
@@ -251,6 +253,9 @@ class SyntheticShapes(Dataset):
         scale_range: per-axis random scale range (anisotropic stretch) applied before the rotation.
         rotation: ``"so3"`` (uniform random 3D rotation, default), ``"z"`` (about the up axis) or ``"none"``.
         transform: optional callable applied to the ``(N, 3)`` float32 tensor in ``__getitem__`` (augmentation).
+        drop_nonfinite: as for the datasets read from files: drop clouds with NaN/inf coordinates (logged on the
+            ``"zoo"`` logger) instead of raising. Generated clouds are always finite, so this is only the check
+            that they are (the option exists so ``data.kwargs.drop_nonfinite`` works with every point-cloud set).
 
     Items are ``(points, label)``: points a ``(N, 3)`` float32 tensor, centred, max norm 1; label an ``int``.
     All clouds are generated at construction (about 0.1 ms each) and kept as ``self.points`` ``(S, N, 3)`` and
@@ -269,6 +274,7 @@ class SyntheticShapes(Dataset):
         scale_range: tuple[float, float] = (0.8, 1.25),
         rotation: str = "so3",
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        drop_nonfinite: bool = False,
     ):
         if split not in _SPLIT_IDS:
             raise ValueError(f"SyntheticShapes split must be one of {sorted(_SPLIT_IDS)}; got {split!r}")
@@ -310,6 +316,17 @@ class SyntheticShapes(Dataset):
                 rng = np.random.default_rng([self.seed, _SPLIT_IDS[split], class_id, j])
                 pts[i] = sample_shape(name, rng, self.num_points, self.noise, self.scale_range, self.rotation)
                 i += 1
+        bad = np.flatnonzero(~np.isfinite(pts).all(axis=(1, 2)))
+        if len(bad) and not drop_nonfinite:
+            raise ValueError(
+                f"SyntheticShapes ({split} split): {len(bad)} generated clouds have NaN/inf coordinates (samples "
+                f"{bad[:5].tolist()}); check noise={noise} and scale_range={tuple(scale_range)}, or pass "
+                "drop_nonfinite=True (data.kwargs.drop_nonfinite=true)."
+            )
+        if len(bad):
+            keep = np.setdiff1d(np.arange(len(pts)), bad)
+            pts, labels = pts[keep], labels[keep]
+            _logger.warning("SyntheticShapes (%s split): dropped %d clouds with NaN/inf coordinates", split, len(bad))
         self.points = torch.from_numpy(pts)
         self.labels = torch.from_numpy(labels).long()
 
