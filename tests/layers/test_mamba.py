@@ -168,3 +168,30 @@ def test_rmsnorm():
     out, pre = n(x, residual=res, prenorm=True, residual_in_fp32=True)
     torch.testing.assert_close(pre, x + res)
     torch.testing.assert_close(out, n(x + res))
+
+
+def test_mixer_model_intermediates_are_the_normed_residual_stream():
+    """Layer i's feature is norm_f(hidden_i + residual_i), as the official PoinTramba MixerModelForSegmentation
+    collects at its fetch_idx layers; the last one is what forward returns."""
+    torch.manual_seed(0)
+    m = MixerModel(16, 3, ssm_cfg=dict(d_state=4), drop_path=0.0).eval()
+    x, pos = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
+    hidden, residual, want = x + pos, None, []
+    for layer in m.layers:  # written out from the official forward
+        hidden, residual = layer(hidden, residual)
+        want.append(m.norm_f(hidden + residual))
+    with torch.no_grad():
+        final, feats = m.forward_intermediates(x, pos)
+        assert len(feats) == 3
+        for got, ref in zip(feats, want):
+            torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(final, m(x, pos))
+        torch.testing.assert_close(feats[-1], final)
+        picked = m.forward_intermediates(x, pos, indices=[-1, 0], intermediates_only=True)
+        torch.testing.assert_close(picked[0], want[2])
+        torch.testing.assert_close(picked[1], want[0])
+        early_final, early = m.forward_intermediates(x, pos, indices=[1], stop_early=True)
+        torch.testing.assert_close(early[0], want[1])
+        torch.testing.assert_close(early_final, want[1])
+    with pytest.raises(ValueError, match=r"layer index 3 is out of range for 3 layers"):
+        m.forward_intermediates(x, pos, indices=[3])

@@ -1,8 +1,10 @@
-"""PointNet (and the small image ConvNet): shapes, gradients, the training-dict contract, errors, registry."""
+"""PointNet (and the small image ConvNet): shapes, gradients, the model contract (logits + auxiliary losses,
+per-layer features), errors, registry."""
 import pytest
 import torch
 
 from zoo.models.convnet import ConvNet, convnet_small, convnet_tiny
+from zoo.models._contract import pop_auxiliary_losses
 from zoo.models.pointnet import PointNet, TNet, feature_transform_regularizer, pointnet, pointnet_tiny
 from zoo.registry import create_model, get_pretrained_cfg
 
@@ -17,19 +19,50 @@ def _all_params_have_grad(model):
     assert not missing, f"parameters without gradient: {missing}"
 
 
-def test_train_mode_dict_and_gradients_everywhere():
+def test_train_mode_logits_regulariser_and_gradients_everywhere():
     torch.manual_seed(0)
     model = _small_pointnet().train()
     # The T-Nets start at the identity with zero weights: perturb them so every parameter gets a gradient.
     with torch.no_grad():
         for tnet in (model.input_tnet, model.feature_tnet):
             tnet.transform.weight.normal_(std=0.01)
-    out = model(torch.randn(2, 64, 3))
-    assert set(out) == {"logits", "losses"} and out["logits"].shape == (2, 5)
-    reg = out["losses"]["feat_transform_reg"]
-    assert reg.ndim == 0 and reg >= 0
-    (torch.nn.functional.cross_entropy(out["logits"], torch.tensor([0, 3])) + sum(out["losses"].values())).backward()
+    x = torch.randn(2, 64, 3)
+    logits = model(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 5)
+    losses = pop_auxiliary_losses(model)
+    assert set(losses) == {"feat_transform_reg"} and model.auxiliary_losses() == {}
+    reg = losses["feat_transform_reg"]
+    _, trans_feat, _ = model._features(x)
+    assert reg.ndim == 0 and reg > 0
+    torch.testing.assert_close(reg, 0.001 * feature_transform_regularizer(trans_feat))
+    (torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3])) + reg).backward()
     _all_params_have_grad(model)
+
+
+def test_regulariser_off_and_eval_mode_keep_no_loss():
+    model = _small_pointnet(feat_transform_reg=0.0).train()
+    model(torch.randn(2, 64, 3))
+    assert model.auxiliary_losses() == {}
+    model = _small_pointnet().train()
+    model(torch.randn(2, 64, 3))
+    model.eval()(torch.randn(2, 64, 3))
+    assert model.auxiliary_losses() == {}
+
+
+def test_forward_intermediates_are_the_per_point_layer_outputs():
+    model = _small_pointnet().eval()
+    x = torch.randn(2, 64, 3)
+    with torch.no_grad():
+        final, feats = model.forward_intermediates(x)
+        assert [tuple(f.shape) for f in feats] == [(2, 64, 8), (2, 64, 8), (2, 64, 8), (2, 64, 16), (2, 64, 32)]
+        torch.testing.assert_close(final, model.forward_features(x))
+        torch.testing.assert_close(feats[-1].amax(dim=1), final)  # the global feature is the max over points
+        # layer 1 (before the feature T-Net) is taken after the transform, as layer 2 sees it
+        xyz = torch.bmm(x, model.input_tnet(x.transpose(1, 2)))
+        h = model.mlp1(xyz.transpose(1, 2))
+        h = torch.bmm(h.transpose(1, 2), model.feature_tnet(h))
+        torch.testing.assert_close(feats[1], h)
+        assert len(model.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
 
 
 def test_eval_mode_plain_logits_and_features():
@@ -78,6 +111,10 @@ def test_bad_input_errors():
         model(torch.randn(64, 3))
     with pytest.raises(TypeError, match="floating-point"):
         model(torch.ones(2, 64, 3, dtype=torch.long))
+    bad = torch.randn(3, 64, 3)
+    bad[0, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"PointNet: 1 of the 3 point clouds.*batch indices: 0\).*drop_nonfinite=True"):
+        model(bad)
 
 
 def test_reset_classifier():

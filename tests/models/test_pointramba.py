@@ -1,4 +1,5 @@
-"""PoinTramba: official parameter count and checkpoint layout, ordering/pooling/losses, contracts, bad input."""
+"""PoinTramba: official parameter count and checkpoint layout, ordering/pooling/losses, the model contract (logits,
+auxiliary losses, per-layer Mamba features), bad input."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo import create_model
+from zoo.models._contract import pop_auxiliary_losses
 from zoo.models.pointramba import (
     PoinTramba,
     glr_loss,
@@ -146,7 +148,7 @@ def test_full_model_forward_once():
     torch.manual_seed(0)
     model = create_model("pointramba", num_classes=15).eval()
     with torch.no_grad():
-        inter = model.forward_intermediates(_cloud(1, 1024))
+        inter = model.forward_parts(_cloud(1, 1024))
         logits = model.forward_head(inter["pooled"])
     assert inter["group_tokens"].shape == (1, 256, 384)
     assert inter["order"].shape == (1, 512) and inter["tokens"].shape == (1, 512, 384)
@@ -272,44 +274,84 @@ def test_intra_group_attention_matches_explicit_softmax():
 # ---------------------------------------------------------------------------------------------------------------
 # Forward contracts
 # ---------------------------------------------------------------------------------------------------------------
-def test_eval_logits_and_train_dict_with_weighted_losses():
+def test_forward_gives_logits_in_both_modes_and_keeps_weighted_losses():
     torch.manual_seed(0)
     model = create_model(TINY, num_classes=5, glr_weight=0.5, importance_weight=2.0)
     pts = _cloud(4, 64)
     model.eval()
     with torch.no_grad():
         logits = model(pts)
-        inter = model.forward_intermediates(pts)
-    assert logits.shape == (4, 5)
-    assert inter["order"].shape == (4, 2 * 16) and inter["tokens"].shape == (4, 32, 32)
+        parts = model.forward_parts(pts)
+    assert logits.shape == (4, 5) and model.auxiliary_losses() == {}
+    assert parts["order"].shape == (4, 2 * 16) and parts["tokens"].shape == (4, 32, 32)
     assert torch.allclose(model.forward_head(model.forward_features(pts)), logits)
     model.train()
     torch.manual_seed(1)
     out = model(pts)
-    assert set(out) == {"logits", "losses"} and set(out["losses"]) == {"glr", "importance"}
-    assert out["logits"].shape == (4, 5)
-    # the returned losses are already weighted
+    assert isinstance(out, torch.Tensor) and out.shape == (4, 5)
+    losses = model.auxiliary_losses()
+    assert set(losses) == {"glr", "importance"} and model.auxiliary_losses() == {}
+    # the kept losses are already weighted, and belong to that forward (same dropout masks)
     torch.manual_seed(1)
-    inter = model.forward_intermediates(pts)
-    glob = model.global_projection(inter["pooled"].unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(out["losses"]["glr"], 0.5 * glr_loss(glob, inter["patch_proj"]))
-    expected_imp = 2.0 * importance_loss(inter["scores"], glob, inter["patch_proj"])
-    assert torch.allclose(out["losses"]["importance"], expected_imp)
+    parts = model.forward_parts(pts)
+    torch.testing.assert_close(out, model.forward_head(parts["pooled"]))
+    glob = model.global_projection(parts["pooled"].unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(losses["glr"], 0.5 * glr_loss(glob, parts["patch_proj"]))
+    expected_imp = 2.0 * importance_loss(parts["scores"], glob, parts["patch_proj"])
+    assert torch.allclose(losses["importance"], expected_imp)
 
 
-def test_zero_weights_give_zero_losses():
+def test_every_forward_replaces_the_kept_losses():
+    model = create_model(TINY, num_classes=3).train()
+    model(_cloud(2, 64))
+    model.eval()(_cloud(2, 64))  # an eval forward drops the stale training losses
+    assert model.auxiliary_losses() == {}
+
+
+def test_zero_weights_give_no_losses():
     model = create_model(TINY, num_classes=3, glr_weight=0.0, importance_weight=0.0).train()
-    losses = model(_cloud(2, 64))["losses"]
-    assert losses["glr"].item() == 0.0 and losses["importance"].item() == 0.0
+    model(_cloud(2, 64))
+    assert model.auxiliary_losses() == {}
+    model = create_model(TINY, num_classes=3, glr_weight=0.0).train()
+    model(_cloud(2, 64))
+    assert set(model.auxiliary_losses()) == {"importance"}
+
+
+def _graph_params(t: torch.Tensor) -> set[int]:
+    """ids of the leaf tensors reachable from ``t``'s autograd graph (what DDP's unused-parameter search walks)."""
+    seen, stack, leaves = set(), [t.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            leaves.add(id(fn.variable))
+        stack.extend(f for f, _ in fn.next_functions)
+    return leaves
+
+
+def test_logits_graph_reaches_the_auxiliary_loss_parameters():
+    """DDP(find_unused_parameters=True) marks a parameter it cannot reach from forward's output as unused and then
+    fails when an auxiliary loss gives it a gradient: the logits are tied to the kept losses."""
+    model = create_model(TINY, num_classes=3).train()
+    logits = model(_cloud(2, 64))
+    reached = _graph_params(logits)
+    assert all(id(p) in reached for p in model.global_projection.parameters())
+    # the tie carries no gradient: the projection gets gradients from the auxiliary losses only
+    logits.sum().backward()
+    assert all(p.grad is None for p in model.global_projection.parameters())
+    assert all(p.grad is not None for p in model.cls_head_finetune.parameters())
 
 
 def test_backward_reaches_every_trainable_parameter():
     torch.manual_seed(0)
     model = create_model(TINY, num_classes=4).train()
     pts = _cloud(4, 64, seed=3)
-    out = model(pts)
-    assert (model.forward_intermediates(pts)["scores"] > 0).any()  # else importance pooling blocks the gradient
-    loss = F.cross_entropy(out["logits"], torch.tensor([0, 1, 2, 3])) + sum(out["losses"].values())
+    logits = model(pts)
+    aux = pop_auxiliary_losses(model)
+    assert (model.forward_parts(pts)["scores"] > 0).any()  # else importance pooling blocks the gradient
+    loss = F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])) + sum(aux.values())
     loss.backward()
     no_grad = [n for n, p in model.named_parameters()
                if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
@@ -323,10 +365,80 @@ def test_backward_reaches_every_trainable_parameter():
 def test_group_cls_token_option_trains_the_cls_parameters():
     torch.manual_seed(0)
     model = create_model(TINY, num_classes=2, group_use_cls_token=True).train()
-    out = model(_cloud(2, 64))
-    (out["logits"].sum() + sum(out["losses"].values())).backward()
+    logits = model(_cloud(2, 64))
+    (logits.sum() + sum(model.auxiliary_losses().values())).backward()
     gd = model.group_divider
     assert all(p.requires_grad and p.grad is not None for p in (gd.cls_token, gd.cls_pos, gd.reduce_dim.weight))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-layer Mamba features (part segmentation)
+# ---------------------------------------------------------------------------------------------------------------
+def _official_segmentation_features(model: PoinTramba, pts: torch.Tensor, fetch_idx) -> list[torch.Tensor]:
+    """The official ``MixerModelForSegmentation.forward`` followed by ``get_model``'s ``self.norm``, written out:
+    after each fetched layer ``norm_f(hidden_states + residual)``, then the model's final ``norm``."""
+    parts = model.forward_parts(pts)
+    order = parts["order"]
+    take = lambda t: torch.gather(t, 1, order.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
+    hidden = take(parts["group_tokens"]) + take(model.pos_embed(parts["center"]))
+    residual, feats = None, []
+    for i, layer in enumerate(model.blocks.layers):
+        hidden, residual = layer(hidden, residual)
+        if i in fetch_idx:
+            feats.append(model.norm(model.blocks.norm_f(hidden + residual)))
+    return feats
+
+
+def test_intermediates_are_the_official_segmentation_features():
+    torch.manual_seed(0)
+    model = create_model(TINY, num_classes=3, depth=4).eval()
+    pts = _cloud(2, 64)
+    with torch.no_grad():
+        want = _official_segmentation_features(model, pts, (1, 3))
+        final, feats = model.forward_intermediates(pts, indices=[1, 3], norm=True)
+        raw = model.forward_intermediates(pts, indices=[1, 3], intermediates_only=True)
+        parts = model.forward_parts(pts)
+    assert len(feats) == 2 and all(f.shape == (2, 32, 32) for f in feats)
+    for got, ref in zip(feats, want):
+        torch.testing.assert_close(got, ref)
+    # norm=False: the stack's norm_f only; the last layer, normed, is the token sequence the head pools
+    torch.testing.assert_close(model.norm(raw[1]), parts["tokens"])
+    assert not torch.allclose(raw[0], feats[0])
+    torch.testing.assert_close(final, parts["pooled"])
+
+
+def test_intermediate_indices_stop_early_and_prune():
+    torch.manual_seed(0)
+    model = create_model(TINY, num_classes=3, depth=4).eval()
+    pts = _cloud(2, 64)
+    with torch.no_grad():
+        every = model.forward_intermediates(pts, intermediates_only=True)
+        assert len(every) == 4
+        for indices, expect in ((2, [2, 3]), ([0, -2], [0, 2]), (None, [0, 1, 2, 3])):
+            got = model.forward_intermediates(pts, indices=indices, intermediates_only=True)
+            assert len(got) == len(expect)
+            for g, i in zip(got, expect):
+                torch.testing.assert_close(g, every[i])
+        final, early = model.forward_intermediates(pts, indices=[1], stop_early=True)
+        torch.testing.assert_close(early[0], every[1])
+        assert final.shape == (2, 32) and not torch.allclose(final, model.forward_features(pts))
+        with pytest.raises(ValueError, match=r"block index 4 is out of range for 4 blocks"):
+            model.forward_intermediates(pts, indices=[4])
+        assert model.prune_intermediate_layers([1]) == [1]
+        assert len(model.blocks.layers) == 2 and model.get_classifier().__class__.__name__ == "Identity"
+        torch.testing.assert_close(model.forward_intermediates(pts, intermediates_only=True)[1], every[1])
+
+
+def test_shipped_weights_keep_the_contract():
+    model = create_model("pointramba_small_modelnet10", pretrained=True).eval()
+    pts = _cloud(2, 1024)
+    with torch.no_grad():
+        logits = model(pts)
+        final, feats = model.forward_intermediates(pts, norm=True)
+        pre = model.forward_head(final, pre_logits=True)
+    assert logits.shape == (2, 10) and pre.shape == (2, 256) and len(feats) == 2
+    torch.testing.assert_close(model.get_classifier()(pre), logits)
+    torch.testing.assert_close(feats[-1], model.forward_parts(pts)["tokens"])
 
 
 @pytest.mark.parametrize("ordering", ["bio", "importance", "random", "none"])
@@ -334,7 +446,7 @@ def test_group_cls_token_option_trains_the_cls_parameters():
 def test_ablation_options_run(ordering, pooling):
     model = create_model(TINY, num_classes=3, ordering=ordering, pooling=pooling).eval()
     with torch.no_grad():
-        inter = model.forward_intermediates(_cloud(2, 64))
+        inter = model.forward_parts(_cloud(2, 64))
     assert inter["tokens"].shape[1] == (32 if ordering == "bio" else 16)
     assert model.forward_head(inter["pooled"]).shape == (2, 3)
 
@@ -369,6 +481,14 @@ def test_bad_point_shapes_raise_clear_errors(shape, match):
     model = create_model(TINY).eval()
     with pytest.raises(ValueError, match=match):
         model(torch.randn(*shape))
+
+
+def test_nonfinite_points_name_the_clouds_and_the_fix():
+    model = create_model(TINY).eval()
+    pts = _cloud(4, 64)
+    pts[3, 10, 1] = float("-inf")
+    with pytest.raises(ValueError, match=r"PoinTramba: 1 of the 4 point clouds .*batch indices: 3\).*Clean the data"):
+        model(pts)
 
 
 def test_bad_dtype_and_training_batch_of_one():

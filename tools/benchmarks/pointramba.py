@@ -5,6 +5,10 @@ the baseline; ``cpu`` = our chunked CPU path; on CUDA ``triton``), all on the sa
 clouds. ``train_sps`` times forward + backward + AdamW step in training mode (with PoinTramba's auxiliary
 losses), ``infer_sps`` an eval-mode forward; ``peak_mb`` is the extra memory of one training step.
 
+Before any row is timed, every backend runs the same weights on the same input and must agree with ``ref``:
+eval logits, training loss (cross-entropy + auxiliary losses) and every parameter gradient (error relative to the
+reference's largest magnitude <= 1e-4; 1e-3 for gradients). A disagreeing backend stops the benchmark.
+
     python tools/benchmark.py pointramba [--variants pointramba_small pointramba] [--batch 32] [--threads 1]
 """
 from __future__ import annotations
@@ -15,7 +19,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import Row, peak_memory, print_table, time_fn, write_json
+from benchmarks._common import Row, check_close, peak_memory, print_table, time_fn, write_json
+
+_BENCH = "pointramba"
+_TOL = {"eval logits": 1e-4, "training loss": 1e-4, "gradients": 1e-3}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,24 +35,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _measure(name: str, backend: str, batch: int, points: int, device: str, repeat: int, threads: int | None = None) -> Row:
-    """One row, meant to run in a fresh process (so no memory freed by another row hides this one's peak)."""
+def _setup(name: str, backend: str, batch: int, points: int, device: str, threads: int | None):
+    """Model (seed 0), input and labels for one backend, in this (fresh) process."""
     if threads:
         torch.set_num_threads(threads)
-    os.environ["ZOO_KERNEL"] = backend
+    os.environ["ZOO_KERNEL"] = f"scan:{backend}"  # only the scan: FPS / KNN keep their fast paths in every row
     import zoo
 
     torch.manual_seed(0)
     model = zoo.create_model(name, num_classes=10).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, points, 3, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
+    return model, x, y
+
+
+def _train_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus the auxiliary losses of that training-mode forward (as the classify recipe)."""
+    from zoo.models._contract import pop_auxiliary_losses
+
+    model.train()
+    logits = model(x)
+    return F.cross_entropy(logits, y) + sum(pop_auxiliary_losses(model).values())
+
+
+def _outputs(name: str, backend: str, batch: int, points: int, device: str, threads: int | None = None):
+    """``(eval logits, training loss, all parameter gradients flattened)`` on CPU tensors, for the check."""
+    model, x, y = _setup(name, backend, batch, points, device, threads)
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    torch.manual_seed(1)  # same dropout / drop-path masks for every backend
+    loss = _train_loss(model, x, y)
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return logits.cpu(), loss.detach().cpu(), grads.cpu()
+
+
+def _check_backends(pool_ctx, name: str, backends: list[str], batch: int, args: argparse.Namespace) -> None:
+    """Every backend must compute what ``ref`` computes (same weights, same input) before anything is timed."""
+    results = {}
+    for backend in backends:
+        with pool_ctx.Pool(1) as pool:
+            results[backend] = pool.apply(_outputs, (name, backend, batch, args.points, args.device, args.threads))
+    ref = results["ref"]
+    for backend in backends:
+        for what, got, want in zip(_TOL, results[backend], ref):
+            check_close(f"{_BENCH} ({name})", backend, what, got, want, _TOL[what], against="ref")
+
+
+def _measure(name: str, backend: str, batch: int, points: int, device: str, repeat: int, threads: int | None = None) -> Row:
+    """One row, meant to run in a fresh process (so no memory freed by another row hides this one's peak)."""
+    model, x, y = _setup(name, backend, batch, points, device, threads)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step():
-        model.train()
-        out = model(x)
-        loss = F.cross_entropy(out["logits"], y) + sum(out["losses"].values())
-        loss.backward()
+        _train_loss(model, x, y).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -69,6 +113,7 @@ def run(args: argparse.Namespace) -> None:
     results = {}
     for name in args.variants:
         batch = args.batch if (args.device != "cpu" or name != "pointramba") else min(args.batch, args.full_batch)
+        _check_backends(ctx, name, backends, batch, args)
         rows = []
         for backend in backends:
             with ctx.Pool(1) as pool:

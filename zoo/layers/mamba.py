@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -303,8 +303,8 @@ class MixerModel(nn.Module):
     """A stack of Mamba blocks and a final norm, PoinTramba/PointMamba's ``MixerModel`` (no token embedding).
 
     ``forward(hidden_states (B, L, d_model), pos=None) -> (B, L, d_model)``; ``pos`` (same shape) is added
-    first. Keys: ``layers.N.{mixer,norm}.*`` and ``norm_f.*``. ``drop_path`` is the per-block rate;
-    ``drop_out_in_block`` a dropout on every block output.
+    first. :meth:`forward_intermediates` also returns per-layer features. Keys: ``layers.N.{mixer,norm}.*`` and
+    ``norm_f.*``. ``drop_path`` is the per-block rate; ``drop_out_in_block`` a dropout on every block output.
     """
 
     def __init__(self, d_model, n_layer, ssm_cfg=None, norm_epsilon=1e-5, rms_norm=False, initializer_cfg=None,
@@ -328,6 +328,61 @@ class MixerModel(nn.Module):
         return {i: layer.allocate_inference_cache(batch_size, max_seqlen, dtype=dtype, **kwargs)
                 for i, layer in enumerate(self.layers)}
 
+    def _normed_stream(self, hidden_states: Tensor, residual: Optional[Tensor]) -> Tensor:
+        """``norm_f(hidden_states + residual)``: the residual stream after a layer, through the final norm."""
+        residual = hidden_states + residual if residual is not None else hidden_states
+        return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
+
+    def _layer_indices(self, indices: Optional[Sequence[int]]) -> list[int]:
+        n = len(self.layers)
+        if indices is None:
+            return list(range(n))
+        take = []
+        for i in indices:
+            j = n + i if i < 0 else i
+            if not 0 <= j < n:
+                raise ValueError(f"MixerModel.forward_intermediates: layer index {i} is out of range for {n} layers "
+                                 f"(valid: 0 to {n - 1}, or -{n} to -1).")
+            take.append(j)
+        return take
+
+    def forward_intermediates(self, hidden_states: Tensor, pos: Optional[Tensor] = None,
+                              indices: Optional[Sequence[int]] = None, stop_early: bool = False,
+                              intermediates_only: bool = False, inference_params=None):
+        """Per-layer features of the stack, ``(B, L, d_model)`` each.
+
+        The feature of layer ``i`` is ``norm_f(hidden_states_i + residual_i)``: the residual stream after layer
+        ``i`` (its mixer output added) through the shared final norm ``norm_f`` -- exactly what the official
+        PoinTramba part-segmentation model collects per layer (``MixerModelForSegmentation``, ``fetch_idx``),
+        and what :meth:`forward` returns for the last layer.
+
+        Args:
+            indices: layer indices (negative from the end) to return, in order; ``None``: all layers.
+            stop_early: run the layers only up to the largest requested index (the final output is then the
+                last layer run, normed).
+            intermediates_only: return just the list.
+
+        Returns ``(final (B, L, d_model), [features])``, or the list with ``intermediates_only``.
+        """
+        take = self._layer_indices(indices)
+        wanted = set(take)
+        layers = self.layers
+        if stop_early and take:
+            layers = layers[:max(take) + 1]
+        if pos is not None:
+            hidden_states = hidden_states + pos
+        residual = None
+        feats: dict[int, Tensor] = {}
+        for i, layer in enumerate(layers):
+            hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params)
+            hidden_states = self.drop_out_in_block(hidden_states)
+            if i in wanted:
+                feats[i] = self._normed_stream(hidden_states, residual)
+        intermediates = [feats[i] for i in take]
+        if intermediates_only:
+            return intermediates
+        return self._normed_stream(hidden_states, residual), intermediates
+
     def forward(self, hidden_states: Tensor, pos: Optional[Tensor] = None, inference_params=None) -> Tensor:
         if pos is not None:
             hidden_states = hidden_states + pos
@@ -335,5 +390,4 @@ class MixerModel(nn.Module):
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual, inference_params=inference_params)
             hidden_states = self.drop_out_in_block(hidden_states)
-        residual = hidden_states + residual if residual is not None else hidden_states
-        return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
+        return self._normed_stream(hidden_states, residual)

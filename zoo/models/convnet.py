@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from zoo.hub import PretrainedCfg, build_model_with_cfg
+from zoo.models._contract import AuxiliaryLossMixin, feature_take_indices
 from zoo.registry import register_model
 
 __all__ = ["ConvNet", "convnet_small", "convnet_tiny"]
@@ -39,7 +40,7 @@ def _conv_bn_relu(in_chans: int, out_chans: int) -> nn.Sequential:
     )
 
 
-class ConvNet(nn.Module):
+class ConvNet(AuxiliaryLossMixin, nn.Module):
     """Small CNN classifier, ``(B, in_chans, H, W) -> (B, num_classes)`` with ``H, W >= 2 ** (len(widths) - 1)``.
 
     Args:
@@ -49,7 +50,8 @@ class ConvNet(nn.Module):
         convs_per_stage: 3x3 conv + BN + ReLU layers per stage.
         drop_rate: dropout before the classifier.
 
-    ``num_features = widths[-1]``; the classifier is ``head.fc``.
+    ``num_features = widths[-1]``; the classifier is ``head.fc``. ``forward_intermediates`` gives the stage
+    outputs ``(B, widths[i], H / 2**i, W / 2**i)``. No auxiliary losses (``auxiliary_losses()`` is always empty).
     """
 
     def __init__(
@@ -77,6 +79,9 @@ class ConvNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_hidden_size = self.num_features
+        self.feature_info = [dict(module=f"stages.{i}", num_chs=int(w), reduction=2 ** i, fmt="NCHW")
+                             for i, w in enumerate(widths)]
         self.head = nn.Sequential(OrderedDict(
             drop=nn.Dropout(drop_rate),
             fc=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
@@ -105,6 +110,50 @@ class ConvNet(nn.Module):
         """``(B, in_chans, H, W) -> (B, num_features)`` (globally average-pooled)."""
         self._check_input(x)
         return self.pool(self.stages(x)).flatten(1)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
+        """Stage outputs (timm's ``forward_intermediates``).
+
+        ``indices``: an int n (the last n stages), a list of stage indices (negative from the end), or None (all).
+        Stage i's feature is ``(B, widths[i], H // 2**i, W // 2**i)`` (after its last conv + BN + ReLU). ``norm``
+        is accepted for the common signature and changes nothing (no final norm). ``stop_early`` skips the stages
+        after the last requested one. Returns ``(final_features (B, C), [features])`` -- ``final_features`` is the
+        globally pooled output of the last stage run, what :meth:`forward_head` takes -- or the list alone.
+        """
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self._check_input(x)
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        wanted, feats = set(take), {}
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in wanted:
+                feats[i] = x
+        feats = [feats[i] for i in take]
+        return feats if intermediates_only else (self.pool(x).flatten(1), feats)
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices``; ``prune_head`` (needed when that changes the width)
+        removes the classifier. ``prune_norm`` does nothing (no final norm). Returns the kept indices."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        width = self.feature_info[max_index]["num_chs"]
+        if not prune_head and width != self.num_features:
+            raise ValueError(f"ConvNet.prune_intermediate_layers: keeping stages 0..{max_index} leaves {width} "
+                             f"features but the classifier takes {self.num_features}; pass prune_head=True.")
+        self.stages = self.stages[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        self.min_size = 2 ** max_index
+        self.num_features = self.head_hidden_size = width
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, num_features) -> (B, num_classes)`` (``pre_logits``: after dropout, before ``fc``)."""

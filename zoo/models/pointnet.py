@@ -5,9 +5,10 @@ Architecture (defaults = the paper's): optional input T-Net (3x3) -> shared MLP 
 (64x64) -> shared MLP 64-128-1024 (1x1 convs, each with BN + ReLU) -> max pool over points -> head
 512-256-classes (Linear + BN + ReLU + dropout 0.3, i.e. keep probability 0.7 as in the paper).
 
-In training mode with the feature T-Net on, ``forward`` returns ``{"logits", "losses": {"feat_transform_reg"}}``
-where the regulariser is ``0.001 * mean_b ||I - A_b A_b^T||_F^2`` (the zoo's classify recipe adds every entry of
-``losses`` to the cross-entropy); otherwise it returns plain logits.
+``forward`` returns logits in training and eval mode. In training mode with the feature T-Net on, it also computes
+the regulariser ``0.001 * mean_b ||I - A_b A_b^T||_F^2`` and keeps it for ``model.auxiliary_losses()``
+(``{"feat_transform_reg"}``), which the zoo's classify recipe adds to the cross-entropy (contract:
+``zoo/models/_contract.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from zoo.hub import PretrainedCfg, build_model_with_cfg
+from zoo.models._contract import AuxiliaryLossMixin, check_finite_points, feature_take_indices, tie_to_output
 from zoo.registry import register_model
 
 __all__ = ["PointNet", "TNet", "PointNetHead", "feature_transform_regularizer", "pointnet", "pointnet_tiny"]
@@ -120,7 +122,7 @@ class PointNetHead(nn.Module):
         return x if pre_logits else self.fc3(x)
 
 
-class PointNet(nn.Module):
+class PointNet(AuxiliaryLossMixin, nn.Module):
     """PointNet classifier, ``(B, N, in_chans) -> (B, num_classes)``.
 
     Args:
@@ -133,12 +135,11 @@ class PointNet(nn.Module):
         drop_rate: dropout probability in the head (paper: keep probability 0.7 -> 0.3).
         use_tnet: use the input (3x3) and feature T-Nets (paper: yes).
         use_feature_tnet: override for the feature T-Net alone (default: same as ``use_tnet``).
-        feat_transform_reg: weight of the feature-transform orthogonality regulariser (paper: 0.001); it is
-            returned in training mode as ``out["losses"]["feat_transform_reg"]`` (already weighted).
+        feat_transform_reg: weight of the feature-transform orthogonality regulariser (paper: 0.001); after a
+            training-mode forward, ``auxiliary_losses()`` returns it (already weighted) as ``feat_transform_reg``.
 
-    ``forward(x)`` returns logits ``(B, num_classes)`` in eval mode, and in training mode when there is no
-    auxiliary loss; in training mode with the feature T-Net and ``feat_transform_reg > 0`` it returns
-    ``{"logits": (B, num_classes), "losses": {"feat_transform_reg": ()}}``.
+    ``forward(x)`` returns logits ``(B, num_classes)`` in training and eval mode. ``forward_intermediates`` gives
+    the per-point features of the shared-MLP layers, ``(B, N, embed_dims[i])``.
     """
 
     def __init__(
@@ -170,6 +171,11 @@ class PointNet(nn.Module):
         self.feature_tnet = TNet(embed_dims[split - 1]) if use_feature_tnet else None
         self.mlp2 = _shared_mlp(embed_dims[split - 1], embed_dims[split:])
         self.head = PointNetHead(self.num_features, self.num_classes, head_dims, drop_rate)
+        self.head_hidden_size = int(head_dims[-1])
+        self.feature_info = [
+            dict(module=f"mlp1.{i}" if i < split else f"mlp2.{i - split}", num_chs=d, fmt="NLC")
+            for i, d in enumerate(embed_dims)
+        ]
 
     # -- input checks -------------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
@@ -182,39 +188,73 @@ class PointNet(nn.Module):
                              f"got {got}.{hint}")
         if not x.is_floating_point():
             raise TypeError(f"PointNet expects floating-point points, got dtype {x.dtype}; use x.float().")
+        check_finite_points(x, "PointNet")
 
     # -- forward pieces -----------------------------------------------------------------------------------------
-    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(B, N, C) -> (features (B, num_features), feature transform (B, K, K) or None)``."""
+    def _features(self, x: torch.Tensor, take: Sequence[int] = (), stop_early: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        """``(B, N, C) ->`` (features ``(B, num_features)``, feature transform ``(B, K, K)`` or None, the outputs
+        ``(B, N, embed_dims[i])`` of shared-MLP layers ``take``)."""
         self._check_input(x)
         if self.input_tnet is not None:
             xyz = x[..., :3]
             xyz = torch.bmm(xyz, self.input_tnet(xyz.transpose(1, 2)))  # row vectors times A, as in the TF code
             x = torch.cat([xyz, x[..., 3:]], dim=-1) if self.in_chans > 3 else xyz
-        x = self.mlp1(x.transpose(1, 2))  # (B, D, N)
+        x = x.transpose(1, 2)  # (B, C, N)
+        layers = [*self.mlp1, *self.mlp2]
+        if stop_early and take:
+            layers = layers[:max(take) + 1]
+        wanted, feats = set(take), {}
         trans_feat = None
-        if self.feature_tnet is not None:
-            trans_feat = self.feature_tnet(x)
-            x = torch.bmm(x.transpose(1, 2), trans_feat).transpose(1, 2)
-        x = self.mlp2(x)
-        return x.amax(dim=2), trans_feat
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i == len(self.mlp1) - 1 and self.feature_tnet is not None:
+                trans_feat = self.feature_tnet(x)
+                x = torch.bmm(x.transpose(1, 2), trans_feat).transpose(1, 2)
+            if i in wanted:
+                feats[i] = x.transpose(1, 2)
+        return x.amax(dim=2), trans_feat, [feats[i] for i in take]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Global feature ``(B, N, in_chans) -> (B, num_features)`` (max-pooled)."""
         return self._features(x)[0]
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
+        """Per-point features of the shared-MLP layers (timm's ``forward_intermediates``).
+
+        ``indices``: an int n (the last n layers), a list of layer indices (negative from the end), or None (all
+        ``len(embed_dims)`` layers). Layer i's feature is its output (conv + BN + ReLU), ``(B, N, embed_dims[i])``,
+        points in input order; the output of the layer before the feature T-Net is taken after the transform
+        (what the next layer sees). ``norm`` is accepted for the common signature and changes nothing (PointNet
+        has no final norm). ``stop_early`` skips the layers after the last requested one (``final_features`` is
+        then the max over that layer). Returns ``(final_features (B, num_features), [features])``, or the list
+        alone with ``intermediates_only``.
+        """
+        take, _ = feature_take_indices(len(self.mlp1) + len(self.mlp2), indices)
+        pooled, _, feats = self._features(x, take, stop_early)
+        return feats if intermediates_only else (pooled, feats)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, num_features) -> (B, num_classes)``; with ``pre_logits`` the ``(B, head_dims[-1])`` features."""
         return self.head(x, pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict:
-        """``(B, N, in_chans) ->`` logits ``(B, num_classes)``, or the training dict described in the class docstring."""
-        feats, trans_feat = self._features(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, in_chans) ->`` logits ``(B, num_classes)``; in training mode the weighted feature-transform
+        regulariser is kept for :meth:`auxiliary_losses`."""
+        feats, trans_feat, _ = self._features(x)
         logits = self.forward_head(feats)
+        losses = {}
         if self.training and trans_feat is not None and self.feat_transform_reg > 0:
-            reg = self.feat_transform_reg * feature_transform_regularizer(trans_feat)
-            return {"logits": logits, "losses": {"feat_transform_reg": reg}}
-        return logits
+            losses["feat_transform_reg"] = self.feat_transform_reg * feature_transform_regularizer(trans_feat)
+        self._set_auxiliary_losses(losses)
+        return tie_to_output(logits, losses)
 
     def get_classifier(self) -> nn.Module:
         """The final linear layer (``head.fc3``)."""

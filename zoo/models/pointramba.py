@@ -25,7 +25,10 @@ Pipeline, ``(B, N, 3) -> (B, num_classes)``, with the official module names::
 
 Training losses (besides cross-entropy, which the recipe adds): the group-to-global contrastive loss (GLR, scale
 64) and the SmoothL1 regression of the predicted score on the cosine similarity between each group's projection
-and the global projection (summed over groups, averaged over the batch). Official weights are all 1.
+and the global projection (summed over groups, averaged over the batch). Official weights are all 1. ``forward``
+returns logits in training mode too; it computes these two losses (already weighted) and keeps them for
+``model.auxiliary_losses()``, which the recipe calls through ``zoo.models._contract.pop_auxiliary_losses``.
+Per-layer Mamba features (part segmentation): ``forward_intermediates``.
 
 The official parameter count (19,501,072 with 15 classes) includes ``group_divider.cls_token``,
 ``group_divider.cls_pos`` and ``group_divider.reduce_dim``, which the official configuration never uses. They are
@@ -35,7 +38,7 @@ and frozen they do not trip DDP's unused-parameter check.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +48,7 @@ from zoo.data.pointcloud.modelnet import MODELNET10_CLASSES
 from zoo.hub import PretrainedCfg, build_model_with_cfg
 from zoo.layers.mamba import MixerModel
 from zoo.layers.transformer import TransformerEncoder
+from zoo.models._contract import AuxiliaryLossMixin, check_finite_points, feature_take_indices, tie_to_output
 from zoo.ops.pointcloud import fps_knn_group
 from zoo.registry import register_model
 
@@ -90,9 +94,8 @@ default_cfgs = {
         file="pointramba_small_modelnet10.safetensors",
         sha256="36378b6cb662b5ea6fc2da4e54dea4b4f0033ece23c25fff131b0e722ad69127",
         metrics={"top1": 91.63, "mean_class_acc": 91.37},
-        train_command="python tools/train.py configs/pointramba/modelnet10_small.yaml && "
-        "python tools/train.py configs/pointramba/modelnet10_small_refine.yaml && "
-        "python tools/export_weights.py runs/modelnet10_small_refine/last.pt --name pointramba_small_modelnet10",
+        train_command="python tools/train.py configs/pointramba/modelnet10_small_pipeline.yaml && "
+        "python tools/export_weights.py runs/modelnet10_small_pipeline/refine/last.pt --name pointramba_small_modelnet10",
         eval_command="python tools/eval.py --config configs/pointramba/modelnet10_small.yaml "
         "--model pointramba_small_modelnet10 --pretrained",
         dataset="modelnet10",
@@ -326,7 +329,7 @@ def importance_loss(
 # ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
-class PoinTramba(nn.Module):
+class PoinTramba(AuxiliaryLossMixin, nn.Module):
     """PoinTramba classifier (official ``PointMambaFormer``), ``(B, N, 3) -> (B, num_classes)``.
 
     Args:
@@ -346,8 +349,9 @@ class PoinTramba(nn.Module):
         detach_importance_target: stop gradients through the score target (official: False).
         proj_dim / score_hidden / embed_hidden / head_hidden / head_drop_rate: fixed widths of the official heads.
 
-    ``forward`` returns logits in eval mode and, in training mode,
-    ``{"logits": (B, C), "losses": {"glr": glr_weight * L_glr, "importance": importance_weight * L_imp}}``.
+    ``forward`` returns logits ``(B, num_classes)`` in training and eval mode. After a training-mode forward,
+    :meth:`auxiliary_losses` returns ``{"glr": glr_weight * L_glr, "importance": importance_weight * L_imp}``
+    (zero-weight losses left out); see ``zoo/models/_contract.py`` for the whole contract.
     """
 
     def __init__(
@@ -398,6 +402,8 @@ class PoinTramba(nn.Module):
         self.glr_scale = float(glr_scale)
         self.detach_importance_target = detach_importance_target
         self.head_hidden = head_hidden
+        self.head_hidden_size = head_hidden
+        self.feature_info = [dict(module=f"blocks.layers.{i}", num_chs=trans_dim, fmt="NLC") for i in range(depth)]
 
         self.group_divider = GroupTransformer(
             num_group, group_size, trans_dim, depth=group_depth, num_heads=group_num_heads, mlp_ratio=mlp_ratio,
@@ -455,6 +461,7 @@ class PoinTramba(nn.Module):
             raise ValueError(f"PoinTramba expects points of shape (B, N, 3), got {tuple(points.shape)}.{hint}")
         if not points.is_floating_point():
             raise TypeError(f"PoinTramba expects floating-point points, got dtype {points.dtype}.")
+        check_finite_points(points, "PoinTramba")
         n, need = points.shape[1], max(self.num_group, self.group_size)
         if n < need:
             raise ValueError(
@@ -468,59 +475,132 @@ class PoinTramba(nn.Module):
                 f"B={points.shape[0]}. Use a larger batch or model.eval()."
             )
 
-    def forward_intermediates(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Everything up to the pooled feature.
-
-        Returns a dict: ``center (B, G, 3)``, ``group_tokens (B, G, D)``, ``patch_proj (B, G, P)`` (unit-norm),
-        ``scores (B, G)`` (predicted importance, FPS order), ``order (B, L)`` (group index of each sequence
-        position), ``tokens (B, L, D)`` (after the Mamba stack and both final norms), ``pooled (B, D)``.
-        """
+    def _parts(self, points: torch.Tensor, take: Sequence[int] | None = None, stop_early: bool = False,
+               intermediates_only: bool = False) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The pieces of the forward pass, and the Mamba-layer features of layers ``take`` (none when None)."""
         self._check_input(points)
         center, group_tokens = self.group_divider(points)  # (B, G, 3), (B, G, D)
         pos = self.pos_embed(center)  # (B, G, D)
         patch_proj, score = self.importance_cal_block(group_tokens)  # (B, G, P), (B, G, 1)
         scores = score.squeeze(-1)
         order = sequence_order(scores, self.ordering)  # (B, L)
-        x = self.blocks(_take(group_tokens, order), _take(pos, order))
+        parts = dict(center=center, group_tokens=group_tokens, patch_proj=patch_proj, scores=scores, order=order)
+        tokens, pos_seq = _take(group_tokens, order), _take(pos, order)
+        if take is None:
+            return self._pool(parts, self.blocks(tokens, pos_seq)), []
+        out = self.blocks.forward_intermediates(tokens, pos_seq, indices=take, stop_early=stop_early,
+                                                intermediates_only=intermediates_only)
+        if intermediates_only:
+            return parts, out
+        return self._pool(parts, out[0]), out[1]
+
+    def _pool(self, parts: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Adds ``tokens`` (``norm`` of the stack output) and ``pooled`` to ``parts``."""
         x = self.norm(x)
-        seq_scores = torch.gather(scores, 1, order)
-        pooled = importance_pool(x, seq_scores, self.pooling)
-        return dict(
-            center=center, group_tokens=group_tokens, patch_proj=patch_proj, scores=scores, order=order, tokens=x,
-            pooled=pooled,
-        )
+        seq_scores = torch.gather(parts["scores"], 1, parts["order"])
+        parts.update(tokens=x, pooled=importance_pool(x, seq_scores, self.pooling))
+        return parts
+
+    def forward_parts(self, points: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything up to the pooled feature, as a dict (what the auxiliary losses and the tests use).
+
+        ``center (B, G, 3)``, ``group_tokens (B, G, D)``, ``patch_proj (B, G, P)`` (unit-norm), ``scores (B, G)``
+        (predicted importance, FPS order), ``order (B, L)`` (group index of each sequence position; L = 2G for
+        ``"bio"``), ``tokens (B, L, D)`` (after the Mamba stack and both final norms), ``pooled (B, D)``.
+        """
+        return self._parts(points)[0]
+
+    def forward_intermediates(
+        self,
+        points: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
+        """Per-layer token features of the Mamba stack (timm's ``forward_intermediates``).
+
+        Args:
+            points: ``(B, N, 3)``.
+            indices: an int n (the last n Mamba layers), a list of layer indices (negative from the end), or
+                None (all ``depth`` layers).
+            norm: also apply the model's final ``norm`` (the LayerNorm after the stack) to each feature: the
+                tensor the official part-segmentation head consumes.
+            stop_early: run the Mamba layers only up to the last requested one (``final_features`` then comes
+                from that truncated stack).
+            intermediates_only: return only the list.
+
+        Returns ``(final_features (B, D), [features (B, L, D)])`` -- ``final_features`` is
+        :meth:`forward_features`' pooled feature, what :meth:`forward_head` takes -- or the list alone. The
+        feature of layer i is ``blocks.norm_f(hidden_states + residual)`` after layer i: the residual stream
+        (mixer output added), normed by the stack's final norm, not yet by ``norm`` (unless ``norm=True``), in
+        sequence order (for ``"bio"`` L = 2G: groups by score high->low, then low->high; ``forward_parts(x)
+        ["order"]`` maps positions to groups). This is exactly what the official ``MixerModelForSegmentation``
+        collects at its ``fetch_idx`` layers (3, 7, 11 of 12): ``forward_intermediates(x, [3, 7, 11],
+        norm=True)`` gives the three tensors its segmentation head concatenates.
+        """
+        take, _ = feature_take_indices(len(self.blocks.layers), indices)
+        parts, feats = self._parts(points, take, stop_early=stop_early, intermediates_only=intermediates_only)
+        if norm:
+            feats = [self.norm(f) for f in feats]
+        if intermediates_only:
+            return feats
+        return parts["pooled"], feats
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the Mamba layers after the last of ``indices`` (a feature extractor for those layers).
+
+        ``prune_norm`` replaces the final ``norm`` by an identity; ``prune_head`` removes the classifier
+        (``reset_classifier(0)``: the head then returns its ``head_hidden``-d features). Returns the kept indices.
+        """
+        take, max_index = feature_take_indices(len(self.blocks.layers), indices)
+        self.blocks.layers = self.blocks.layers[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, points: torch.Tensor) -> torch.Tensor:
         """``(B, N, 3) -> (B, D)``: the pooled feature the head classifies."""
-        return self.forward_intermediates(points)["pooled"]
+        return self.forward_parts(points)["pooled"]
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, D) -> (B, num_classes)``."""
-        return self.cls_head_finetune(features)
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, D) -> (B, num_classes)``; with ``pre_logits`` the head's ``(B, head_hidden)`` features before the
+        final Linear (``cls_head_finetune.8``)."""
+        head = self.cls_head_finetune
+        for i in range(len(head) - 1):
+            features = head[i](features)
+        return features if pre_logits else head[-1](features)
 
-    def compute_losses(self, inter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The weighted auxiliary losses from :meth:`forward_intermediates`' output. A zero weight gives an exact
-        zero (and skips the computation)."""
-        zero = inter["pooled"].new_zeros(())
+    def compute_losses(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weighted auxiliary losses ``{"glr", "importance"}`` from :meth:`forward_parts`' output; a loss whose
+        weight is zero is left out (and not computed)."""
+        losses: dict[str, torch.Tensor] = {}
         if self.glr_weight == 0 and self.importance_weight == 0:
-            return {"glr": zero, "importance": zero}
-        global_proj = self.global_projection(inter["pooled"].unsqueeze(-1)).squeeze(-1)  # (B, P)
-        losses = {"glr": zero, "importance": zero}
+            return losses
+        global_proj = self.global_projection(parts["pooled"].unsqueeze(-1)).squeeze(-1)  # (B, P)
         if self.glr_weight != 0:
-            losses["glr"] = self.glr_weight * glr_loss(global_proj, inter["patch_proj"], self.glr_scale)
+            losses["glr"] = self.glr_weight * glr_loss(global_proj, parts["patch_proj"], self.glr_scale)
         if self.importance_weight != 0:
             losses["importance"] = self.importance_weight * importance_loss(
-                inter["scores"], global_proj, inter["patch_proj"], self.detach_importance_target
+                parts["scores"], global_proj, parts["patch_proj"], self.detach_importance_target
             )
         return losses
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor | dict[str, Any]:
-        """``points (B, N, 3)`` -> logits ``(B, num_classes)`` (eval) or ``{"logits", "losses"}`` (training)."""
-        inter = self.forward_intermediates(points)
-        logits = self.forward_head(inter["pooled"])
-        if not self.training:
-            return logits
-        return {"logits": logits, "losses": self.compute_losses(inter)}
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """``points (B, N, 3)`` -> logits ``(B, num_classes)``, in training and eval mode.
+
+        In training mode the weighted auxiliary losses are computed here too (so that, under DDP, the parameters
+        they use take part in the wrapped forward) and kept for :meth:`auxiliary_losses`.
+        """
+        parts = self.forward_parts(points)
+        logits = self.forward_head(parts["pooled"])
+        losses = self.compute_losses(parts) if self.training else {}
+        self._set_auxiliary_losses(losses)
+        return tie_to_output(logits, losses)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

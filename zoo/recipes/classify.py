@@ -41,6 +41,16 @@ class ClassifyDataConfig:
     batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, training
     eval_batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, evaluation (before voting)
 
+    def __post_init__(self) -> None:
+        from zoo.config import ConfigError
+
+        for key in ("batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"data.{key} must be an integer >= 1, got {value!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers!r}")
+
 
 @dataclass
 class LossConfig:
@@ -73,11 +83,18 @@ class ClassifyConfig(RecipeConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def split_model_output(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(logits, aux_losses)`` from a classifier's output: a logits tensor, or ``{"logits", "losses"}`` in training."""
-    if isinstance(out, dict):
-        return out["logits"], dict(out.get("losses", {}))
-    return out, {}
+def split_model_output(out: Any, model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(logits (B, C), aux_losses)`` after ``out = model(inputs)``: ``out`` is the logits tensor (the model contract,
+    ``zoo/models/_contract.py``) and the auxiliary losses of that forward are popped from ``model`` (through any
+    DDP / accelerate / ``torch.compile`` wrapper; ``{}`` for a model without them, or when ``model`` is None)."""
+    from zoo.models._contract import pop_auxiliary_losses
+
+    if not isinstance(out, torch.Tensor):
+        name = type(model).__name__ if model is not None else "the model"
+        raise TypeError(f"classify recipe: {name}'s forward returned {type(out).__name__}, expected the logits tensor "
+                        "(B, num_classes). Return logits from forward and expose auxiliary losses through an "
+                        "auxiliary_losses() method (zoo/models/_contract.py).")
+    return out, ({} if model is None else pop_auxiliary_losses(model))
 
 
 def _point_transforms(specs: list[Any]) -> Callable | None:
@@ -93,8 +110,8 @@ def _point_transforms(specs: list[Any]) -> Callable | None:
 class ClassifyRecipe(Recipe):
     """Supervised classification of images ``(B, C, H, W)`` or point clouds ``(B, N, 3)``.
 
-    Loss: cross-entropy (optional label smoothing) plus any auxiliary losses the model returns in training
-    mode. Metrics: ``top1``, ``top5``, ``mean_class_acc`` (percent); the final evaluation also writes the
+    Loss: cross-entropy (optional label smoothing) plus the auxiliary losses the model keeps after a training-mode
+    forward (``model.auxiliary_losses()``, see ``zoo/models/_contract.py``). Metrics: ``top1``, ``top5``, ``mean_class_acc`` (percent); the final evaluation also writes the
     confusion matrix (CSV + PNG) and per-class accuracy into the run directory.
     """
 
@@ -105,6 +122,16 @@ class ClassifyRecipe(Recipe):
         super().__init__(cfg)
         if "name" not in cfg.model:
             raise ValueError("config section 'model' needs a 'name' (a registered model, see zoo.list_models())")
+        num_classes = cfg.model.get("num_classes")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0):
+            from zoo.config import ConfigError
+
+            raise ConfigError(f"model.num_classes must be a non-negative integer, got {num_classes!r} "
+                              f"({type(num_classes).__name__}); write e.g. model.num_classes=10 without quotes")
+        if cfg.eval.num_votes < 1:
+            from zoo.config import ConfigError
+
+            raise ConfigError(f"eval.num_votes must be >= 1, got {cfg.eval.num_votes!r}")
 
     # ---------------------------------------------------------------- data
     def _dataset(self, split: str, extra: dict, transforms: list) -> Any:
@@ -182,7 +209,9 @@ class ClassifyRecipe(Recipe):
         kwargs = dict(self.cfg.model)
         if model_name:  # another model than the config's: keep only the class count
             kwargs = {"name": model_name, **{k: v for k, v in kwargs.items() if k == "num_classes"}}
-        return self._create_model(kwargs, pretrained=pretrained, checkpoint_path=checkpoint_path)
+        # evaluating a randomly re-initialised head (checkpoint with another class count) is an error, not a warning
+        return self._create_model(kwargs, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                                  allow_head_reinit=False)
 
     def _create_model(self, kwargs: dict[str, Any], **load: Any) -> nn.Module:
         """``create_model`` from a ``model`` section; ``num_classes`` defaults to the dataset's class count."""
@@ -196,7 +225,7 @@ class ClassifyRecipe(Recipe):
         inputs, target = batch
         if self._batch_transform is not None:
             inputs = self._batch_transform(inputs)
-        logits, aux = split_model_output(model(inputs))
+        logits, aux = split_model_output(model(inputs), model)
         ce = F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.loss.label_smoothing)
         losses = {"loss": ce + sum(aux.values()) if aux else ce, "ce": ce.detach()}
         losses.update({k: v.detach() for k, v in aux.items()})
@@ -210,13 +239,19 @@ class ClassifyRecipe(Recipe):
 
             return predict_with_votes(model, inputs, ev.num_votes, _point_transforms(ev.vote_transforms),
                                       num_points=ev.vote_num_points, generator=generator)
-        logits, _ = split_model_output(model(inputs))
+        logits, _ = split_model_output(model(inputs), model)  # drops any losses a train-mode forward kept
         return logits
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        from zoo.engine.logging import progress_enabled
+
         all_logits, all_targets = [], []
         generator = None
-        for inputs, target in loader:
+        bar = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True,
+                   disable=not progress_enabled(self.cfg.trainer.progress, accelerator.is_main_process))
+        for inputs, target in bar:
             if self._eval_batch_transform is not None:
                 inputs = self._eval_batch_transform(inputs)
             if generator is None and self.cfg.eval.num_votes > 1:  # votes are seeded: evaluation is reproducible
