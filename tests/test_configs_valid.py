@@ -8,7 +8,8 @@ import pytest
 
 from zoo.cli import load_run_config
 from zoo.config import load_raw_config
-from zoo.engine.pipeline import _stage_scope, is_pipeline, load_pipeline
+from zoo.config import stage_scope
+from zoo.engine.pipeline import is_pipeline, load_pipeline
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "_base_" not in p.parts)
 
@@ -42,6 +43,6 @@ def test_config_validates(path, tmp_path):
         return
     dirs = {}
     for stage in load_pipeline(path, raw):
-        with _stage_scope(dict(dirs)):
+        with stage_scope(dirs):
             _check(stage.config, stage.overrides)
         dirs[stage.name] = tmp_path / stage.name

@@ -13,19 +13,22 @@ names the key and the closest valid one.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from zoo._registry_base import close_matches
+from zoo.errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "load_raw_config", "apply_overrides", "parse_override", "validate_config",
-           "dump_config", "to_container", "schema_keys"]
+           "dump_config", "to_container", "schema_keys", "stage_dir", "stage_scope"]
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -41,16 +44,38 @@ def _register_resolvers() -> None:
 
         register("data", lambda *parts: str(data_dir(*parts)))
     if not OmegaConf.has_resolver("stage"):
-        from zoo.engine.pipeline import stage_dir
-
         register("stage", stage_dir)
+
+
+_STAGE_DIRS: contextvars.ContextVar[dict[str, Path] | None] = contextvars.ContextVar("zoo_stage_dirs", default=None)
+
+
+def stage_dir(name: str) -> str:
+    """``${stage:NAME}``: the run directory of stage ``NAME`` of the pipeline being run (see
+    :mod:`zoo.engine.pipeline`, which sets the known stages with :func:`stage_scope`)."""
+    dirs = _STAGE_DIRS.get()
+    if dirs is None:
+        raise ConfigError(f"${{stage:{name}}} refers to a pipeline stage, but this config is not run as a stage of "
+                          "a pipeline; give the path explicitly")
+    if name not in dirs:
+        raise ConfigError(f"${{stage:{name}}}: no earlier stage is called '{name}'; earlier stages: "
+                          f"{', '.join(dirs) or 'none'}")
+    return str(dirs[name])
+
+
+@contextlib.contextmanager
+def stage_scope(dirs: Mapping[str, Path]) -> Iterator[None]:
+    """Within this block ``${stage:NAME}`` resolves to ``dirs[NAME]`` (the stages that ran before)."""
+    token = _STAGE_DIRS.set(dict(dirs))
+    try:
+        yield
+    finally:
+        _STAGE_DIRS.reset(token)
 
 
 _register_resolvers()
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key/file and the fix."""
 
 
 def _read_yaml(path: Path) -> dict:
@@ -195,11 +220,12 @@ def _suggest(path: str, root: type) -> str | None:
     """The valid key closest to the unknown ``path``: one ending in the same name (``epochs`` ->
     ``trainer.epochs``), else the closest dotted key."""
     keys = schema_keys(root)
+    sections = sorted({k.rsplit(".", 1)[0] for k in keys if "." in k})
     leaf = path.rsplit(".", 1)[-1]
     same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
     if same_leaf:
         return same_leaf[0]
-    hint = close_matches(path, keys, n=1)
+    hint = close_matches(path, keys + sections, n=1)
     if hint:
         return hint[0]
     leaves = close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=1)

@@ -1,87 +1,17 @@
-"""What a recipe's step sees of the run: :class:`StepContext` (one optimiser step) and :class:`RunContext` (a whole
-run that a recipe drives itself)."""
+"""What a recipe that drives its whole run itself sees of it: :class:`RunContext` (see ``Recipe.run``)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-import torch
+from zoo.engine.rundir import read_summary
 
-__all__ = ["StepContext", "RunContext"]
+__all__ = ["RunContext"]
 
 _logger = logging.getLogger("zoo")
-
-
-def _scalar(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"ctx.log takes scalars; got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach())
-    return float(value)
-
-
-class StepContext:
-    """Passed to ``Recipe.train_step(model, batch, ctx)`` for one batch (one micro-step of accumulation).
-
-    Attributes:
-        accelerator: the run's ``accelerate.Accelerator`` (device, mixed precision, gather, unwrap_model).
-        model, optimizer: the prepared (possibly DDP-wrapped) model and the optimiser (``None`` for a run without one).
-        step: optimiser steps taken so far in the run. epoch: completed epochs (epoch loop) / passes over the data.
-        batch_index: index of this batch within the current epoch (or stream domain).
-        domain: the stream domain's name (stream loop), else ``None``.
-        num_backward: how many times :meth:`backward` was called in this step.
-
-    A step may call :meth:`backward` several times (e.g. once per sub-network of BigNAS's sandwich rule): the
-    gradients add up and the optimiser steps once after ``train_step`` returns. Free each graph before building
-    the next one (``backward`` does), so that memory stays that of one graph.
-    """
-
-    def __init__(self, accelerator: Any, model: Any, optimizer: Any, *, step: int, epoch: int, batch_index: int,
-                 domain: str | None = None, clip: Callable[[], None] | None = None):
-        self.accelerator = accelerator
-        self.model = model
-        self.optimizer = optimizer
-        self.step = step
-        self.epoch = epoch
-        self.batch_index = batch_index
-        self.domain = domain
-        self.num_backward = 0
-        self.logged: dict[str, float] = {}
-        self._clip = clip
-
-    @property
-    def device(self) -> torch.device:
-        """The device batches and models live on."""
-        return self.accelerator.device
-
-    @property
-    def sync_gradients(self) -> bool:
-        """True on the micro-step whose gradients the optimiser will use (last of an accumulation window)."""
-        return self.accelerator.sync_gradients
-
-    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
-        """Back-propagate ``loss`` (a scalar; divided by the accumulation steps by accelerate, scaled under fp16).
-
-        Raises ``FloatingPointError`` naming the step if the loss is NaN or infinite.
-        """
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise TypeError(f"ctx.backward expects a scalar loss tensor, got {type(loss).__name__} "
-                            f"{tuple(getattr(loss, 'shape', ()))}")
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(
-                f"Loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}"
-                f"{f', domain {self.domain}' if self.domain else ''}; lower optim.lr or enable trainer.clip_grad_norm")
-        self.accelerator.backward(loss, **kwargs)
-        self.num_backward += 1
-
-    def log(self, **values: Any) -> None:
-        """Record scalars for this step; the loop averages them like the returned losses (``train_<name>``)."""
-        for k, v in values.items():
-            self.logged[k] = _scalar(v)
 
 
 class RunContext:
@@ -103,7 +33,6 @@ class RunContext:
         self.resume = resume
         self.seed = seed
         self.config = dict(config or {})
-        self._rows: dict[str, list] = defaultdict(list)
 
     def subdir(self, name: str) -> Path:
         """``output_dir/name`` (created)."""
@@ -134,15 +63,3 @@ class RunContext:
         tmp.write_text(json.dumps({**metrics, "complete": True}, indent=2, default=float))
         os.replace(tmp, path)
         return path
-
-
-def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``metrics.json`` of a run directory, or ``None`` when there is none (or it is unreadable)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        _logger.warning("%s is not valid JSON; treating the run as unfinished", path)
-        return None

@@ -9,6 +9,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from zoo.errors import ConfigError
+
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
@@ -32,8 +34,6 @@ class OptimConfig:
     param_groups: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from zoo.config import ConfigError
-
         if self.name.lower() not in OPTIMIZERS:
             raise ConfigError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
         if not self.lr >= 0:
@@ -55,8 +55,6 @@ class ScheduleConfig:
     warmup_steps: int | None = None  # warm-up in optimiser steps (overrides warmup_epochs; iteration loops)
 
     def __post_init__(self) -> None:
-        from zoo.config import ConfigError
-
         if self.name not in SCHEDULES:
             raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)}, got {self.name!r}")
         if self.warmup_epochs < 0 or (self.warmup_steps is not None and self.warmup_steps < 0):

@@ -18,23 +18,24 @@ NAME`` runs that stage only. Command-line overrides apply to every stage run. Th
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-__all__ = ["Stage", "is_pipeline", "load_pipeline", "run_pipeline", "stage_dir"]
+from zoo.config import stage_scope
+from zoo.engine.rundir import read_summary
+from zoo.errors import ConfigError
+
+__all__ = ["Stage", "is_pipeline", "load_pipeline", "run_pipeline"]
 
 _logger = logging.getLogger("zoo")
 
-_STAGE_DIRS: contextvars.ContextVar[dict[str, Path] | None] = contextvars.ContextVar("zoo_stage_dirs", default=None)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
@@ -52,34 +53,7 @@ def is_pipeline(raw: Mapping[str, Any]) -> bool:
     return "pipeline" in raw
 
 
-def stage_dir(name: str) -> str:
-    """``${stage:NAME}``: the run directory of stage ``NAME`` of the pipeline being run (an OmegaConf resolver)."""
-    dirs = _STAGE_DIRS.get()
-    if dirs is None:
-        from zoo.config import ConfigError
-
-        raise ConfigError(f"${{stage:{name}}} refers to a pipeline stage, but this config is not run as a stage of "
-                          "a pipeline; give the path explicitly")
-    if name not in dirs:
-        from zoo.config import ConfigError
-
-        raise ConfigError(f"${{stage:{name}}}: no earlier stage is called '{name}'; earlier stages: "
-                          f"{', '.join(dirs) or 'none'}")
-    return str(dirs[name])
-
-
-@contextlib.contextmanager
-def _stage_scope(dirs: dict[str, Path]) -> Iterator[None]:
-    token = _STAGE_DIRS.set(dirs)
-    try:
-        yield
-    finally:
-        _STAGE_DIRS.reset(token)
-
-
 def _overrides_list(value: Any, where: str) -> list[str]:
-    from zoo.config import ConfigError
-
     if value is None:
         return []
     if isinstance(value, Mapping):
@@ -92,7 +66,6 @@ def _overrides_list(value: Any, where: str) -> list[str]:
 
 def load_pipeline(path: str | os.PathLike, raw: Mapping[str, Any]) -> list[Stage]:
     """The stages of the pipeline config ``path`` (``raw``: its unresolved tree); validated."""
-    from zoo.config import ConfigError
     from zoo.resources import find_config
 
     path = Path(path)
@@ -122,8 +95,6 @@ def load_pipeline(path: str | os.PathLike, raw: Mapping[str, Any]) -> list[Stage
 
 
 def _finished(run_dir: Path) -> dict[str, Any] | None:
-    from zoo.engine.context import read_summary
-
     summary = read_summary(run_dir)
     return summary if summary is not None and summary.get("complete") else None
 
@@ -143,8 +114,6 @@ def run_pipeline(
     called inside a scope where ``${stage:NAME}`` resolves to earlier stages' directories. Finished stages
     (``metrics.json`` with ``complete``) are skipped. ``only``: run just that stage (earlier ones must be done).
     """
-    from zoo.config import ConfigError
-
     stages = load_pipeline(path, raw)
     names = [s.name for s in stages]
     if only is not None and only not in names:
@@ -173,7 +142,7 @@ def run_pipeline(
         else:
             _logger.info("pipeline %s: running stage '%s' (%d/%d) into %s", Path(path).name, stage.name,
                          names.index(stage.name) + 1, len(stages), run_dir)
-            with _stage_scope(dict(dirs)):
+            with stage_scope(dirs):
                 results[stage.name] = run_stage(stage, run_dir, [*stage.overrides, *overrides])
         dirs[stage.name] = run_dir
     summary = {"stages": {k: v.get("final", v) for k, v in results.items()},

@@ -19,7 +19,9 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["RunExistsError", "describe_run", "prepare_run_dir", "reconcile_resume_config", "RESUMABLE_KEYS", "flatten"]
+from zoo.errors import ConfigError
+
+__all__ = ["RunExistsError", "describe_run", "read_summary", "prepare_run_dir", "reconcile_resume_config", "RESUMABLE_KEYS", "flatten"]
 
 _logger = logging.getLogger("zoo")
 
@@ -129,8 +131,6 @@ def reconcile_resume_config(stored_path: str | Path, requested: Mapping[str, Any
     ``stored_path`` is the run's ``config.yaml``; ``requested`` the config merged from the command line now.
     Raises ``ValueError`` listing the differences that a resume cannot apply.
     """
-    from zoo.config import ConfigError
-
     stored = yaml.safe_load(Path(stored_path).read_text()) or {}
     old, new = flatten(stored), flatten(dict(requested))
     changes = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
@@ -149,3 +149,15 @@ def reconcile_resume_config(stored_path: str | Path, requested: Mapping[str, Any
         else:
             _delete(config, key)
     return config, changes
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a run directory, or ``None`` when there is none (or it is unreadable)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        _logger.warning("%s is not valid JSON; treating the run as unfinished", path)
+        return None

@@ -35,11 +35,12 @@ import torch
 from torch import nn
 
 from zoo.engine.checkpoint import atomic_save, capture_rng_state, read_checkpoint, restore_rng_state
-from zoo.engine.context import StepContext
 from zoo.engine.ema import ModelEma
 from zoo.engine.interrupt import StopRequest, TrainingInterrupted
 from zoo.engine.logging import RunLogger
 from zoo.engine.optim import OptimConfig, ScheduleConfig, build_scheduler
+from zoo.engine.step import StepContext
+from zoo.errors import ConfigError
 
 __all__ = ["TrainerConfig", "Trainer", "TrainPlan", "find_resume_checkpoint", "LOOPS", "MIXED_PRECISION"]
 
@@ -52,8 +53,6 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 def _config_error(message: str) -> Exception:
-    from zoo.config import ConfigError
-
     return ConfigError(message)
 
 
