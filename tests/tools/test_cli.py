@@ -76,3 +76,18 @@ def test_missing_checkpoint_file(tmp_path):
 def test_print_config_shows_merged_values():
     proc = run("tools/train.py", "configs/pointnet/synthetic_shapes.yaml", "optim.lr=0.5", "--print-config")
     assert proc.returncode == 0 and "lr: 0.5" in proc.stdout and "recipe: classify" in proc.stdout
+
+
+def test_packaged_config_name_works_from_another_folder(tmp_path):
+    proc = run(REPO / "tools" / "train.py", "pointnet/synthetic_shapes", "optim.lr=0.5", "--print-config", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "lr: 0.5" in proc.stdout and "name: pointnet_tiny" in proc.stdout
+
+
+def test_eval_refuses_a_reinitialised_head(tmp_path):
+    """Shipped 10-class weights on a 3-class dataset: an error naming both counts, not a 'random head' accuracy."""
+    proc = run("tools/eval.py", "--config", "configs/pointnet/synthetic_shapes.yaml", "--model", "pointramba_small_modelnet10",
+               "--pretrained", "data.kwargs.classes=[sphere,cube,cylinder]", "data.kwargs.samples_per_class=2")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "10" in proc.stderr and "3" in proc.stderr and "Traceback" not in proc.stderr
+    assert "top1" not in proc.stdout
