@@ -152,3 +152,12 @@ def test_ddp_synchronises_auxiliary_loss_gradients(find_unused, tmp_path):
            "--master_port", str(_free_port()), str(script), find_unused]
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name, shape", [("pointnet_tiny", (2, 64, 3)), ("pointramba_tiny", (2, 64, 3)),
+                                         ("convnet_tiny", (2, 1, 28, 28))])
+def test_float64_input_is_a_clear_error(name, shape):
+    model = create_model(name, num_classes=3).eval()
+    with pytest.raises(TypeError, match=r"torch.float32 weights but got torch.float64 input.*\.float\(\)"):
+        model(torch.randn(*shape, dtype=torch.float64))
+    assert model(torch.randn(*shape)).shape == (2, 3)

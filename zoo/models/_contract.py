@@ -52,6 +52,7 @@ __all__ = [
     "tie_to_output",
     "feature_take_indices",
     "check_finite_points",
+    "check_input_dtype",
 ]
 
 _MAX_WRAPPERS = 8
@@ -180,3 +181,15 @@ def check_finite_points(points: torch.Tensor, model_name: str) -> None:
         f"(batch indices: {shown}); their logits would be non-finite. Clean the data, or drop such clouds when "
         "loading: the point-cloud datasets take drop_nonfinite=True (in a config: data.kwargs.drop_nonfinite=true)."
     )
+
+
+def check_input_dtype(x: torch.Tensor, model: torch.nn.Module, model_name: str) -> None:
+    """Raise a TypeError when the floating-point input ``x`` has another dtype than the model's weights (e.g.
+    float64 points from a numpy array into a float32 model), instead of torch's "expected scalar type Double but
+    found Float" from deep inside the forward. Under autocast the input dtype is autocast's business."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is None or x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+        return
+    raise TypeError(f"{model_name} has {weight.dtype} weights but got {x.dtype} input; convert the input with "
+                    f"x.to({weight.dtype}) (numpy arrays are float64: torch.from_numpy(a).float()), or the model "
+                    f"with model.to({x.dtype})")

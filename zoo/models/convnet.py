@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zoo.hub import PretrainedCfg, build_model_with_cfg
-from zoo.models._contract import AuxiliaryLossMixin, feature_take_indices
+from zoo.models._contract import AuxiliaryLossMixin, check_input_dtype, feature_take_indices
 from zoo.registry import register_model
 
 __all__ = ["ConvNet", "convnet_small", "convnet_tiny"]
@@ -105,6 +105,7 @@ class ConvNet(AuxiliaryLossMixin, nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"ConvNet expects floating-point images (e.g. in [0, 1]), got dtype {x.dtype}; "
                             "use x.float() / 255.")
+        check_input_dtype(x, self, "ConvNet")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, num_features)`` (globally average-pooled)."""

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from zoo.hub import PretrainedCfg, build_model_with_cfg
-from zoo.models._contract import AuxiliaryLossMixin, check_finite_points, feature_take_indices, tie_to_output
+from zoo.models._contract import (
+    AuxiliaryLossMixin,
+    check_finite_points,
+    check_input_dtype,
+    feature_take_indices,
+    tie_to_output,
+)
 from zoo.registry import register_model
 
 __all__ = ["PointNet", "TNet", "PointNetHead", "feature_transform_regularizer", "pointnet", "pointnet_tiny"]
@@ -188,6 +194,7 @@ class PointNet(AuxiliaryLossMixin, nn.Module):
                              f"got {got}.{hint}")
         if not x.is_floating_point():
             raise TypeError(f"PointNet expects floating-point points, got dtype {x.dtype}; use x.float().")
+        check_input_dtype(x, self, "PointNet")
         check_finite_points(x, "PointNet")
 
     # -- forward pieces -----------------------------------------------------------------------------------------

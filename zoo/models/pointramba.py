@@ -48,7 +48,13 @@ from zoo.data.pointcloud.modelnet import MODELNET10_CLASSES
 from zoo.hub import PretrainedCfg, build_model_with_cfg
 from zoo.layers.mamba import MixerModel
 from zoo.layers.transformer import TransformerEncoder
-from zoo.models._contract import AuxiliaryLossMixin, check_finite_points, feature_take_indices, tie_to_output
+from zoo.models._contract import (
+    AuxiliaryLossMixin,
+    check_finite_points,
+    check_input_dtype,
+    feature_take_indices,
+    tie_to_output,
+)
 from zoo.ops.pointcloud import fps_knn_group
 from zoo.registry import register_model
 
@@ -461,6 +467,7 @@ class PoinTramba(AuxiliaryLossMixin, nn.Module):
             raise ValueError(f"PoinTramba expects points of shape (B, N, 3), got {tuple(points.shape)}.{hint}")
         if not points.is_floating_point():
             raise TypeError(f"PoinTramba expects floating-point points, got dtype {points.dtype}.")
+        check_input_dtype(points, self, "PoinTramba")
         check_finite_points(points, "PoinTramba")
         n, need = points.shape[1], max(self.num_group, self.group_size)
         if n < need:
