@@ -241,6 +241,7 @@ def test_wrong_root_error_says_where_it_looked_and_where_to_download(tmp_path):
         ModelNet40(tmp_path / "nowhere", split="test")
     msg = str(err.value)
     assert "ModelNet40 (test split) not found" in msg
+    assert "data.root=" in msg  # the command-line key, not the Python argument name alone
     assert str(tmp_path / "nowhere") in msg and str(tmp_path / "nowhere" / "modelnet40_ply_hdf5_2048") in msg
     for expected in (
         "modelnet40_test_8192pts_fps.dat",

@@ -70,12 +70,14 @@ def dataset_not_found(
     """A ``FileNotFoundError`` that lists the folders searched, the files expected and where to download them."""
     looked = (
         "\n".join(f"  - {p}" for p in looked_in)
-        or "  (nowhere: root=None and neither $ZOO_DATA nor ../shared/data exists)"
+        or "  (nowhere: no root was given and there is no default data folder: $ZOO_DATA is unset and "
+        "there is no shared/data beside the checkout)"
     )
     exp = "\n".join(f"  - {e}" for e in expected)
     return FileNotFoundError(
         f"{name} ({split} split) not found.\nLooked in:\n{looked}\nExpected one of these layouts:\n{exp}\n"
-        f"Pass root=<folder that holds them> (or set $ZOO_DATA). Get the data from:\n{where}"
+        f"On the command line add data.root=<folder that holds them> (in Python: root=...), or set $ZOO_DATA. "
+        f"Get the data from:\n{where}"
     )
 
 
