@@ -193,5 +193,5 @@ def test_mixer_model_intermediates_are_the_normed_residual_stream():
         early_final, early = m.forward_intermediates(x, pos, indices=[1], stop_early=True)
         torch.testing.assert_close(early[0], want[1])
         torch.testing.assert_close(early_final, want[1])
-    with pytest.raises(ValueError, match=r"layer index 3 is out of range for 3 layers"):
+    with pytest.raises(ValueError, match=r"block index 3 is out of range for 3 blocks"):
         m.forward_intermediates(x, pos, indices=[3])

@@ -58,6 +58,15 @@ class RunLogger:
             reader = csv.DictReader(f)
             return list(reader.fieldnames or []), list(reader)
 
+    def _rewrite(self, fields: list[str], rows: list[dict]) -> None:
+        """Write metrics.csv anew (header ``fields``, then ``rows``) through a temporary file."""
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
     def log(self, row: Mapping[str, float | int | str], step: int) -> None:
         """Record ``row`` (e.g. epoch, lr, losses, eval metrics) at global optimiser step ``step``."""
         if not self.enabled:
@@ -65,14 +74,7 @@ class RunLogger:
         fields, rows = self._read()
         new = [k for k in row if k not in fields]
         if new or not fields:
-            fields = fields + new
-            rows.append(dict(row))
-            tmp = self.path.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, self.path)
+            self._rewrite(fields + new, rows + [dict(row)])
         else:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=fields).writerow(dict(row))
@@ -91,12 +93,7 @@ class RunLogger:
         fields, rows = self._read()
         kept = [r for r in rows if not r.get("step") or float(r["step"]) <= step]
         if len(kept) != len(rows):
-            tmp = self.path.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, self.path)
+            self._rewrite(fields, kept)
             _logger.info("metrics.csv: dropped %d row(s) logged after step %d (not in the checkpoint)", len(rows) - len(kept), step)
         if purge_tensorboard and self._writer is not None and step > 0:
             from torch.utils.tensorboard import SummaryWriter

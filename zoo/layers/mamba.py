@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.layers.drop import DropPath
+from zoo.layers.features import feature_take_indices
 from zoo.ops.selective_scan import selective_scan_fn
 
 __all__ = ["InferenceParams", "Mamba", "RMSNorm", "Block", "create_block", "MixerModel", "init_weights"]
@@ -333,19 +334,6 @@ class MixerModel(nn.Module):
         residual = hidden_states + residual if residual is not None else hidden_states
         return self.norm_f(residual.to(dtype=self.norm_f.weight.dtype))
 
-    def _layer_indices(self, indices: Optional[Sequence[int]]) -> list[int]:
-        n = len(self.layers)
-        if indices is None:
-            return list(range(n))
-        take = []
-        for i in indices:
-            j = n + i if i < 0 else i
-            if not 0 <= j < n:
-                raise ValueError(f"MixerModel.forward_intermediates: layer index {i} is out of range for {n} layers "
-                                 f"(valid: 0 to {n - 1}, or -{n} to -1).")
-            take.append(j)
-        return take
-
     def forward_intermediates(self, hidden_states: Tensor, pos: Optional[Tensor] = None,
                               indices: Optional[Sequence[int]] = None, stop_early: bool = False,
                               intermediates_only: bool = False, inference_params=None):
@@ -364,7 +352,7 @@ class MixerModel(nn.Module):
 
         Returns ``(final (B, L, d_model), [features])``, or the list with ``intermediates_only``.
         """
-        take = self._layer_indices(indices)
+        take, _ = feature_take_indices(len(self.layers), indices)
         wanted = set(take)
         layers = self.layers
         if stop_early and take:
