@@ -32,8 +32,9 @@ system-deps:
 install: $(VENV)/.installed
 install-dev: system-deps $(VENV)/.installed-dev
 
+# A second `make demo` continues runs/demo (or, if it finished, evaluates it again) instead of overwriting it.
 demo: install
-	$(PY) tools/train.py configs/pointnet/synthetic_shapes.yaml --output runs/demo
+	$(PY) tools/train.py configs/pointnet/synthetic_shapes.yaml --output runs/demo $(if $(wildcard runs/demo/last.pt),--resume,)
 
 test: install-dev
 	$(PY) -m pytest
