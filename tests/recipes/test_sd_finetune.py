@@ -311,3 +311,14 @@ def test_sdxl_folder_trains_lora_with_two_text_encoders(tiny_sdxl, style, tmp_pa
     assert not torch.allclose(base, tuned)
     assert sample_main(["--pipeline", str(tiny_sdxl), "--adapter", str(tmp_path / "xl"), "--prompts", "a cat",
                         "--output", str(tmp_path / "grid.png"), "--steps", "2", "--height", "16", "--width", "16"]) == 0
+
+
+def test_sara_progressive_schedule_follows_the_trainers_plan(tiny_sd, style):
+    """SaRA's progressive_iter as a fraction is taken of the run's real length, also in the iteration loop."""
+    from zoo.cli import build_recipe
+    from zoo.engine.trainer import TrainPlan
+
+    recipe, _, _ = build_recipe(str(CONFIG), _overrides(tiny_sd, style, "trainer.max_steps=7"))
+    assert recipe._total_steps() == 7
+    recipe.plan = TrainPlan(total_steps=12, steps_per_epoch=None, epochs=None)
+    assert recipe._total_steps() == 12

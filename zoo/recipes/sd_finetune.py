@@ -237,7 +237,13 @@ class SDFinetuneRecipe(Recipe):
         return unet
 
     def _total_steps(self) -> int:
+        """Optimiser steps of the whole run (SaRA's progressive schedule as a fraction of it): the Trainer's plan,
+        which knows the loop (``trainer.max_steps`` or epochs); computed from the loader outside a Trainer."""
+        if self.plan is not None:
+            return self.plan.total_steps
         t = self.cfg.trainer
+        if t.max_steps:
+            return t.max_steps
         n = len(self._train_loader)
         if t.max_steps_per_epoch:
             n = min(n, t.max_steps_per_epoch * t.grad_accum_steps)
