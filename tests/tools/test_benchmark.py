@@ -19,6 +19,7 @@ TINY_ARGS = {
     "pointramba": ["--variants", "pointramba_tiny", "--batch", "2", "--points", "256", "--repeat", "1", "--threads", "1"],
     "sara": ["--width", "0.125", "--latent", "8", "--batch", "1", "--repeat", "1", "--threads", "1", "--no-layer",
              "--variants", "lora", "sara_official", "sara_kernel", "sara_attn_kernel"],
+    "supernet": ["--batch", "8", "--repeat", "1", "--threads", "1"],
 }
 
 

@@ -1,0 +1,331 @@
+"""BigNAS recipes: the sandwich step's gradients, in-place distillation targets, one graph at a time, the lr
+option, the latency table, and a tiny end-to-end supernet -> search -> export run on MNIST-format files."""
+from __future__ import annotations
+
+import json
+import random
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+import zoo.recipes.supernet as sn
+from zoo.config import ConfigError
+from zoo.models.bignas import load_child, resize_input
+from zoo.recipes.supernet import LatencyTable, SupernetConfig, SupernetRecipe, bignas_lr_factor, sandwich_archs
+
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs" / "bignas")
+
+
+class FakeCtx:
+    """What train_step uses of StepContext: backward (plain autograd), step, batch_index, optimizer, log."""
+
+    def __init__(self, step=0):
+        self.step, self.batch_index, self.optimizer, self.num_backward, self.logged = step, 0, None, 0, {}
+        self.graphs_alive_at_backward = []
+
+    def backward(self, loss):
+        loss.backward()
+        self.num_backward += 1
+
+    def log(self, **kw):
+        self.logged.update(kw)
+
+
+def _recipe(**supernet) -> SupernetRecipe:
+    cfg = SupernetConfig()
+    for k, v in supernet.items():
+        setattr(cfg.supernet, k, v)
+    return SupernetRecipe(cfg)
+
+
+def _batch(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _model():
+    torch.manual_seed(0)
+    model = zoo.create_model("bignas_mnist")
+    with torch.no_grad():  # non-zero residual branches so every child's gradient differs
+        for b in model.residual_blocks():
+            b.project.bn.weight.fill_(0.5)
+    return model.train()
+
+
+def _grads(model):
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
+def _archs_of_step(model, recipe, ctx):
+    rng = random.Random(hash((recipe.cfg.seed, ctx.step, ctx.batch_index)) & 0xFFFFFFFF)
+    return sandwich_archs(model, recipe.cfg.supernet.num_random, rng)
+
+
+def test_sandwich_gradient_is_the_sum_of_per_child_gradients():
+    recipe, model, batch = _recipe(num_random=2, label_smoothing=0.1), _model(), _batch()
+    ctx = FakeCtx(step=3)
+    archs = _archs_of_step(model, recipe, ctx)
+    assert archs[0] == model.max_subnet() and archs[-1] == model.min_subnet() and len(archs) == 4
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = recipe.train_step(model, batch, ctx)
+    assert ctx.num_backward == 4 and set(out) >= {"loss", "loss_max", "loss_min"}
+    got = _grads(model)
+
+    # reference: each child on its own, the same loss, gradients summed by hand
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    x, y = batch
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    per_child = []
+    soft = None
+    for i, arch in enumerate(archs):
+        model.set_subnet(arch)
+        logits = model(resize_input(x, arch["resolution"]))
+        if i == 0:
+            loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+            soft = logits.detach().softmax(-1)
+        else:
+            loss = -(soft * F.log_softmax(logits, -1)).sum(-1).mean()
+        loss.backward()
+        g = _grads(model)
+        per_child.append({n: g[n] - total[n] for n in g})
+        total = g
+    for n in got:
+        torch.testing.assert_close(got[n], total[n], rtol=1e-5, atol=1e-6, msg=n)
+    # every child reaches the shared weights (the stem conv and the classifier are in all children)
+    for child in per_child:
+        assert child["stem.conv.weight"].abs().sum() > 0 and child["head.fc.weight"].abs().sum() > 0
+    # the smallest child's gradient lives in the prefix slice only
+    assert per_child[-1]["stages.3.0.project.conv.weight"][32:].abs().sum() == 0
+    assert model.active_arch == archs[-1]  # the reference loop left the smallest child active
+
+
+def test_distillation_targets_come_from_the_largest_child_without_grad(monkeypatch):
+    recipe, model, batch = _recipe(num_random=1), _model(), _batch()
+    seen = []
+    real = sn.soft_cross_entropy
+
+    def spy(logits, soft):
+        seen.append(soft)
+        return real(logits, soft)
+
+    monkeypatch.setattr(sn, "soft_cross_entropy", spy)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe.train_step(model, batch, FakeCtx())
+    assert len(seen) == 2  # one random child + the smallest
+    assert all(not s.requires_grad and s.grad_fn is None for s in seen)
+    assert all(s is seen[0] for s in seen)  # one teacher prediction for the whole step
+    model.load_state_dict(state)
+    model.set_subnet(model.max_subnet())
+    with torch.no_grad():
+        teacher = model(batch[0]).softmax(-1)
+    torch.testing.assert_close(seen[0], teacher, rtol=1e-5, atol=1e-6)
+    # no distillation: the children learn from the labels
+    seen.clear()
+    _recipe(num_random=1, distill=False).train_step(model, batch, FakeCtx())
+    assert seen == []
+
+
+class _LiveSaved:
+    """Bytes of autograd-saved tensors alive at once (peak), through saved_tensors_hooks."""
+
+    def __init__(self):
+        self.live = self.peak = 0
+
+    def _free(self, n):
+        self.live -= n
+
+    def pack(self, t):
+        holder = type("H", (), {})()
+        holder.t = t
+        n = t.numel() * t.element_size()
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(holder, self._free, n)
+        return holder
+
+    @staticmethod
+    def unpack(holder):
+        return holder.t
+
+
+def _peak(fn):
+    meter = _LiveSaved()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        fn()
+    return meter.peak
+
+
+def test_peak_graph_memory_does_not_grow_with_the_number_of_children():
+    model, batch = _model(), _batch(16)
+    peaks = {n: _peak(lambda: _recipe(num_random=n).train_step(model, batch, FakeCtx())) for n in (0, 4)}
+    assert peaks[4] <= 1.05 * peaks[0], peaks
+
+    def one_graph():  # what the step must not do: all children in one graph, one backward
+        archs = sandwich_archs(model, 4, random.Random(0))
+        loss = 0
+        for arch in archs:
+            model.set_subnet(arch)
+            loss = loss + model(resize_input(batch[0], arch["resolution"])).logsumexp(-1).mean()
+        loss.backward()
+
+    assert _peak(one_graph) > 1.5 * peaks[0]  # the meter can tell the difference
+
+
+def test_regularisation_only_on_the_largest_child(monkeypatch):
+    model, batch = _model(), _batch()
+    drops = []
+    real = model.forward
+
+    def spy(x):
+        drops.append(model.head.drop.p)
+        return real(x)
+
+    monkeypatch.setattr(model, "forward", spy)
+    out = _recipe(num_random=1, drop_rate=0.3, weight_decay=1e-2, label_smoothing=0.1).train_step(model, batch,
+                                                                                                   FakeCtx())
+    assert drops == [0.3, 0.0, 0.0] and model.head.drop.p == 0.0
+    plain = _recipe(num_random=1, drop_rate=0.0, weight_decay=0.0, label_smoothing=0.1)
+    monkeypatch.setattr(model, "forward", real)
+    model.eval()  # no dropout: the only difference left is the L2 term on the largest child
+    out_wd = _recipe(num_random=1, weight_decay=1e-2, label_smoothing=0.1).train_step(model, batch, FakeCtx())
+    out_plain = plain.train_step(model, batch, FakeCtx())
+    l2 = sum(0.5 * (p ** 2).sum() for p in model.parameters() if p.ndim > 1).item()
+    assert out_wd["loss_max"].item() == pytest.approx(out_plain["loss_max"].item() + 1e-2 * l2, rel=1e-4)
+    assert out_wd["loss_min"].item() == pytest.approx(out_plain["loss_min"].item(), rel=1e-5)
+    assert out["loss"].item() > 0
+
+
+def test_bignas_lr_schedule_decays_to_a_floor_and_needs_a_constant_engine_schedule():
+    assert bignas_lr_factor(0, 100, 0.9, 0.05) == 1.0
+    assert bignas_lr_factor(200, 100, 0.9, 0.05) == pytest.approx(0.81)
+    assert bignas_lr_factor(10**6, 100, 0.9, 0.05) == 0.05
+    from zoo.config import validate_config
+
+    with pytest.raises(ConfigError, match="schedule.name: constant"):
+        validate_config({"recipe": "supernet", "supernet": {"lr_schedule": "bignas"}}, SupernetConfig)
+    with pytest.raises(ConfigError, match="supernet.lr_schedule"):
+        validate_config({"recipe": "supernet", "supernet": {"lr_schedule": "step"}}, SupernetConfig)
+    recipe = _recipe(lr_schedule="bignas", lr_decay=0.5, lr_floor=0.1)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # the engine's lr now (e.g. half-way through warm-up)
+    recipe.plan = type("Plan", (), {"steps_per_epoch": 1000})()
+    ctx = FakeCtx(step=2000)
+    ctx.optimizer = opt
+    recipe._apply_lr(ctx)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.125) and ctx.logged["lr_factor"] == pytest.approx(0.25)
+    recipe._apply_lr(ctx)  # a second micro-step before the optimiser steps: no compounding
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.125)
+    opt.param_groups[0]["lr"] = 0.4  # the engine's scheduler stepped
+    recipe._apply_lr(ctx)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_latency_table_is_measured_once_and_cached(tmp_path):
+    model = _model()
+    table = LatencyTable(tmp_path / "lat.json", repeats=3)
+    arch = model.min_subnet()
+    ms = table.predict(model.export_subnet(arch), arch["resolution"])
+    assert ms > 0 and table.measured > 0
+    again = LatencyTable(tmp_path / "lat.json", repeats=3)
+    assert again.predict(model.export_subnet(arch), arch["resolution"]) == pytest.approx(ms)
+    assert again.measured == 0
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def _write_mnist(root, n=96):
+    from zoo.data.images.mnist import write_idx
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+    for i, y in enumerate(labels):  # a class-dependent bright bar, learnable in a few steps
+        images[i, 2 + 2 * y: 4 + 2 * y, 4:24] = 255
+    write_idx(root / "t10k-images-idx3-ubyte", images)
+    write_idx(root / "t10k-labels-idx1-ubyte", labels)
+
+
+def test_supernet_then_search_then_export_end_to_end(tmp_path):
+    from zoo.cli import run_training
+
+    data = tmp_path / "mnist"
+    data.mkdir()
+    _write_mnist(data)
+    common = [f"data.root={data}", "data.train_split=test[:64]", "data.eval_split=test[64:]", "data.batch_size=16",
+              "data.eval_batch_size=32", "trainer.epochs=1", "trainer.progress=false"]
+    sup = run_training(CONFIGS + "/mnist_supernet.yaml", common + [
+        "supernet.bn_calibration_batches=2", "supernet.lr_schedule=bignas", "schedule.name=constant",
+        "trainer.log_every=1"], tmp_path / "supernet")
+    header = (tmp_path / "supernet" / "metrics.csv").read_text().splitlines()[0]
+    assert "lr_factor" in header  # the BigNAS lr option ran inside the real Trainer
+    final = sup["final"]
+    assert {"top1", "top1_min", "mflops", "mflops_min"} <= set(final) and final["mflops_min"] < final["mflops"]
+    search = run_training(CONFIGS + "/mnist_search.yaml", common + [
+        f"search.supernet_checkpoint={tmp_path / 'supernet' / 'last.pt'}", "data.search_split=test[32:64]",
+        "search.budgets_mflops=[0.5,2.0]", "search.coarse_top=2", "search.rounds=1", "search.mutations=2",
+        "search.calib_batches=1", "search.coarse_levels=[0.0,1.0]", "scratch.enabled=true"], tmp_path / "search")
+    results = search["final"]["results"]
+    assert [r["tag"] for r in results] == ["mflops_0.5", "mflops_2"]
+    for r in results:
+        budget = float(r["tag"].split("_")[1])
+        assert r["mflops"] <= budget and 0 <= r["top1_supernet"] <= 100 and 0 <= r["top1_scratch"] <= 100
+        child = load_child(tmp_path / "search" / "children" / r["tag"])
+        assert child.arch == r["arch"]
+        cfg = json.loads((tmp_path / "search" / "children" / r["tag"] / "config.json").read_text())
+        assert cfg["mflops"] == pytest.approx(r["mflops"])
+    assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000
+    assert (tmp_path / "search" / "search.csv").read_text().count("\n") >= 3
+
+
+def test_coarse_to_fine_search_stays_in_budget_and_mutations_improve_on_the_grid():
+    from zoo.recipes.supernet import SearchConfig, SearchSection, SupernetSearchRecipe, coarse_skeletons
+
+    model = _model()
+    recipe = SupernetSearchRecipe(SearchConfig(search=SearchSection(budgets_mflops=[1.0], coarse_top=4, rounds=6,
+                                                                    mutations=10, mutation_prob=0.3)))
+    # resolutions x levels of (width, depth, kernel, expand); every width has 2 choices, so its 0.5 level is a duplicate
+    assert len(coarse_skeletons(model)) == 3 * 2 * 3 ** 3
+    skeletons = coarse_skeletons(model, levels=(0.0, 1.0))
+    assert len(skeletons) == len({json.dumps(s, sort_keys=True) for s in skeletons}) == 3 * 2 ** 4
+    assert model.max_subnet() in skeletons and model.min_subnet() in skeletons
+
+    def cost(a):  # a cheap monotone stand-in for FLOPs (the search only compares costs with the budget)
+        r = a["resolution"] / 28
+        stages = zip(a["widths"], a["depths"], a["expands"], a["kernels"])
+        return r * r * sum(w * d * e * k for w, d, e, k in stages) / 2e3
+
+    def score(a):  # prefers a non-uniform child (stage 1 kernel 7, stage 2 kernel 3): no skeleton has it
+        return 10 * a["kernels"][1] - 10 * a["kernels"][2] + a["resolution"] / 100
+
+    budget = sorted(cost(s) for s in skeletons)[len(skeletons) // 2]
+    best = recipe.search_budget(model, cost, budget, skeletons, score, random.Random(0))
+    assert cost(best) <= budget
+    grid_best = max(score(s) for s in skeletons if cost(s) <= budget)
+    assert score(best) > grid_best
+    with pytest.raises(ValueError, match="no skeleton fits the budget"):
+        recipe.search_budget(model, cost, 1e-3, skeletons, score, random.Random(0))
+
+
+def test_search_under_a_measured_latency_budget(tmp_path):
+    from zoo.cli import run_training
+
+    data = tmp_path / "mnist"
+    data.mkdir()
+    _write_mnist(data, n=48)
+    torch.save({"model": _model().state_dict()}, tmp_path / "last.pt")
+    out = run_training(CONFIGS + "/mnist_search.yaml", [
+        f"data.root={data}", "data.train_split=test[:32]", "data.eval_split=test[32:]", "data.search_split=test[:16]",
+        "data.batch_size=16", "data.eval_batch_size=16", f"search.supernet_checkpoint={tmp_path / 'last.pt'}",
+        "search.budgets_mflops=[]", "search.budgets_ms=[1000.0]", "search.coarse_top=2", "search.rounds=1",
+        "search.mutations=2", "search.calib_batches=1", "search.latency_repeats=2", "search.coarse_levels=[0.0,1.0]",
+        "scratch.enabled=false"],
+        tmp_path / "search")
+    (rec,) = out["final"]["results"]
+    assert rec["tag"] == "ms_1000" and 0 < rec["latency_ms"] <= 1000 and "top1_scratch" not in rec
+    table = json.loads((tmp_path / "search" / "latency_table.json").read_text())
+    assert table and all(v > 0 for v in table.values())
