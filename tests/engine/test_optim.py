@@ -90,3 +90,18 @@ def test_rng_state_round_trip(tmp_path):
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_exponential_schedule_decays_per_epoch_to_a_constant_floor():
+    """BigNAS's schedule: warm-up, then lr * decay_rate ** epochs, never below min_lr."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, ScheduleConfig(name="exponential", decay_rate=0.5, min_lr=0.2, warmup_epochs=1),
+                            steps_per_epoch=10, epochs=6)
+    lrs = []
+    for _ in range(60):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[10] == 1.0  # end of warm-up
+    assert lrs[15] == pytest.approx(0.5 ** 0.5) and lrs[20] == pytest.approx(0.5)
+    assert lrs[30] == pytest.approx(0.25) and lrs[40] == lrs[59] == pytest.approx(0.2)  # the constant ending

@@ -16,7 +16,7 @@ import zoo
 import zoo.recipes.supernet as sn
 from zoo.config import ConfigError
 from zoo.models.bignas import load_child, resize_input
-from zoo.recipes.supernet import LatencyTable, SupernetConfig, SupernetRecipe, bignas_lr_factor, sandwich_archs
+from zoo.recipes.supernet import LatencyTable, SupernetConfig, SupernetRecipe, sandwich_archs
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs" / "bignas")
 
@@ -201,31 +201,6 @@ def test_regularisation_only_on_the_largest_child(monkeypatch):
     assert out["loss"].item() > 0
 
 
-def test_bignas_lr_schedule_decays_to_a_floor_and_needs_a_constant_engine_schedule():
-    assert bignas_lr_factor(0, 100, 0.9, 0.05) == 1.0
-    assert bignas_lr_factor(200, 100, 0.9, 0.05) == pytest.approx(0.81)
-    assert bignas_lr_factor(10**6, 100, 0.9, 0.05) == 0.05
-    from zoo.config import validate_config
-
-    with pytest.raises(ConfigError, match="schedule.name: constant"):
-        validate_config({"recipe": "supernet", "supernet": {"lr_schedule": "bignas"}}, SupernetConfig)
-    with pytest.raises(ConfigError, match="supernet.lr_schedule"):
-        validate_config({"recipe": "supernet", "supernet": {"lr_schedule": "step"}}, SupernetConfig)
-    recipe = _recipe(lr_schedule="bignas", lr_decay=0.5, lr_floor=0.1)
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # the engine's lr now (e.g. half-way through warm-up)
-    recipe.plan = type("Plan", (), {"steps_per_epoch": 1000})()
-    ctx = FakeCtx(step=2000)
-    ctx.optimizer = opt
-    recipe._apply_lr(ctx)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.125) and ctx.logged["lr_factor"] == pytest.approx(0.25)
-    recipe._apply_lr(ctx)  # a second micro-step before the optimiser steps: no compounding
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.125)
-    opt.param_groups[0]["lr"] = 0.4  # the engine's scheduler stepped
-    recipe._apply_lr(ctx)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
-
-
 def test_latency_table_is_measured_once_and_cached(tmp_path):
     model = _model()
     table = LatencyTable(tmp_path / "lat.json", repeats=3)
@@ -259,10 +234,11 @@ def test_supernet_then_search_then_export_end_to_end(tmp_path):
     common = [f"data.root={data}", "data.train_split=test[:64]", "data.eval_split=test[64:]", "data.batch_size=16",
               "data.eval_batch_size=32", "trainer.epochs=1", "trainer.progress=false"]
     sup = run_training(CONFIGS + "/mnist_supernet.yaml", common + [
-        "supernet.bn_calibration_batches=2", "supernet.lr_schedule=bignas", "schedule.name=constant",
-        "trainer.log_every=1"], tmp_path / "supernet")
-    header = (tmp_path / "supernet" / "metrics.csv").read_text().splitlines()[0]
-    assert "lr_factor" in header  # the BigNAS lr option ran inside the real Trainer
+        "supernet.bn_calibration_batches=2", "schedule.name=exponential", "schedule.decay_rate=0.5",
+        "schedule.warmup_epochs=0", "trainer.log_every=1"], tmp_path / "supernet")
+    rows = (tmp_path / "supernet" / "metrics.csv").read_text().splitlines()
+    lr = float(rows[1].split(",")[rows[0].split(",").index("lr")])
+    assert lr == pytest.approx(3e-3 * 0.5, rel=1e-6)  # BigNAS's exponential schedule: one epoch of decay 0.5
     final = sup["final"]
     assert {"top1", "top1_min", "mflops", "mflops_min"} <= set(final) and final["mflops_min"] < final["mflops"]
     search = run_training(CONFIGS + "/mnist_search.yaml", common + [

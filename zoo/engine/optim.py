@@ -12,7 +12,7 @@ from torch import nn
 from zoo.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "exponential")
 
 __all__ = ["OptimConfig", "ScheduleConfig", "param_groups_weight_decay", "build_optimizer", "build_scheduler", "lr_factor"]
 
@@ -48,17 +48,20 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule settings (config section ``schedule``), applied per optimiser step."""
 
-    name: str = "cosine"  # cosine | constant
+    name: str = "cosine"  # cosine | constant | exponential (BigNAS: decay_rate per epoch down to a constant min_lr)
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.0  # lr at step 0 = lr * warmup_start_factor, linear to lr
     min_lr: float = 0.0  # cosine floor
     warmup_steps: int | None = None  # warm-up in optimiser steps (overrides warmup_epochs; iteration loops)
+    decay_rate: float = 0.97  # exponential: lr factor per epoch after warm-up (BigNAS: 0.97)
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
             raise ConfigError(f"schedule.name must be one of {', '.join(SCHEDULES)}, got {self.name!r}")
         if self.warmup_epochs < 0 or (self.warmup_steps is not None and self.warmup_steps < 0):
             raise ConfigError("schedule.warmup_epochs / schedule.warmup_steps must be >= 0")
+        if not 0 < self.decay_rate <= 1:
+            raise ConfigError(f"schedule.decay_rate must be in (0, 1], got {self.decay_rate!r}")
 
 
 def _no_decay_names(model: nn.Module) -> set[str]:
@@ -117,17 +120,24 @@ def build_optimizer(params: nn.Module | Iterable, cfg: OptimConfig) -> torch.opt
     raise ValueError(f"Unknown optimizer '{cfg.name}' (optim.name); choose adamw, adam or sgd")
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig, base_lr: float) -> float:
-    """Multiplier of the base lr at optimiser step ``step`` (0-based): linear warmup, then cosine or constant."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, cfg: ScheduleConfig, base_lr: float,
+              steps_per_epoch: int | None = None) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based): linear warmup, then cosine (to ``min_lr``),
+    constant, or exponential (``max(min_lr / lr, decay_rate ** epochs_since_warmup)``: BigNAS's "exponential
+    decay with a constant ending"; epochs are counted in optimiser steps / ``steps_per_epoch``)."""
     if warmup_steps > 0 and step < warmup_steps:
         return cfg.warmup_start_factor + (1.0 - cfg.warmup_start_factor) * step / warmup_steps
     if cfg.name == "constant":
         return 1.0
+    floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
+    if cfg.name == "exponential":
+        if not steps_per_epoch:
+            raise ValueError("schedule.name=exponential decays per epoch and needs a loader with a length")
+        return max(floor, cfg.decay_rate ** ((step - warmup_steps) / steps_per_epoch))
     if cfg.name != "cosine":
-        raise ValueError(f"Unknown schedule '{cfg.name}' (schedule.name); choose cosine or constant")
+        raise ValueError(f"Unknown schedule '{cfg.name}' (schedule.name); choose one of {', '.join(SCHEDULES)}")
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
-    floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -147,6 +157,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps
     else:
         warmup = int(round(cfg.warmup_epochs * (steps_per_epoch or 0)))
     lambdas = [
-        (lambda step, base=g["lr"]: lr_factor(step, total, warmup, cfg, base)) for g in optimizer.param_groups
+        (lambda step, base=g["lr"]: lr_factor(step, total, warmup, cfg, base, steps_per_epoch))
+        for g in optimizer.param_groups
     ]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

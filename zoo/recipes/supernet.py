@@ -8,8 +8,8 @@ Two recipes (``zoo/models/bignas.py`` for the supernet):
   dropout and the L2 weight decay of ``supernet.*`` apply to it only); the others learn from its detached soft
   predictions on the same batch (**in-place distillation**, soft cross-entropy at T=1, as AttentiveNAS'
   ``KLLossSoft``). The last BN of each residual block starts at gamma = 0 (the model does it).
-  ``supernet.lr_schedule: bignas`` multiplies the engine's lr by ``max(lr_floor, lr_decay ** epoch)`` (BigNAS's
-  "exponential decay with a constant ending"; set ``schedule.name: constant``). Evaluation: the largest and the
+  BigNAS's learning rate ("exponential decay with a constant ending") is the engine's ``schedule.name:
+  exponential`` (``schedule.decay_rate`` per epoch, ``schedule.min_lr`` the constant ending). Evaluation: the largest and the
   smallest child, each after BN recalibration on training batches (``top1`` = largest, ``top1_min``).
 * ``supernet_search`` owns its run: loads a trained supernet, and for each budget (MFLOPs, or milliseconds
   measured on this machine through a cached per-layer latency table) runs a **coarse-to-fine search** -- a grid of
@@ -46,7 +46,7 @@ from zoo.recipes.base import RecipeConfig, register_recipe
 from zoo.recipes.classify import ClassifyConfig, ClassifyDataConfig, ClassifyRecipe, EvalConfig, LossConfig
 
 __all__ = ["SupernetConfig", "SupernetRecipe", "SearchConfig", "SupernetSearchRecipe", "soft_cross_entropy",
-           "bignas_lr_factor", "sandwich_archs", "LatencyTable", "coarse_skeletons", "mutate_arch"]
+           "sandwich_archs", "LatencyTable", "coarse_skeletons", "mutate_arch"]
 
 _logger = logging.getLogger("zoo")
 
@@ -60,11 +60,6 @@ def _config_error(msg: str) -> Exception:
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
     """``mean_b -sum_c p_teacher[b, c] log_softmax(logits)[b, c]`` for ``logits, soft_targets (B, C)`` (T = 1)."""
     return -(soft_targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
-def bignas_lr_factor(step: int, steps_per_epoch: int, decay: float, floor: float) -> float:
-    """BigNAS's schedule: ``max(floor, decay ** (step / steps_per_epoch))`` (exponential, then constant)."""
-    return max(floor, decay ** (step / max(1, steps_per_epoch)))
 
 
 def sandwich_archs(model: BigNASNet, num_random: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -87,19 +82,11 @@ class SupernetSection:
     label_smoothing: float = 0.1  # largest child only
     drop_rate: float = 0.0  # dropout before the classifier, largest child only
     weight_decay: float = 0.0  # L2 penalty (0.5 * wd * ||w||^2) in the largest child's loss only
-    lr_schedule: str = "engine"  # engine | bignas (needs schedule.name: constant)
-    lr_decay: float = 0.97  # bignas: factor per epoch
-    lr_floor: float = 0.05  # bignas: the constant ending, as a fraction of optim.lr
     bn_calibration_batches: int = 8  # per evaluated child, before each evaluation
 
     def __post_init__(self) -> None:
         if self.num_random < 0:
             raise _config_error(f"supernet.num_random must be >= 0, got {self.num_random!r}")
-        if self.lr_schedule not in ("engine", "bignas"):
-            raise _config_error(f"supernet.lr_schedule must be 'engine' or 'bignas', got {self.lr_schedule!r}")
-        if not 0 < self.lr_decay <= 1 or not 0 <= self.lr_floor <= 1:
-            raise _config_error(f"supernet.lr_decay must be in (0, 1] and supernet.lr_floor in [0, 1], got "
-                                f"{self.lr_decay!r}, {self.lr_floor!r}")
         if self.bn_calibration_batches < 0:
             raise _config_error("supernet.bn_calibration_batches must be >= 0")
 
@@ -111,11 +98,6 @@ class SupernetConfig(ClassifyConfig):
     recipe: str = "supernet"
     model: dict[str, Any] = field(default_factory=lambda: {"name": "bignas_mnist"})
     supernet: SupernetSection = field(default_factory=SupernetSection)
-
-    def __post_init__(self) -> None:
-        if self.supernet.lr_schedule == "bignas" and self.schedule.name != "constant":
-            raise _config_error("supernet.lr_schedule=bignas replaces the engine's decay: set schedule.name: constant "
-                                f"(got schedule.name={self.schedule.name!r})")
 
 
 def _supernet(model: nn.Module) -> BigNASNet:
@@ -142,26 +124,11 @@ class SupernetRecipe(_ResizingMixin, ClassifyRecipe):
     Config = SupernetConfig
     main_metric = "top1"
 
-    def _apply_lr(self, ctx: Any) -> None:
-        s = self.cfg.supernet
-        if s.lr_schedule != "bignas" or ctx.optimizer is None:
-            return
-        spe = (self.plan.steps_per_epoch if self.plan is not None and self.plan.steps_per_epoch else None) or 1000
-        factor = bignas_lr_factor(ctx.step, spe, s.lr_decay, s.lr_floor)
-        for group in ctx.optimizer.param_groups:
-            # the engine's scheduler rewrites lr after each optimiser step; between two of them (gradient
-            # accumulation, a skipped step) lr still holds our value: scale the engine's lr, never our own
-            engine_lr = group["_bignas_engine_lr"] if group.get("_bignas_lr") == group["lr"] else group["lr"]
-            group["_bignas_engine_lr"], group["lr"] = engine_lr, engine_lr * factor
-            group["_bignas_lr"] = group["lr"]
-        ctx.log(lr_factor=factor)
-
     def train_step(self, model: nn.Module, batch: Any, ctx: Any) -> dict[str, torch.Tensor]:
         """Sandwich step: one forward + ``ctx.backward`` per child (largest first); returns the summed loss and
         the largest / smallest child's losses."""
         s = self.cfg.supernet
         net = _supernet(model)
-        self._apply_lr(ctx)
         inputs, target = batch
         rng = random.Random(hash((self.cfg.seed, ctx.step, ctx.batch_index)) & 0xFFFFFFFF)
         archs = sandwich_archs(net, s.num_random, rng)
