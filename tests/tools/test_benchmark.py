@@ -20,6 +20,8 @@ TINY_ARGS = {
     "sara": ["--width", "0.125", "--latent", "8", "--batch", "1", "--repeat", "1", "--threads", "1", "--no-layer",
              "--variants", "lora", "sara_official", "sara_kernel", "sara_attn_kernel"],
     "supernet": ["--batch", "8", "--repeat", "1", "--threads", "1"],
+    "ctta": ["--batch", "4", "--embed-dim", "24", "--depth", "1", "--num-aug", "2", "--cotta-aug", "2", "--repeat", "1",
+             "--threads", "1"],
 }
 
 
