@@ -55,6 +55,7 @@ __all__ = [
     "feature_take_indices",
     "check_finite_points",
     "check_input_dtype",
+    "DropFcHeadMixin",
 ]
 
 _MAX_WRAPPERS = 8
@@ -168,3 +169,21 @@ def check_input_dtype(x: torch.Tensor, model: torch.nn.Module, model_name: str) 
     raise TypeError(f"{model_name} has {weight.dtype} weights but got {x.dtype} input; convert the input with "
                     f"x.to({weight.dtype}) (numpy arrays are float64: torch.from_numpy(a).float()), or the model "
                     f"with model.to({x.dtype})")
+
+
+class DropFcHeadMixin:
+    """``forward_head`` / ``forward`` / ``get_classifier`` for models whose head is ``self.head`` with a ``drop``
+    (dropout) and an ``fc`` (the classifier) and whose ``forward_features`` gives the pooled ``(B, num_features)``."""
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, num_features) -> (B, num_classes)`` (``pre_logits``: after dropout, before ``fc``)."""
+        x = self.head.drop(x)
+        return x if pre_logits else self.head.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Input ``-> (B, num_classes)`` logits: ``forward_head(forward_features(x))``."""
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> torch.nn.Module:
+        """The classifier (``head.fc``)."""
+        return self.head.fc

@@ -42,7 +42,7 @@ from torch import nn
 from zoo.hub import PretrainedCfg, build_model_with_cfg
 from zoo.layers.elastic import (ElasticBatchNorm2d, ElasticConv2d, ElasticDepthwiseConv2d, ElasticLinear, ElasticSE,
                                 SqueezeExcite, make_divisible)
-from zoo.models._contract import AuxiliaryLossMixin, feature_take_indices
+from zoo.models._contract import AuxiliaryLossMixin, DropFcHeadMixin, feature_take_indices
 from zoo.registry import register_model
 
 __all__ = ["StageSpace", "SearchSpace", "SPACES", "get_space", "BigNASNet", "BigNASChild", "resize_input",
@@ -277,7 +277,7 @@ class ElasticMBConv(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- networks
-class _MobileNetBase(AuxiliaryLossMixin, nn.Module):
+class _MobileNetBase(DropFcHeadMixin, AuxiliaryLossMixin, nn.Module):
     """Shared model contract of the supernet and its static children: stem -> stages -> 1x1 head conv -> global
     pool -> dropout -> ``head.fc``. Subclasses give ``_blocks(i)`` (the blocks stage ``i`` runs)."""
 
@@ -325,19 +325,6 @@ class _MobileNetBase(AuxiliaryLossMixin, nn.Module):
         final, feats = self._run(x, set(take), max_index if stop_early else None)
         out = [feats[i] for i in take]
         return out if intermediates_only else (final, out)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(B, head width) -> (B, num_classes)`` (``pre_logits``: after dropout, before ``fc``)."""
-        x = self.head.drop(x)
-        return x if pre_logits else self.head.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W) -> (B, num_classes)`` logits (no input resizing: see :func:`resize_input`)."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The classifier (``head.fc``)."""
-        return self.head.fc
 
     def set_drop_rate(self, p: float) -> None:
         """Dropout probability before the classifier (BigNAS: only while training the largest child)."""

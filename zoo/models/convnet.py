@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zoo.hub import PretrainedCfg, build_model_with_cfg
-from zoo.models._contract import AuxiliaryLossMixin, check_input_dtype, feature_take_indices
+from zoo.models._contract import AuxiliaryLossMixin, DropFcHeadMixin, check_input_dtype, feature_take_indices
 from zoo.registry import register_model
 
 __all__ = ["ConvNet", "convnet_small", "convnet_tiny"]
@@ -40,7 +40,7 @@ def _conv_bn_relu(in_chans: int, out_chans: int) -> nn.Sequential:
     )
 
 
-class ConvNet(AuxiliaryLossMixin, nn.Module):
+class ConvNet(DropFcHeadMixin, AuxiliaryLossMixin, nn.Module):
     """Small CNN classifier, ``(B, in_chans, H, W) -> (B, num_classes)`` with ``H, W >= 2 ** (len(widths) - 1)``.
 
     Args:
@@ -155,19 +155,6 @@ class ConvNet(AuxiliaryLossMixin, nn.Module):
         if prune_head:
             self.reset_classifier(0)
         return take
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(B, num_features) -> (B, num_classes)`` (``pre_logits``: after dropout, before ``fc``)."""
-        x = self.head.drop(x)
-        return x if pre_logits else self.head.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W) -> (B, num_classes)`` logits."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """The final linear layer (``head.fc``)."""
-        return self.head.fc
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a fresh one for ``num_classes`` (0: identity, forward gives features)."""
