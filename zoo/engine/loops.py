@@ -143,17 +143,17 @@ class IterationLoop(_Loop):
         def checkpoint_point() -> bool:
             nonlocal metrics, evaluated_at
             step, done = t.global_step, t.global_step >= cfg.max_steps
-            row: dict[str, Any] = {}
-            if step % cfg.log_every == 0 or done:
-                row = {"epoch": t.epoch, "step": step, "lr": t.lr(), **self.running.means()}
+            log = done or step % cfg.log_every == 0
+            evaluate = done or bool(cfg.eval_every_steps and step % cfg.eval_every_steps == 0)
+            row: dict[str, Any] = {"epoch": t.epoch, "step": step, "lr": t.lr()}
+            if log:
+                row.update(self.running.means())
                 self.running.reset()
-            evaluate = done or (cfg.eval_every_steps and step % cfg.eval_every_steps == 0)
             if evaluate:
                 metrics = t.evaluate(output_dir=t.output_dir if done else None)
                 evaluated_at = step
-                row = {"epoch": t.epoch, "step": step, "lr": t.lr(), **row,
-                       **{f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
-            if row:
+                row.update({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            if log or evaluate:
                 t.log_row(row)
             if evaluate:
                 t.save_best(metrics)

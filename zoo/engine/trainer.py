@@ -146,8 +146,9 @@ class Trainer:
         callbacks: ``fn(trainer, epoch, metrics)`` called on every process after each checkpoint point.
         on_start: ``fn(trainer)`` called on the main process once model and data are built, before training
             (``tools/train.py`` writes ``config.yaml`` there, so a run that fails to start leaves nothing behind).
-        history: notes of earlier sessions of this run (e.g. the overrides given to each ``--resume``), kept in
-            ``last.pt`` and ``metrics.json``.
+        history_note: what to record about this session when it resumes the run (e.g. the overrides given to
+            ``--resume`` and the settings they changed); every session's note is kept in ``last.pt`` and in
+            ``metrics.json`` (``history``).
     """
 
     def __init__(
