@@ -1,7 +1,7 @@
 """What a recipe's step sees of the run: :class:`StepContext` (one batch, one optimiser micro-step)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,7 +33,7 @@ class StepContext:
     """
 
     def __init__(self, accelerator: Any, model: Any, optimizer: Any, *, step: int, epoch: int, batch_index: int,
-                 domain: str | None = None, clip: Callable[[], None] | None = None):
+                 domain: str | None = None):
         self.accelerator = accelerator
         self.model = model
         self.optimizer = optimizer
@@ -43,7 +43,6 @@ class StepContext:
         self.domain = domain
         self.num_backward = 0
         self.logged: dict[str, float] = {}
-        self._clip = clip
 
     @property
     def device(self) -> torch.device:

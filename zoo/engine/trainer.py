@@ -52,10 +52,6 @@ LOOPS = ("epoch", "iteration", "stream")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
-def _config_error(message: str) -> Exception:
-    return ConfigError(message)
-
-
 @dataclass
 class TrainerConfig:
     """Loop settings (config section ``trainer``)."""
@@ -86,7 +82,7 @@ class TrainerConfig:
             if value is None and allow_none:
                 return
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise _config_error(f"trainer.{name} must be an integer >= {low}"
+                raise ConfigError(f"trainer.{name} must be an integer >= {low}"
                                     f"{' or null' if allow_none else ''}, got {value!r}")
 
         at_least("epochs", self.epochs, 1)
@@ -99,16 +95,16 @@ class TrainerConfig:
         at_least("log_every", self.log_every, 1)
         at_least("max_steps_per_epoch", self.max_steps_per_epoch, 1, allow_none=True)
         if self.mixed_precision not in MIXED_PRECISION:
-            raise _config_error(f"trainer.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+            raise ConfigError(f"trainer.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                                 f"got {self.mixed_precision!r}")
         if self.loop is not None and self.loop not in LOOPS:
-            raise _config_error(f"trainer.loop must be one of {', '.join(LOOPS)} (or null for automatic), got {self.loop!r}")
+            raise ConfigError(f"trainer.loop must be one of {', '.join(LOOPS)} (or null for automatic), got {self.loop!r}")
         if self.best_mode not in (None, "max", "min"):
-            raise _config_error(f"trainer.best_mode must be 'max' or 'min', got {self.best_mode!r}")
+            raise ConfigError(f"trainer.best_mode must be 'max' or 'min', got {self.best_mode!r}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
-            raise _config_error(f"trainer.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm!r}")
+            raise ConfigError(f"trainer.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise _config_error(f"trainer.ema_decay must be in (0, 1) or null, got {self.ema_decay!r}")
+            raise ConfigError(f"trainer.ema_decay must be in (0, 1) or null, got {self.ema_decay!r}")
 
 
 @dataclass
@@ -227,10 +223,10 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         if self.loop_name == "iteration":
             if not cfg.max_steps:
-                raise _config_error("the iteration loop needs trainer.max_steps (the number of optimiser steps)")
+                raise ConfigError("the iteration loop needs trainer.max_steps (the number of optimiser steps)")
             return TrainPlan(cfg.max_steps, steps_per_epoch, None)
         if steps_per_epoch is None:
-            raise _config_error("the training loader has no length (an iterable dataset): set trainer.max_steps to "
+            raise ConfigError("the training loader has no length (an iterable dataset): set trainer.max_steps to "
                                 "train by steps (iteration loop), or trainer.max_steps_per_epoch")
         return TrainPlan(steps_per_epoch * cfg.epochs, steps_per_epoch, cfg.epochs)
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from zoo.data import build_dataset
 from zoo.engine.data import build_loader
+from zoo.errors import ConfigError
 from zoo.metrics.classification import classification_metrics, confusion_matrix, save_confusion_matrix
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.registry import create_model
@@ -42,8 +43,6 @@ class ClassifyDataConfig:
     eval_batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, evaluation (before voting)
 
     def __post_init__(self) -> None:
-        from zoo.config import ConfigError
-
         for key in ("batch_size", "eval_batch_size"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -124,14 +123,10 @@ class ClassifyRecipe(Recipe):
             raise ValueError("config section 'model' needs a 'name' (a registered model, see zoo.list_models())")
         num_classes = cfg.model.get("num_classes")
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0):
-            from zoo.config import ConfigError
-
-            raise ConfigError(f"model.num_classes must be a non-negative integer, got {num_classes!r} "
+                raise ConfigError(f"model.num_classes must be a non-negative integer, got {num_classes!r} "
                               f"({type(num_classes).__name__}); write e.g. model.num_classes=10 without quotes")
         if cfg.eval.num_votes < 1:
-            from zoo.config import ConfigError
-
-            raise ConfigError(f"eval.num_votes must be >= 1, got {cfg.eval.num_votes!r}")
+                raise ConfigError(f"eval.num_votes must be >= 1, got {cfg.eval.num_votes!r}")
 
     # ---------------------------------------------------------------- data
     def _dataset(self, split: str, extra: dict, transforms: list) -> Any:

@@ -36,6 +36,7 @@ from zoo.data import build_dataset
 from zoo.data.images.cifar_c import ArrayImageDataset, images_as_uint8_rgb
 from zoo.data.images.corruptions import CORRUPTIONS
 from zoo.engine.data import build_loader
+from zoo.errors import ConfigError
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.recipes.classify import ClassifyConfig, ClassifyRecipe
 from zoo.registry import create_model
@@ -48,12 +49,6 @@ __all__ = [
 
 _logger = logging.getLogger("zoo")
 PROTOCOLS = ("continual", "reset_each_shift", "mixed_domains")
-
-
-def _config_error(msg: str) -> Exception:
-    from zoo.config import ConfigError
-
-    return ConfigError(msg)
 
 
 # ============================================================================================ config
@@ -73,14 +68,14 @@ class CTTADataConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.severity) <= 5:
-            raise _config_error(f"data.severity must be in 1..5, got {self.severity!r}")
+            raise ConfigError(f"data.severity must be in 1..5, got {self.severity!r}")
         if self.batch_size < 1:
-            raise _config_error(f"data.batch_size must be >= 1, got {self.batch_size!r}")
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size!r}")
         if not self.corruptions:
-            raise _config_error("data.corruptions is empty; list at least one domain")
+            raise ConfigError("data.corruptions is empty; list at least one domain")
         unknown = [c for c in self.corruptions if c not in CORRUPTIONS]
         if unknown:
-            raise _config_error(f"data.corruptions: unknown {unknown}; choose from {', '.join(CORRUPTIONS)}")
+            raise ConfigError(f"data.corruptions: unknown {unknown}; choose from {', '.join(CORRUPTIONS)}")
 
 
 @dataclass
@@ -112,22 +107,22 @@ class CTTAMethodConfig:
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
-            raise _config_error(f"method.name must be one of {', '.join(METHODS)}, got {self.name!r}")
+            raise ConfigError(f"method.name must be one of {', '.join(METHODS)}, got {self.name!r}")
         if self.protocol not in PROTOCOLS:
-            raise _config_error(f"method.protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+            raise ConfigError(f"method.protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.hka not in ("paper", "official"):
-            raise _config_error(f"method.hka must be 'paper' or 'official', got {self.hka!r}")
+            raise ConfigError(f"method.hka must be 'paper' or 'official', got {self.hka!r}")
         if self.train not in ("all", "adapters"):
-            raise _config_error(f"method.train must be 'all' or 'adapters', got {self.train!r}")
+            raise ConfigError(f"method.train must be 'all' or 'adapters', got {self.train!r}")
         for key in ("ema", "ema_adapter"):
             if not 0 <= getattr(self, key) <= 1:
-                raise _config_error(f"method.{key} must be in [0, 1], got {getattr(self, key)!r}")
+                raise ConfigError(f"method.{key} must be in [0, 1], got {getattr(self, key)!r}")
         if self.restore_prob is not None and not 0 <= self.restore_prob <= 1:
-            raise _config_error(f"method.restore_prob must be in [0, 1] or null, got {self.restore_prob!r}")
+            raise ConfigError(f"method.restore_prob must be in [0, 1] or null, got {self.restore_prob!r}")
         if self.num_aug is not None and self.num_aug < 2:
-            raise _config_error(f"method.num_aug must be >= 2 (a variance needs two views), got {self.num_aug!r}")
+            raise ConfigError(f"method.num_aug must be >= 2 (a variance needs two views), got {self.num_aug!r}")
         if self.lr is not None and not self.lr >= 0:
-            raise _config_error(f"method.lr must be >= 0, got {self.lr!r}")
+            raise ConfigError(f"method.lr must be >= 0, got {self.lr!r}")
 
 
 @dataclass
@@ -575,7 +570,7 @@ class CTTARecipe(Recipe):
     def __init__(self, cfg: CTTAConfig):
         super().__init__(cfg)
         if "name" not in cfg.model:
-            raise _config_error("config section 'model' needs a 'name' (a registered model or timm/<name>)")
+            raise ConfigError("config section 'model' needs a 'name' (a registered model or timm/<name>)")
         self.method: Method = METHODS[cfg.method.name](cfg.method)
         self._ready = False
         self._pending: dict[str, Any] | None = None
@@ -752,7 +747,7 @@ class ViDAWarmupSection:
 
     def __post_init__(self) -> None:
         if self.low_rank < 1 or self.high_rank < 1:
-            raise _config_error(f"vida.low_rank and vida.high_rank must be >= 1, got {self.low_rank}, {self.high_rank}")
+            raise ConfigError(f"vida.low_rank and vida.high_rank must be >= 1, got {self.low_rank}, {self.high_rank}")
 
 
 @dataclass

@@ -40,6 +40,7 @@ from torch import nn
 
 from zoo.engine.batchnorm import recalibrate_batchnorm
 from zoo.engine.data import build_loader
+from zoo.errors import ConfigError
 from zoo.models._contract import unwrap_model
 from zoo.models.bignas import BigNASNet, arch_key, resize_input
 from zoo.recipes.base import RecipeConfig, register_recipe
@@ -49,12 +50,6 @@ __all__ = ["SupernetConfig", "SupernetRecipe", "SearchConfig", "SupernetSearchRe
            "sandwich_archs", "LatencyTable", "coarse_skeletons", "mutate_arch"]
 
 _logger = logging.getLogger("zoo")
-
-
-def _config_error(msg: str) -> Exception:
-    from zoo.config import ConfigError
-
-    return ConfigError(msg)
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
@@ -86,9 +81,9 @@ class SupernetSection:
 
     def __post_init__(self) -> None:
         if self.num_random < 0:
-            raise _config_error(f"supernet.num_random must be >= 0, got {self.num_random!r}")
+            raise ConfigError(f"supernet.num_random must be >= 0, got {self.num_random!r}")
         if self.bn_calibration_batches < 0:
-            raise _config_error("supernet.bn_calibration_batches must be >= 0")
+            raise ConfigError("supernet.bn_calibration_batches must be >= 0")
 
 
 @dataclass
@@ -310,9 +305,9 @@ class SearchSection:
 
     def __post_init__(self) -> None:
         if not self.budgets_mflops and not self.budgets_ms:
-            raise _config_error("search.budgets_mflops or search.budgets_ms must list at least one budget")
+            raise ConfigError("search.budgets_mflops or search.budgets_ms must list at least one budget")
         if self.coarse_top < 1 or self.rounds < 0 or self.mutations < 0 or not 0 <= self.mutation_prob <= 1:
-            raise _config_error("search.coarse_top >= 1, search.rounds >= 0, search.mutations >= 0 and "
+            raise ConfigError("search.coarse_top >= 1, search.rounds >= 0, search.mutations >= 0 and "
                                 "0 <= search.mutation_prob <= 1 are required")
 
 
