@@ -104,6 +104,16 @@ def run_training(config: str, overrides: Sequence[str] = (), output: str | os.Pa
     return {**trainer.fit(), "run_dir": str(output_dir)}
 
 
+def _close_process_group() -> None:
+    """After a finished run under torchrun: wait for every rank, then destroy the process group while the interpreter
+    is fully alive (gloo threads torn down at interpreter exit can abort a run that passed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``train.py CONFIG [key=value ...] [--resume [PATH]] [--overwrite] [--output DIR] [--stage NAME]``."""
     from zoo.config import load_raw_config
@@ -158,6 +168,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return 130
     except USER_ERRORS as exc:
         return _fail(exc)
+    _close_process_group()
     if summary is None:
         return 0
     final = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["final"].items())

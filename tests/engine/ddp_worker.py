@@ -12,3 +12,6 @@ from helpers import final_weights, run_toy  # noqa: E402
 out = Path(sys.argv[1])
 trainer = run_toy(out, out / "run", sys.argv[2:])
 torch.save(final_weights(trainer), out / f"rank{os.environ.get('RANK', '0')}.pt")
+if torch.distributed.is_initialized():  # the same teardown as tools/train.py: no gloo abort at interpreter exit
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
