@@ -1,6 +1,7 @@
 """One kernel-backend vocabulary and one dispatcher for every op in ``cuda_ext``.
 
-Every op (selective scan, FPS, KNN, ball query, the SaRA sampled weight gradient) asks :func:`resolve` which
+Every op (selective scan, FPS, KNN, ball query, three_nn / three_interpolate, the SaRA sampled weight gradient)
+asks :func:`resolve` which
 implementation to run. The choice, in order:
 
 1. an explicit ``backend=`` argument of the op (``selective_scan_fn(..., backend="cpu")``);
@@ -58,6 +59,8 @@ OPS: dict[str, OpSpec] = {
         OpSpec("knn", "knn (cuda_ext.pointops)", ("ref", "cpu")),
         OpSpec("ball_query", "ball_query (cuda_ext.pointops)", ("ref", "cpu")),
         OpSpec("sddmm", "sampled_weight_grad (cuda_ext.sparse_backprop)", ("ref", "cpu", "triton"), _TRITON_FLOATS),
+        OpSpec("three_nn", "three_nn (cuda_ext.pointops)", ("ref", "cpu", "triton")),
+        OpSpec("three_interpolate", "three_interpolate (cuda_ext.pointops)", ("ref", "cpu", "triton"), _TRITON_FLOATS),
     )
 }
 
@@ -149,7 +152,8 @@ def resolve(op: str, t: torch.Tensor, backend: str | None = None) -> str:
     """The backend ``op`` runs for tensor ``t``: explicit ``backend`` > per-op ``$ZOO_KERNEL`` > global > automatic.
 
     Args:
-        op: a key of :data:`OPS` (``"scan"``, ``"fps"``, ``"knn"``, ``"ball_query"``, ``"sddmm"``).
+        op: a key of :data:`OPS` (``"scan"``, ``"fps"``, ``"knn"``, ``"ball_query"``, ``"sddmm"``, ``"three_nn"``,
+            ``"three_interpolate"``).
         t: the op's main input (its device and dtype drive the automatic choice).
         backend: the op's ``backend=`` argument, if it has one.
 

@@ -6,6 +6,10 @@ meshes (``<class>/{train,test}/<class>_NNNN.off``) into ``<class>/{train,test}/<
 x y z float32, 1024 Poisson-disk points per shape, raw mesh coordinates): the layout of ``shared/data/modelnet10``
 that the ModelNet10 checkpoints are trained and evaluated on. Then train / evaluate with
 ``data.root=data/modelnet10``. The work is in ``zoo.data.pointcloud.prepare``.
+
+``python tools/prepare_data.py shapenetpart-synthetic --out data/shapenetpart_synthetic`` writes the procedural
+part-labelled shapes of ``zoo.data.pointcloud.synthetic_parts`` in the ShapeNetPart layout (synthetic data, for the
+part-segmentation runs without the real download).
 """
 
 from __future__ import annotations
@@ -52,12 +56,46 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--workers", type=int, default=1, help=f"processes (default 1; this machine has {os.cpu_count()})")
     m.add_argument("--overwrite", action="store_true", help="rebuild --out even if it holds other settings or files")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s = sub.add_parser(
+        "shapenetpart-synthetic",
+        help="procedural part-labelled shapes (airplanes, chairs, lamps, mugs, tables) in the ShapeNetPart layout",
+        description=(
+            "Write <out>/synsetoffset2category.txt, <out>/train_test_split/shuffled_{train,val,test}_file_list.json "
+            "and <out>/<synset>/<token>.txt (x y z nx ny nz part_label) with the shapes of "
+            "zoo.data.pointcloud.synthetic_parts. The data is synthetic: it is not ShapeNetPart."
+        ),
+    )
+    s.add_argument("--out", required=True, help="output folder, e.g. data/shapenetpart_synthetic")
+    s.add_argument("--train", type=int, default=80, help="training shapes per category (default 80)")
+    s.add_argument("--val", type=int, default=15, help="validation shapes per category (default 15)")
+    s.add_argument("--test", type=int, default=30, help="test shapes per category (default 30)")
+    s.add_argument("--num-points", type=int, default=2500, help="points per shape file (default 2500)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
+    s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     return p
+
+
+def _synthetic_shapenetpart(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from zoo.data.pointcloud.synthetic_parts import write_synthetic_shapenetpart
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        print(f"error: {out} is not empty; pass --overwrite to write into it", file=sys.stderr)
+        return 2
+    root = write_synthetic_shapenetpart(out, {"train": args.train, "val": args.val, "test": args.test},
+                                        num_points=args.num_points, seed=args.seed)
+    print(f"{root}: {args.train} / {args.val} / {args.test} train / val / test shapes per category (synthetic). "
+          f"Use it with data.root={root}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 some shapes failed, 2 bad arguments or layout)."""
     args = _parser().parse_args(argv)
+    if args.dataset == "shapenetpart-synthetic":
+        return _synthetic_shapenetpart(args)
     from zoo.data.pointcloud.prepare import (
         MODELNET10_OFFICIAL_COUNTS,
         OutputConflict,

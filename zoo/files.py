@@ -100,6 +100,21 @@ def _refused_global(message: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _numpy_scalar_globals() -> list:
+    """The reconstructors of numpy scalars and dtypes, allowed besides tensors (official training scripts save
+    ``np.float64`` metrics beside the weights, e.g. PoinTramba's part-segmentation ``main.py``)."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    names = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+    return [multiarray.scalar, (multiarray.scalar, "numpy.core.multiarray.scalar"),
+            (multiarray.scalar, "numpy._core.multiarray.scalar"), np.dtype,
+            *(type(np.dtype(n)) for n in names)]
+
+
 def read_torch_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``: whatever the file holds (tensors, dicts, lists,
     numbers), on the CPU. ``what`` names the file in messages ("checkpoint", "weights file", "resume file").
@@ -114,7 +129,8 @@ def read_torch_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
 
     path = _existing_file(path, what.capitalize())
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # classified below; always re-raised with the path
         damage = _torch_damage(path, exc)
         if damage is not None:

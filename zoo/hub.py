@@ -43,7 +43,10 @@ _logger = logging.getLogger(__name__)
 
 # The first folder of shipped weights (kept for callers that want one path); lookups use checkpoint_dirs().
 CHECKPOINT_DIR = next(iter(checkpoint_dirs()), Path(__file__).resolve().parent / "_checkpoints")
-_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "base_model", "module")
+# containers of timm / mmengine / Point-BERT (base_model) / BasicSR (params_ema, params: NAFNet, Restormer)
+# and PoinTramba part-segmentation main.py (model_state_dict) files
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "base_model", "module", "params_ema", "params",
+                 "model_state_dict")
 _PREFIXES = ("module.", "_orig_mod.")
 
 

@@ -5,6 +5,9 @@ but:
 
 * FPS keeps the cloud planar (``(3, B, N)``) and reuses two ``(B, N)`` buffers: O(B*N) memory, no N x N matrix,
   ~10 in-place tensor ops per sampled point.
+* three_nn is ``knn_fast`` with k = 3; three_interpolate is an autograd Function that never materialises the
+  ``(B, N, 3, C)`` gathered block: it accumulates the three weighted gathers into the output, and its backward
+  scatters the gradient with ``index_add_`` and recomputes the gathers for the weight gradient.
 * KNN and ball query work on chunks of queries so that the distance block stays below ``max_elems`` elements
   (default 2**22, 16 MiB of float32) whatever M and N are. KNN picks candidates with the BLAS distance form and
   re-ranks them exactly (see ``knn_fast``), so it costs about what the usual ``square_distance + topk`` does.
@@ -14,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_MAX_ELEMS", "ball_query_fast", "furthest_point_sample_fast", "knn_fast"]
+__all__ = ["DEFAULT_MAX_ELEMS", "ThreeInterpolate", "ball_query_fast", "furthest_point_sample_fast", "knn_fast",
+           "three_interpolate_fast", "three_nn_fast"]
 
 DEFAULT_MAX_ELEMS = 1 << 22
 
@@ -198,3 +202,54 @@ def ball_query_fast(
         if take < nsample:
             chunk[..., take:] = first
     return out
+
+
+def three_nn_fast(unknown: torch.Tensor, known: torch.Tensor, max_elems: int = DEFAULT_MAX_ELEMS
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3 nearest ``known (B, M, 3)`` of every ``unknown (B, N, 3)`` -> ``(sq_dist, idx)`` ``(B, N, 3)``,
+    exactly ``three_nn_ref`` (it is :func:`knn_fast` with k = 3: chunked, exact, ties to the lower index)."""
+    return knn_fast(known, unknown, 3, max_elems=max_elems)
+
+
+def _gather_rows(features: torch.Tensor, idx_k: torch.Tensor) -> torch.Tensor:
+    """``features (B, M, C)``, ``idx_k (B, N)`` -> ``(B, N, C)``."""
+    return torch.gather(features, 1, idx_k[..., None].expand(-1, -1, features.shape[-1]))
+
+
+class ThreeInterpolate(torch.autograd.Function):
+    """``three_interpolate`` with an O(B*N*C) memory forward and backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        w = weight.to(features.dtype)
+        out = _gather_rows(features, idx[..., 0]) * w[..., 0:1]
+        for k in range(1, idx.shape[-1]):
+            out.addcmul_(_gather_rows(features, idx[..., k]), w[..., k:k + 1])
+        ctx.save_for_backward(features, idx, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        features, idx, weight = ctx.saved_tensors
+        B, M, C = features.shape
+        N, K = idx.shape[1], idx.shape[2]
+        grad_features = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            w = weight.to(grad_out.dtype)
+            flat = (idx + torch.arange(B, device=idx.device)[:, None, None] * M).reshape(B * N, K)
+            acc = torch.zeros(B * M, C, device=grad_out.device, dtype=torch.float32)
+            g = grad_out.reshape(B * N, C)
+            for k in range(K):
+                acc.index_add_(0, flat[:, k], (g * w.reshape(B * N, K)[:, k:k + 1]).float())
+            grad_features = acc.view(B, M, C).to(features.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_weight = torch.stack(
+                [(grad_out * _gather_rows(features, idx[..., k])).sum(-1) for k in range(K)], dim=-1
+            ).to(weight.dtype)
+        return grad_features, None, grad_weight
+
+
+def three_interpolate_fast(features: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``features (B, M, C), idx (B, N, 3), weight (B, N, 3) -> (B, N, C)``, the numbers of
+    ``three_interpolate_ref`` (same sum order: k = 0, 1, 2), differentiable w.r.t. ``features`` and ``weight``."""
+    return ThreeInterpolate.apply(features, idx, weight)

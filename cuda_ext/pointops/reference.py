@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ball_query_ref", "furthest_point_sample_ref", "knn_ref", "square_distance_ref"]
+__all__ = ["ball_query_ref", "furthest_point_sample_ref", "knn_ref", "square_distance_ref", "three_interpolate_ref",
+           "three_nn_ref"]
 
 
 def square_distance_ref(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -72,3 +73,18 @@ def ball_query_ref(radius: float, nsample: int, xyz: torch.Tensor, new_xyz: torc
     first = keys[..., :1]
     first = torch.where(first == N, torch.zeros_like(first), first)
     return torch.where(keys == N, first.expand_as(keys), keys)
+
+
+def three_nn_ref(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3 nearest ``known (B, M, 3)`` points of every ``unknown (B, N, 3)`` point -> ``(sq_dist, idx)``, each
+    ``(B, N, 3)``: squared distances ascending, ties to the lower index (pointnet2_ops ``three_nn`` order)."""
+    return knn_ref(known, unknown, 3)
+
+
+def three_interpolate_ref(features: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of 3 gathered features: ``features (B, M, C), idx (B, N, 3), weight (B, N, 3) -> (B, N, C)``,
+    ``out[b, n] = sum_k weight[b, n, k] * features[b, idx[b, n, k]]`` (autograd gives both gradients)."""
+    B, N, K = idx.shape
+    C = features.shape[-1]
+    picked = torch.gather(features, 1, idx.reshape(B, N * K, 1).expand(-1, -1, C)).view(B, N, K, C)
+    return (picked * weight.to(picked.dtype)[..., None]).sum(dim=2)

@@ -328,3 +328,197 @@ def test_gpu_knn_and_ball_query_match_cpu():
     torch.testing.assert_close(
         ops.ball_query(0.3, 32, ref.cuda(), query.cuda()).cpu(), ops.ball_query(0.3, 32, ref, query)
     )
+
+
+# ----------------------------------------------------------------------------------------------------- three_nn /
+# three_interpolate (PointNet++ feature propagation) against numpy brute force
+def np_three_nn(unknown: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pointnet2 three_nn_kernel for one cloud: scan known points in index order, strict < insertions."""
+    d = np_sqdist(unknown, known)
+    out_d = np.full((len(unknown), 3), np.inf, dtype=np.float32)
+    out_i = np.zeros((len(unknown), 3), dtype=np.int64)
+    for n in range(len(unknown)):
+        best = [(np.inf, 0)] * 3
+        for m in range(len(known)):
+            for slot in range(3):
+                if d[n, m] < best[slot][0]:
+                    best.insert(slot, (d[n, m], m))
+                    best = best[:3]
+                    break
+        out_d[n] = [b[0] for b in best]
+        out_i[n] = [b[1] for b in best]
+    return out_d, out_i
+
+
+def np_three_interpolate(features: np.ndarray, idx: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """features (M, C), idx (N, 3), weight (N, 3) -> (N, C), one cloud, written as loops."""
+    out = np.zeros((len(idx), features.shape[1]), dtype=np.float64)
+    for n in range(len(idx)):
+        for k in range(3):
+            out[n] += weight[n, k] * features[idx[n, k]]
+    return out
+
+
+def np_three_interpolate_grads(features, idx, weight, grad_out):
+    """(grad_features (M, C), grad_weight (N, 3)) of sum(grad_out * three_interpolate), one cloud, as loops."""
+    gf = np.zeros_like(features, dtype=np.float64)
+    gw = np.zeros(idx.shape, dtype=np.float64)
+    for n in range(len(idx)):
+        for k in range(3):
+            gf[idx[n, k]] += weight[n, k] * grad_out[n]
+            gw[n, k] = (grad_out[n] * features[idx[n, k]]).sum()
+    return gf, gw
+
+
+THREE_BACKENDS = ["ref", "cpu"]
+
+
+@pytest.mark.parametrize("backend", THREE_BACKENDS)
+@pytest.mark.parametrize("kind", ["random", "grid", "duplicates"])
+def test_three_nn_matches_bruteforce(monkeypatch, backend, kind):
+    monkeypatch.setenv("ZOO_KERNEL", backend)
+    unknown = clouds(kind, B=3, N=37, seed=1)
+    known = clouds(kind, B=3, N=12, seed=2) if kind != "duplicates" else unknown[:, :12].repeat(1, 2, 1)
+    dist, idx = ops.three_nn(unknown, known)
+    assert dist.shape == idx.shape == (3, unknown.shape[1], 3)
+    assert dist.dtype == torch.float32 and idx.dtype == torch.long
+    for b in range(3):
+        want_d, want_i = np_three_nn(unknown[b].numpy(), known[b].numpy())
+        np.testing.assert_array_equal(idx[b].numpy(), want_i)
+        np.testing.assert_array_equal(dist[b].numpy(), want_d)
+
+
+def test_three_nn_duplicated_known_points_take_the_first_copy():
+    """PoinTramba's BIO sequence holds each centre twice: the nearest centre fills two slots, the lower copy first."""
+    centres = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [5.0, 0, 0]]])
+    known = torch.cat([centres, centres.flip(1)], dim=1)  # positions 0..2, then 3..5 reversed
+    dist, idx = ops.three_nn(torch.tensor([[[0.4, 0.0, 0.0]]]), known)
+    assert idx.tolist() == [[[0, 5, 1]]]
+    torch.testing.assert_close(dist, torch.tensor([[[0.16, 0.16, 0.36]]]))
+
+
+@pytest.mark.parametrize("squared", [True, False])
+def test_interpolation_weights_formula(squared):
+    d = torch.tensor([[[0.0, 0.25, 4.0], [1.0, 1.0, 1.0]]])
+    w = ops.interpolation_weights(d, squared=squared)
+    base = d if squared else d.sqrt()
+    want = (1 / (base + 1e-8)) / (1 / (base + 1e-8)).sum(-1, keepdim=True)
+    torch.testing.assert_close(w, want)
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 2))
+    assert torch.allclose(w[0, 1], torch.full((3,), 1 / 3))
+
+
+def _interp_inputs(B=2, N=29, M=7, C=5, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(B, M, C, generator=g, dtype=dtype)
+    idx = torch.randint(0, M, (B, N, 3), generator=g)
+    idx[:, :4] = 2  # several points share a known point: colliding gradient scatters
+    weight = torch.rand(B, N, 3, generator=g, dtype=dtype)
+    return features, idx, weight
+
+
+@pytest.mark.parametrize("backend", THREE_BACKENDS)
+@pytest.mark.parametrize("sizes", [dict(B=2, N=29, M=7, C=5), dict(B=1, N=3, M=3, C=1), dict(B=3, N=50, M=13, C=33)])
+def test_three_interpolate_values_and_gradients_match_bruteforce(monkeypatch, backend, sizes):
+    monkeypatch.setenv("ZOO_KERNEL", backend)
+    features, idx, weight = _interp_inputs(**sizes)
+    features.requires_grad_()
+    weight.requires_grad_()
+    out = ops.three_interpolate(features, idx, weight)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    out.backward(g)
+    for b in range(sizes["B"]):
+        f, i, w = features[b].detach().numpy(), idx[b].numpy(), weight[b].detach().numpy()
+        np.testing.assert_allclose(out[b].detach().numpy(), np_three_interpolate(f, i, w), rtol=1e-5, atol=1e-6)
+        gf, gw = np_three_interpolate_grads(f, i, w, g[b].numpy())
+        np.testing.assert_allclose(features.grad[b].numpy(), gf, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(weight.grad[b].numpy(), gw, rtol=1e-5, atol=1e-5)
+
+
+def test_three_interpolate_fast_path_passes_gradcheck():
+    features, idx, weight = _interp_inputs(B=2, N=9, M=4, C=3, dtype=torch.float64)
+    features.requires_grad_()
+    weight.requires_grad_()
+    assert torch.autograd.gradcheck(fast.three_interpolate_fast, (features, idx, weight))
+
+
+def test_three_interpolate_and_three_nn_bad_inputs():
+    f, idx, w = _interp_inputs()
+    with pytest.raises(ValueError, match=r"features must have shape \(B, M, C\), got \(7, 5\)"):
+        ops.three_interpolate(f[0], idx, w)
+    with pytest.raises(ValueError, match=r"idx must have shape \(B=2, N, 3\), got \(2, 29, 2\)"):
+        ops.three_interpolate(f, idx[..., :2], w[..., :2])
+    with pytest.raises(ValueError, match=r"weight must have the shape of idx"):
+        ops.three_interpolate(f, idx, w[:, :5])
+    with pytest.raises(ValueError, match=r"idx values must be in \[0, M=7\), got min 0 max 9"):
+        ops.three_interpolate(f, torch.where(idx == 2, 9, idx), w)
+    with pytest.raises(ValueError, match=r"at least 3 known points.*M=2"):
+        ops.three_nn(torch.randn(1, 5, 3), torch.randn(1, 2, 3))
+    with pytest.raises(ValueError, match=r"batch size 2 but the point cloud has 1"):
+        ops.three_nn(torch.randn(1, 5, 3), torch.randn(2, 4, 3))
+
+
+def _load_triton_interpolate(monkeypatch):
+    """A fresh copy of cuda_ext/pointops/triton_interpolate.py decorated under TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    import cuda_ext.pointops
+
+    path = Path(cuda_ext.pointops.__file__).with_name("triton_interpolate.py")
+    spec = importlib.util.spec_from_file_location("_pointops_triton_interpolate_interpreted", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", ["random", "grid", "duplicates"])
+def test_triton_three_nn_interpreted_matches_bruteforce(monkeypatch, kind):
+    tri = _load_triton_interpolate(monkeypatch)
+    unknown = clouds(kind, B=2, N=21, seed=3)
+    known = clouds(kind, B=2, N=9, seed=4) if kind != "duplicates" else unknown[:, :6].repeat(1, 2, 1)
+    dist, idx = tri.three_nn_triton(unknown, known, block=16)  # 2 blocks, the second partly masked
+    for b in range(2):
+        want_d, want_i = np_three_nn(unknown[b].numpy(), known[b].numpy())
+        np.testing.assert_array_equal(idx[b].numpy(), want_i)
+        np.testing.assert_array_equal(dist[b].numpy(), want_d)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_three_interpolate_interpreted_values_and_gradients(monkeypatch, dtype):
+    tri = _load_triton_interpolate(monkeypatch)
+    features, idx, weight = _interp_inputs(B=2, N=37, M=7, C=19)
+    features = features.to(dtype).requires_grad_()
+    weight = weight.to(dtype).requires_grad_()
+    out = tri.three_interpolate_triton(features, idx, weight)
+    assert out.dtype == dtype
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    out.backward(g)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
+    for b in range(2):
+        f, i, w = features[b].detach().double().numpy(), idx[b].numpy(), weight[b].detach().double().numpy()
+        np.testing.assert_allclose(out[b].detach().double().numpy(), np_three_interpolate(f, i, w), **tol)
+        gf, gw = np_three_interpolate_grads(f, i, w, g[b].double().numpy())
+        np.testing.assert_allclose(features.grad[b].double().numpy(), gf, **tol)
+        np.testing.assert_allclose(weight.grad[b].double().numpy(), gw, **tol)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_three_nn_and_interpolate_match_cpu():
+    unknown, known = torch.randn(4, 2048, 3), torch.randn(4, 256, 3)
+    d_cpu, i_cpu = ops.three_nn(unknown, known)
+    d_gpu, i_gpu = ops.three_nn(unknown.cuda(), known.cuda())
+    torch.testing.assert_close(d_gpu.cpu(), d_cpu)
+    torch.testing.assert_close(i_gpu.cpu(), i_cpu)
+    f = torch.randn(4, 256, 96, requires_grad=True)
+    w = ops.interpolation_weights(d_cpu).requires_grad_()
+    out = ops.three_interpolate(f, i_cpu, w)
+    out.square().sum().backward()
+    fg, wg = f.detach().cuda().requires_grad_(), w.detach().cuda().requires_grad_()
+    out_g = ops.three_interpolate(fg, i_cpu.cuda(), wg)
+    out_g.square().sum().backward()
+    torch.testing.assert_close(out_g.cpu(), out.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fg.grad.cpu(), f.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(wg.grad.cpu(), w.grad, rtol=1e-4, atol=1e-4)

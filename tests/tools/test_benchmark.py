@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_ARGS = {
     "scan": ["--quick", "--skip-reference", "--repeat", "1", "--threads", "1"],
     "pointops": ["--quick", "--repeat", "1", "--threads", "1"],
-    "pointramba": ["--variants", "pointramba_tiny", "--batch", "2", "--points", "256", "--repeat", "1", "--threads", "1"],
+    "pointramba": ["--variants", "pointramba_tiny", "pointramba_partseg_tiny", "--batch", "2", "--points", "256",
+                   "--seg-batch", "2", "--seg-points", "256", "--repeat", "1", "--threads", "1"],
     "sara": ["--width", "0.125", "--latent", "8", "--batch", "1", "--repeat", "1", "--threads", "1", "--no-layer",
              "--variants", "lora", "sara_official", "sara_kernel", "sara_attn_kernel"],
     "supernet": ["--batch", "8", "--repeat", "1", "--threads", "1"],
@@ -152,15 +153,28 @@ def test_scan_refuses_a_row_with_other_gradients(bench, monkeypatch):
 
 def _pointops_args(bench, monkeypatch):
     monkeypatch.setattr(bench["pointops"], "CONFIGS", [(2, 96, 12, 4)])
+    monkeypatch.setattr(bench["pointops"], "FP_CONFIGS", [(2, 40, 9, 5)])
     monkeypatch.setattr(bench["pointops"], "peak_memory", lambda fn, device: None)
     return _args(bench["pointops"], "--quick", "--device", "cpu", "--threads", "1")
 
 
 def test_pointops_honest_rows_pass_and_agree(bench, monkeypatch):
     results = bench["pointops"].run(_pointops_args(bench, monkeypatch))
-    fps, knn = results[0]["rows"], results[1]["rows"]
+    fps, knn, fp = results[0]["rows"], results[1]["rows"], results[2]["rows"]
     assert [r["name"] for r in fps] == ["naive_loop", "dense_nxn", "zoo_cpu"] and fps[2]["same_idx"] is True
-    assert knn[1]["same_set"] == 1.0 and len(bench["timed"]) == 5
+    assert [r["name"] for r in fp] == ["pointnet2_py", "zoo_ref", "zoo_cpu"]
+    assert knn[1]["same_set"] == 1.0 and len(bench["timed"]) == 8
+
+
+def test_pointops_refuses_feature_propagation_with_other_values(bench, monkeypatch):
+    from zoo.ops import pointcloud
+
+    real = pointcloud.three_interpolate
+    monkeypatch.setattr(pointcloud, "three_interpolate", lambda f, idx, w: real(f, idx, w.flip(-1)))
+    with pytest.raises(bench["_common"].BenchmarkCheckError,
+                       match=r"row 'zoo_ref' feature propagation values differ from pointnet2_py"):
+        bench["pointops"]._fp_rows(2, 40, 9, 5, "cpu", 1, lambda env: __import__("contextlib").nullcontext())
+    assert bench["timed"] == []
 
 
 def test_pointops_refuses_zoo_fps_with_other_indices(bench, monkeypatch):

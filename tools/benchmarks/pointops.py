@@ -1,4 +1,5 @@
-"""Point-cloud ops: furthest point sampling and KNN (zoo.ops.pointcloud) against the usual naive PyTorch code.
+"""Point-cloud ops: furthest point sampling, KNN and PointNet++ feature propagation (zoo.ops.pointcloud) against the
+usual naive PyTorch code.
 
 Shapes: B=32 clouds of N=1024 points -> M=256 centers, and N=8192 -> M=512; KNN finds K=16 neighbours of the M
 centers among the N points. Baselines (what model code bases typically run when pointnet2_ops / KNN_CUDA are
@@ -11,6 +12,13 @@ not installed):
 * ``knn_point`` KNN: PointMamba / PoinTramba ``knn_point``: the full ``(B, M, N)`` ``square_distance``
   (``|a|^2 + |b|^2 - 2ab`` matmul form) and ``topk``.
 
+* ``pointnet2_py`` feature propagation (PoinTramba part segmentation's ``PointNetFeaturePropagation``
+  interpolation): full ``(B, N, S)`` matmul-form ``square_distance``, a full sort, ``index_points`` into a
+  ``(B, N, 3, C)`` block, weights ``1 / (d^2 + 1e-8)``. Shapes: N=2048 points from S=256 tokens (2 x 128 centres),
+  C=384 (quick) / 1152 (the official 3 x 384) channels; forward + backward (gradient w.r.t. the features).
+  ``zoo_ref`` / ``zoo_cpu`` / ``zoo_triton``: ``three_nn`` + ``interpolation_weights`` + ``three_interpolate``
+  with that backend (``zoo_triton``: GPU only).
+
 ``zoo_cpu`` is the fast PyTorch path (planar FPS with reused buffers; chunked KNN: BLAS-form candidates re-ranked
 with exact distances, deterministic ties), ``zoo_triton`` the Triton FPS kernel (GPU only). ``same_idx`` /
 ``same_set``: agreement with the naive result (``dense_nxn`` uses cdist's matmul form, whose rounding changes
@@ -21,7 +29,8 @@ the zoo FPS rows must return exactly ``naive_loop``'s indices; every FPS row mus
 sequence (each chosen point's exact distance to the points chosen before it is the largest, up to the rounding of
 a matmul-form distance, ``FPS_RTOL``); every KNN row must return K distinct neighbours whose exact squared
 distances are the K smallest (up to ``KNN_ATOL``, so rounding ties of the matmul form pass) -- the same neighbour
-sets.
+sets; every feature-propagation row must give the ``pointnet2_py`` values and feature gradients (error relative to
+their largest magnitude <= ``FP_RTOL``).
 
     python tools/benchmark.py pointops [--quick] [--device cpu|cuda|all] [--threads 1]
 """
@@ -37,6 +46,8 @@ from benchmarks._common import Row, check_true, peak_memory, print_table, time_f
 
 CONFIGS = [(32, 1024, 256, 16), (32, 8192, 512, 16)]  # (B, N, M, K)
 FPS_RTOL = 1e-4  # a chosen point may be this much (relative) closer than the furthest one (matmul-form rounding)
+FP_CONFIGS = [(4, 2048, 256, 384), (16, 2048, 256, 1152)]  # (B, N, S, C) feature propagation
+FP_RTOL = 1e-3  # the baseline's matmul-form squared distances (~1e-3 for near tokens) are off by ~1e-7: weights ~1e-4
 KNN_ATOL = 1e-5  # squared-distance slack for neighbour sets (coordinates in [0, 1): matmul-form rounding ~1e-6)
 
 
@@ -81,6 +92,29 @@ def knn_point(nsample: int, xyz: torch.Tensor, new_xyz: torch.Tensor) -> torch.T
     dist += torch.sum(new_xyz**2, -1).view(B, N, 1)
     dist += torch.sum(xyz**2, -1).view(B, 1, M)
     return torch.topk(dist, nsample, dim=-1, largest=False, sorted=False)[1]
+
+
+def fp_pointnet2_py(xyz1: torch.Tensor, xyz2: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """The official part-segmentation interpolation: ``(B, N, 3), (B, S, 3), (B, S, C) -> (B, N, C)``."""
+    B, N, _ = xyz1.shape
+    S = xyz2.shape[1]
+    dist = -2 * torch.matmul(xyz1, xyz2.permute(0, 2, 1))
+    dist += torch.sum(xyz1**2, -1).view(B, N, 1)
+    dist += torch.sum(xyz2**2, -1).view(B, 1, S)
+    dists, idx = dist.sort(dim=-1)
+    dists, idx = dists[:, :, :3], idx[:, :, :3]
+    recip = 1.0 / (dists + 1e-8)
+    weight = recip / recip.sum(dim=2, keepdim=True)
+    picked = feats[torch.arange(B, device=feats.device)[:, None, None], idx]  # index_points: (B, N, 3, C)
+    return torch.sum(picked * weight.view(B, N, 3, 1), dim=2)
+
+
+def fp_zoo(xyz1: torch.Tensor, xyz2: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """``zoo.ops.pointcloud``: three_nn + interpolation_weights (squared, as the official model) + three_interpolate."""
+    from zoo.ops.pointcloud import interpolation_weights, three_interpolate, three_nn
+
+    dist, idx = three_nn(xyz1, xyz2)
+    return three_interpolate(feats, idx, interpolation_weights(dist))
 
 
 # ----------------------------------------------------------------------------------------------------- runner
@@ -216,6 +250,41 @@ def _knn_rows(xyz: torch.Tensor, centers: torch.Tensor, K: int, device: str, rep
     return rows
 
 
+def _fp_rows(B: int, N: int, S: int, C: int, device: str, repeat: int, kernel_env) -> list[Row]:
+    g = torch.Generator().manual_seed(1)
+    xyz1 = torch.rand(B, N, 3, generator=g).to(device)
+    xyz2 = torch.rand(B, S, 3, generator=g).to(device)
+    feats = torch.randn(B, S, C, generator=g).to(device)
+    grad = torch.randn(B, N, C, generator=g).to(device)
+    envs = {"pointnet2_py": None, "zoo_ref": "three_nn:ref,three_interpolate:ref",
+            "zoo_cpu": "three_nn:cpu,three_interpolate:cpu"}
+    if device == "cuda":
+        envs["zoo_triton"] = "three_nn:triton,three_interpolate:triton"
+
+    def step(name: str):
+        f = feats.detach().requires_grad_()
+        fn = fp_pointnet2_py if name == "pointnet2_py" else fp_zoo
+        out = fn(xyz1, xyz2, f)
+        out.backward(grad)
+        return out.detach(), f.grad
+
+    results = {}
+    for name, env in envs.items():
+        with kernel_env(env):
+            results[name] = step(name)
+    ref_out, ref_grad = results["pointnet2_py"]
+    for name, (out, gr) in results.items():
+        for what, got, want in (("values", out, ref_out), ("feature gradients", gr, ref_grad)):
+            err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+            check_true(err <= FP_RTOL, "pointops", name, f"feature propagation {what} differ from pointnet2_py by "
+                                                         f"{err:.2e} (relative; allowed {FP_RTOL:.0e})")
+    rows = []
+    for name, env in envs.items():
+        with kernel_env(env):
+            rows.append(_measure(name, lambda: step(name), device, repeat))
+    return rows
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     import os
 
@@ -253,5 +322,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             rows = _knn_rows(xyz, centers, K, device, repeat)
             title = f"KNN {device}: B={B} N={N} M={M} K={K}"
             results.append({"title": title, "rows": print_table(title, rows, baseline="knn_point")})
+        for B, N, S, C in FP_CONFIGS[:1] if args.quick else FP_CONFIGS:
+            rows = _fp_rows(B, N, S, C, device, repeat, kernel_env)
+            title = f"feature propagation {device} (fwd+bwd): B={B} N={N} from S={S}, C={C}"
+            results.append({"title": title, "rows": print_table(title, rows, baseline="pointnet2_py")})
     write_json(getattr(args, "json", None), results)
     return results

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.hub import PretrainedCfg, build_model_with_cfg, load_state_dict_file, load_weights
+from zoo.hub import PretrainedCfg, build_model_with_cfg
 from zoo.registry import register_model
 
-__all__ = ["NAFNet", "NAFBlock", "LayerNorm2d", "SimpleGate", "LocalAvgPool2d", "checkpoint_filter_fn",
+__all__ = ["NAFNet", "NAFBlock", "LayerNorm2d", "SimpleGate", "LocalAvgPool2d",
            "nafnet_width32", "nafnet_width64", "nafnet_gopro_width32", "nafnet_gopro_width64", "nafnet_tiny"]
 
 _NAFNET_URL = "https://github.com/megvii-research/NAFNet"
@@ -277,30 +277,10 @@ class NAFNet(nn.Module):
         return {}
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Unwrap the official ``{'params': sd}`` / ``{'params_ema': sd}`` layout (BasicSR's ``save_network``);
-    the keys themselves already match :class:`NAFNet`'s."""
-    sd: Any = state_dict
-    for key in ("params_ema", "params"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-            break
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()
-            if isinstance(v, torch.Tensor)}
-
-
 def _create(variant: str, pretrained: bool, model_args: dict, kwargs: dict) -> NAFNet:
-    """Build ``variant``; a ``checkpoint_path`` (official ``.pth`` or our safetensors) loads strictly.
-
-    The official files wrap the weights as ``{'params': ...}``, which ``zoo.hub.clean_state_dict`` does not
-    unwrap, so they are read and unwrapped here before :func:`zoo.hub.load_weights`."""
-    checkpoint_path = kwargs.pop("checkpoint_path", None)
-    strict = kwargs.pop("pretrained_strict", True)
-    model = build_model_with_cfg(NAFNet, variant, pretrained, **dict(model_args, **kwargs))
-    if checkpoint_path is not None:
-        sd = checkpoint_filter_fn(load_state_dict_file(checkpoint_path))
-        load_weights(model, sd, model.pretrained_cfg, strict=strict)
-    return model
+    """Build ``variant``; a ``checkpoint_path`` (official ``.pth`` in BasicSR's ``{'params': sd}`` layout, which
+    :func:`zoo.hub.clean_state_dict` unwraps, or our safetensors) loads strictly: the keys already match."""
+    return build_model_with_cfg(NAFNet, variant, pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

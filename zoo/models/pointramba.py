@@ -69,6 +69,7 @@ __all__ = [
     "glr_loss",
     "importance_loss",
     "checkpoint_filter_fn",
+    "check_point_input",
 ]
 
 _PAPER = "https://arxiv.org/abs/2405.15463"
@@ -332,6 +333,42 @@ def importance_loss(
     return F.smooth_l1_loss(pred_score, target, reduction="none").sum(dim=-1).mean()
 
 
+def check_point_input(model: nn.Module, points: torch.Tensor, name: str = "PoinTramba") -> None:
+    """Refuse what a PoinTramba-family ``model`` cannot take as ``points (B, N, 3)``, naming the fix.
+
+    Checks the type and shape (channels-first, missing batch dim, extra channels), dtype (float, same as the
+    weights), finiteness, ``N >= max(num_group, group_size)`` and, in training mode, ``B >= 2`` (BatchNorm).
+    Used by the classifier and the part-segmentation model.
+    """
+    if not isinstance(points, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor of shape (B, N, 3), got {type(points).__name__}.")
+    if points.ndim != 3 or points.shape[-1] != 3:
+        hint = ""
+        if points.ndim == 3 and points.shape[1] == 3:
+            hint = " It looks channels-first: pass points.transpose(1, 2)."
+        elif points.ndim == 2 and points.shape[-1] == 3:
+            hint = " Add a batch dimension: points.unsqueeze(0)."
+        elif points.ndim == 3 and points.shape[-1] > 3:
+            hint = " Only xyz is used: pass points[..., :3]."
+        raise ValueError(f"{name} expects points of shape (B, N, 3), got {tuple(points.shape)}.{hint}")
+    if not points.is_floating_point():
+        raise TypeError(f"{name} expects floating-point points, got dtype {points.dtype}.")
+    check_input_dtype(points, model, name)
+    check_finite_points(points, name)
+    n, need = points.shape[1], max(model.num_group, model.group_size)
+    if n < need:
+        raise ValueError(
+            f"{name} needs at least {need} points per cloud (num_group={model.num_group}, "
+            f"group_size={model.group_size}), got N={n}. Sample more points or build the model with smaller "
+            "num_group / group_size."
+        )
+    if model.training and points.shape[0] < 2:
+        raise ValueError(
+            f"{name} in training mode needs a batch of at least 2 clouds (BatchNorm in the head), got "
+            f"B={points.shape[0]}. Use a larger batch or model.eval()."
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
@@ -454,33 +491,7 @@ class PoinTramba(AuxiliaryLossMixin, nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------------------
     def _check_input(self, points: torch.Tensor) -> None:
-        if not isinstance(points, torch.Tensor):
-            raise TypeError(f"PoinTramba expects a torch.Tensor of shape (B, N, 3), got {type(points).__name__}.")
-        if points.ndim != 3 or points.shape[-1] != 3:
-            hint = ""
-            if points.ndim == 3 and points.shape[1] == 3:
-                hint = " It looks channels-first: pass points.transpose(1, 2)."
-            elif points.ndim == 2 and points.shape[-1] == 3:
-                hint = " Add a batch dimension: points.unsqueeze(0)."
-            elif points.ndim == 3 and points.shape[-1] > 3:
-                hint = " Only xyz is used: pass points[..., :3]."
-            raise ValueError(f"PoinTramba expects points of shape (B, N, 3), got {tuple(points.shape)}.{hint}")
-        if not points.is_floating_point():
-            raise TypeError(f"PoinTramba expects floating-point points, got dtype {points.dtype}.")
-        check_input_dtype(points, self, "PoinTramba")
-        check_finite_points(points, "PoinTramba")
-        n, need = points.shape[1], max(self.num_group, self.group_size)
-        if n < need:
-            raise ValueError(
-                f"PoinTramba needs at least {need} points per cloud (num_group={self.num_group}, "
-                f"group_size={self.group_size}), got N={n}. Sample more points or build the model with smaller "
-                "num_group / group_size."
-            )
-        if self.training and points.shape[0] < 2:
-            raise ValueError(
-                f"PoinTramba in training mode needs a batch of at least 2 clouds (BatchNorm in the head), got "
-                f"B={points.shape[0]}. Use a larger batch or model.eval()."
-            )
+        check_point_input(self, points)
 
     def _parts(self, points: torch.Tensor, take: Sequence[int] | None = None, stop_early: bool = False,
                intermediates_only: bool = False) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:

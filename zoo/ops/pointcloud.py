@@ -1,4 +1,5 @@
-"""Point-cloud ops: furthest point sampling, k nearest neighbours, ball query, gather and group.
+"""Point-cloud ops: furthest point sampling, k nearest neighbours, ball query, gather and group, and PointNet++
+feature propagation (``three_nn``, ``interpolation_weights``, ``three_interpolate``).
 
 Conventions (the ones of pointnet2_ops and of PointMamba / PoinTramba ``misc.fps`` + ``knn_point``):
 
@@ -8,7 +9,8 @@ Conventions (the ones of pointnet2_ops and of PointMamba / PoinTramba ``misc.fps
 * ties go to the lowest index, everywhere.
 
 Each op dispatches through ``cuda_ext.pointops`` and the shared :mod:`cuda_ext._dispatch` (op names ``fps``,
-``knn``, ``ball_query``): the Triton kernel for FPS on CUDA, fast memory-bounded PyTorch elsewhere, the plain
+``knn``, ``ball_query``, ``three_nn``, ``three_interpolate``): the Triton kernels for FPS, three_nn and
+three_interpolate on CUDA, fast memory-bounded PyTorch elsewhere, the plain
 reference with ``ZOO_KERNEL=ref`` (or ``ZOO_KERNEL=fps:ref``). A global ``ZOO_KERNEL=mamba_ssm`` (for the scan)
 leaves these ops on their automatic choice. All implementations return the same indices.
 """
@@ -24,7 +26,10 @@ __all__ = [
     "gather_points",
     "group_points",
     "knn",
+    "interpolation_weights",
     "square_distance",
+    "three_interpolate",
+    "three_nn",
 ]
 
 
@@ -162,3 +167,68 @@ def square_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     _check_points("a", a)
     _check_points("b", b, batch=a.shape[0])
     return square_distance_ref(a, b)
+
+
+def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3 nearest ``known`` points of every ``unknown`` point: ``(B, N, 3), (B, M, 3) -> (dist, idx)``, each
+    ``(B, N, 3)``.
+
+    ``dist`` holds **squared** distances (float32, exact ``dx*dx + dy*dy + dz*dz``), ascending; ties go to the lower
+    index (so a duplicated known point -- PoinTramba's BIO sequence holds every centre twice -- contributes its
+    first copy first). pointnet2_ops' ``three_nn`` returns the square root of the same numbers; the official
+    PoinTramba part-segmentation code uses the squared ones (its ``square_distance`` + sort). Needs M >= 3.
+    """
+    from cuda_ext import pointops
+
+    _check_points("unknown", unknown)
+    _check_points("known", known, batch=unknown.shape[0])
+    if known.shape[1] < 3:
+        raise ValueError(
+            f"three_nn needs at least 3 known points per cloud, got M={known.shape[1]}. With a single known point "
+            "repeat its feature instead (as PointNet++ feature propagation does for S == 1)."
+        )
+    return pointops.three_nn(unknown.detach(), known.detach())
+
+
+def interpolation_weights(dist: torch.Tensor, eps: float = 1e-8, squared: bool = True) -> torch.Tensor:
+    """Inverse-distance weights of :func:`three_nn`'s ``dist (B, N, 3)`` (squared distances) -> ``(B, N, 3)``,
+    summing to 1 over the last dim: ``w_k = (1 / (d_k + eps)) / sum_j (1 / (d_j + eps))``.
+
+    ``squared=True`` uses the squared distance itself as ``d`` (the official PoinTramba part-segmentation model,
+    whose ``PointNetFeaturePropagation`` weighs by ``1 / (dist^2 + 1e-8)``); ``squared=False`` uses the Euclidean
+    distance (pointnet2_ops / the original PointNet++ ``1 / (dist + 1e-8)``).
+    """
+    d = dist if squared else dist.clamp_min(0).sqrt()
+    recip = 1.0 / (d + eps)
+    return recip / recip.sum(dim=-1, keepdim=True)
+
+
+def three_interpolate(features: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Interpolate features at new points: ``features (B, M, C), idx (B, N, 3), weight (B, N, 3) -> (B, N, C)``,
+    ``out[b, n] = sum_k weight[b, n, k] * features[b, idx[b, n, k]]``.
+
+    Channel-last (pointnet2_ops takes ``(B, C, M)``: transpose). Differentiable w.r.t. ``features`` (the gradient
+    is scattered back to the known points) and ``weight``; ``idx`` is an integer index (no gradient).
+    """
+    from cuda_ext import pointops
+
+    if not isinstance(features, torch.Tensor) or features.dim() != 3:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise ValueError(f"three_interpolate: features must have shape (B, M, C), got {shape}.")
+    B, M, _ = features.shape
+    if idx.dim() != 3 or idx.shape[0] != B or idx.shape[-1] != 3:
+        raise ValueError(f"three_interpolate: idx must have shape (B={B}, N, 3), got {tuple(idx.shape)}.")
+    if weight.shape != idx.shape:
+        raise ValueError(
+            f"three_interpolate: weight must have the shape of idx {tuple(idx.shape)}, got {tuple(weight.shape)}."
+        )
+    if not features.is_floating_point() or not weight.is_floating_point():
+        raise TypeError(
+            f"three_interpolate: features and weight must be floating point, got {features.dtype} and {weight.dtype}."
+        )
+    idx = idx.long()
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= M):
+        raise ValueError(
+            f"three_interpolate: idx values must be in [0, M={M}), got min {int(idx.min())} max {int(idx.max())}."
+        )
+    return pointops.three_interpolate(features, idx, weight)

@@ -213,17 +213,13 @@ class RestoreConfig(RecipeConfig):
 
 def load_init_weights(model: nn.Module, path: str) -> None:
     """Load ``path`` into ``model`` strictly: a run checkpoint (``{"model": state}``), an official
-    ``{'params': state}`` file, or a plain state dict / safetensors file."""
-    from zoo.hub import load_state_dict_file
-    from zoo.models.nafnet import checkpoint_filter_fn
+    ``{'params': state}`` file, or a plain state dict / safetensors file (unwrapped by :func:`zoo.hub.clean_state_dict`)."""
+    from zoo.hub import clean_state_dict, load_state_dict_file
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"init_checkpoint not found: {p} (config key init_checkpoint)")
-    state = load_state_dict_file(p)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    result = model.load_state_dict(checkpoint_filter_fn(state), strict=False)
+    result = model.load_state_dict(clean_state_dict(load_state_dict_file(p)), strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(f"init_checkpoint {p} does not match {type(model).__name__}: missing "
                            f"{result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}")

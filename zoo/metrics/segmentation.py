@@ -1,0 +1,134 @@
+"""Part-segmentation metrics, computed the standard ShapeNetPart way (PointNet++ / Point-BERT / PoinTramba ``main.py``).
+
+* Prediction: the argmax over the shape's *own* category's parts only (``logits[..., parts].argmax() + parts[0]``
+  in the official code; here any part list, contiguous or not).
+* Shape IoU: the mean over the category's parts of ``|pred == l & target == l| / |pred == l | target == l|``; a
+  part absent from both the prediction and the truth counts IoU 1.
+* Instance mIoU: the mean shape IoU over all shapes. Class mIoU: the mean over categories of the mean shape IoU of
+  that category's shapes (categories without a shape in the evaluated set are left out; the official code, which
+  always evaluates all 16, would give NaN). Accuracy: correct points / points. Class-average accuracy: the mean over
+  the part labels that occur in the truth of per-part point accuracy.
+
+Values are fractions in [0, 1] (the official log prints them the same way; multiply by 100 for the usual table).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["PartSegmentationMeter", "majority_part_by_category", "restricted_argmax", "shape_iou", "part_ious"]
+
+
+def restricted_argmax(logits: torch.Tensor, categories: torch.Tensor, parts_of: Sequence[Sequence[int]]
+                      ) -> torch.Tensor:
+    """Per-point part predictions ``(B, N)`` from ``logits (B, N, P)``, each shape's argmax taken over the parts of
+    its category only: ``parts_of[categories[b]]`` (global part labels)."""
+    if logits.ndim != 3:
+        raise ValueError(f"restricted_argmax: logits must be (B, N, P), got {tuple(logits.shape)}.")
+    P = logits.shape[-1]
+    allowed = torch.zeros(len(parts_of), P, dtype=torch.bool, device=logits.device)
+    for c, parts in enumerate(parts_of):
+        allowed[c, list(parts)] = True
+    mask = allowed[categories.long().to(logits.device)]  # (B, P)
+    masked = logits.masked_fill(~mask[:, None, :], float("-inf"))
+    return masked.argmax(dim=-1)
+
+
+def part_ious(pred: np.ndarray, target: np.ndarray, parts: Sequence[int]) -> np.ndarray:
+    """IoU of every part in ``parts`` for one shape (``pred``, ``target`` ``(N,)`` global labels); a part absent from
+    both counts 1."""
+    out = np.empty(len(parts), dtype=np.float64)
+    for j, label in enumerate(parts):
+        p, t = pred == label, target == label
+        union = np.logical_or(p, t).sum()
+        out[j] = 1.0 if union == 0 else np.logical_and(p, t).sum() / union
+    return out
+
+
+def shape_iou(pred: np.ndarray, target: np.ndarray, parts: Sequence[int]) -> float:
+    """The mean part IoU of one shape (see :func:`part_ious`)."""
+    return float(part_ious(pred, target, parts).mean())
+
+
+class PartSegmentationMeter:
+    """Accumulates predictions shape by shape; :meth:`compute` gives the ShapeNetPart metrics.
+
+    Args:
+        seg_classes: ``{category name: [global part labels]}`` in category-index order (ShapeNetPart:
+            ``zoo.data.pointcloud.shapenetpart.SEG_CLASSES`` ordered by ``CATEGORIES``).
+    """
+
+    def __init__(self, seg_classes: Mapping[str, Sequence[int]]):
+        self.names = list(seg_classes)
+        self.parts_of = [list(seg_classes[n]) for n in self.names]
+        self.num_parts = max(max(p) for p in self.parts_of) + 1
+        self.reset()
+
+    def reset(self) -> None:
+        self.shape_ious: list[list[float]] = [[] for _ in self.names]
+        self.correct = 0
+        self.seen = 0
+        self.part_seen = np.zeros(self.num_parts, dtype=np.int64)
+        self.part_correct = np.zeros(self.num_parts, dtype=np.int64)
+
+    def update(self, logits_or_pred: torch.Tensor, categories: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add a batch: ``logits (B, N, P)`` (restricted argmax applied here) or predictions ``(B, N)``,
+        ``categories (B,)``, ``target (B, N)``. Returns the ``(B, N)`` predictions used."""
+        pred = logits_or_pred
+        if pred.ndim == 3:
+            pred = restricted_argmax(pred, categories, self.parts_of)
+        if pred.shape != target.shape:
+            raise ValueError(f"PartSegmentationMeter: predictions {tuple(pred.shape)} and targets "
+                             f"{tuple(target.shape)} differ in shape.")
+        p, t, c = pred.cpu().numpy(), target.cpu().numpy(), categories.cpu().numpy()
+        self.correct += int((p == t).sum())
+        self.seen += int(t.size)
+        np.add.at(self.part_seen, t.reshape(-1), 1)
+        np.add.at(self.part_correct, t[p == t].reshape(-1), 1)
+        for b in range(len(c)):
+            self.shape_ious[int(c[b])].append(shape_iou(p[b], t[b], self.parts_of[int(c[b])]))
+        return pred
+
+    def compute(self) -> dict[str, float | dict[str, float]]:
+        """``instance_miou``, ``class_miou``, ``accuracy``, ``class_avg_accuracy``, ``num_shapes`` and
+        ``per_category`` ``{name: mean shape IoU}`` (categories with shapes only)."""
+        per_cat = {n: float(np.mean(v)) for n, v in zip(self.names, self.shape_ious) if v}
+        every = [iou for v in self.shape_ious for iou in v]
+        seen = self.part_seen > 0
+        return {
+            "instance_miou": float(np.mean(every)) if every else float("nan"),
+            "class_miou": float(np.mean(list(per_cat.values()))) if per_cat else float("nan"),
+            "accuracy": self.correct / self.seen if self.seen else float("nan"),
+            "class_avg_accuracy": float((self.part_correct[seen] / self.part_seen[seen]).mean()) if seen.any()
+            else float("nan"),
+            "num_shapes": len(every),
+            "per_category": per_cat,
+        }
+
+    def table(self) -> str:
+        """The per-category IoU table (percent), one ``name  mIoU  shapes`` row per evaluated category."""
+        m = self.compute()
+        rows = [f"{'category':<12} {'mIoU':>6} {'shapes':>6}"]
+        for n, v in zip(self.names, self.shape_ious):
+            if v:
+                rows.append(f"{n:<12} {100 * m['per_category'][n]:6.2f} {len(v):6d}")
+        rows.append(f"{'instance':<12} {100 * m['instance_miou']:6.2f} {m['num_shapes']:6d}")
+        rows.append(f"{'class':<12} {100 * m['class_miou']:6.2f}")
+        return "\n".join(rows)
+
+
+def majority_part_by_category(samples) -> dict[int, int]:
+    """The most frequent part label of every category over ``samples`` (an iterable of ``(category, part labels
+    (N,))``), ``{category: part}``; ties go to the lower label. Predicting it for every point of a shape is the
+    per-category majority-part baseline."""
+    counts: dict[int, np.ndarray] = {}
+    for category, labels in samples:
+        lab = np.asarray(labels).reshape(-1)
+        c = counts.setdefault(int(category), np.zeros(0, dtype=np.int64))
+        binc = np.bincount(lab, minlength=len(c))
+        if len(binc) > len(c):
+            c = np.pad(c, (0, len(binc) - len(c)))
+        counts[int(category)] = c + binc
+    return {c: int(v.argmax()) for c, v in counts.items()}

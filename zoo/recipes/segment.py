@@ -1,0 +1,297 @@
+"""Part segmentation (ShapeNetPart): per-point cross-entropy (+ the model's auxiliary losses), instance / class mIoU.
+
+One training step (the official ``main.py``): the official augmentation (per-cloud scale U(0.8, 1.2), then shift
+U(-0.1, 0.1)^3 on xyz), ``logits = model(points, category)`` ``(B, N, parts)``, cross-entropy over all points and
+all 50 parts (the official NLL of ``log_softmax``), plus the GLR and importance losses the model keeps
+(``model.auxiliary_losses()``; official weights 1 and 1).
+
+Evaluation (:mod:`zoo.metrics.segmentation`): the argmax over the shape's own category's parts, instance mIoU (the
+main metric, which picks ``best.pt``), class mIoU, point accuracy, class-average accuracy and the per-category IoU
+(``per_category/<name>``); the final evaluation also writes ``part_iou_table.txt``. ``eval.num_votes > 1`` averages
+the softmax over that many scale-augmented copies of each cloud (seeded), as Point-BERT's voting.
+
+Splits: unlike the official code, which trains on ``trainval`` and selects its best checkpoint on ``test``, the
+configs train on ``train``, select on ``val`` (``data.eval_split``) and report ``test`` once, with the selected
+checkpoint: ``tools/eval.py --config CONFIG --checkpoint RUN/best.pt data.eval_split=test``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.data import build_dataset
+from zoo.engine.data import build_loader
+from zoo.errors import ConfigError
+from zoo.metrics.segmentation import PartSegmentationMeter, restricted_argmax
+from zoo.models._contract import pop_auxiliary_losses
+from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
+from zoo.registry import create_model
+
+__all__ = ["SegmentConfig", "SegmentDataConfig", "SegmentEvalConfig", "SegmentRecipe", "save_part_figure"]
+
+
+@dataclass
+class SegmentDataConfig:
+    """Config section ``data``."""
+
+    name: str = "shapenetpart"
+    root: str | None = None
+    batch_size: int = 16
+    eval_batch_size: int | None = None  # default: batch_size
+    num_workers: int = 0
+    drop_last: bool = True  # training only (the official loader drops the last batch)
+    train_split: str = "train"
+    eval_split: str = "val"  # selection split; report test with tools/eval.py ... data.eval_split=test
+    kwargs: dict[str, Any] = field(default_factory=dict)  # dataset arguments for every split (num_points, ...)
+    train_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_kwargs: dict[str, Any] = field(default_factory=lambda: {"seed": 0})  # fixed point draws: reproducible
+    augment: bool = True  # the official scale + shift, per batch
+    scale_low: float = 0.8
+    scale_high: float = 1.2
+    shift_range: float = 0.1
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"data.{key} must be an integer >= 1, got {value!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers!r}")
+        if not 0 < self.scale_low <= self.scale_high:
+            raise ConfigError(f"data.scale_low / data.scale_high must satisfy 0 < low <= high, got "
+                              f"{self.scale_low!r}, {self.scale_high!r}")
+        if self.shift_range < 0:
+            raise ConfigError(f"data.shift_range must be >= 0, got {self.shift_range!r}")
+
+
+@dataclass
+class SegmentEvalConfig:
+    """Config section ``eval``."""
+
+    num_votes: int = 1  # > 1: mean softmax over scale-augmented copies (seeded)
+    vote_scale_low: float = 0.87
+    vote_scale_high: float = 1.15
+    # also score the per-category majority-part baseline (the most frequent part of each category in the
+    # training split, predicted for every point): metrics baseline_instance_miou / baseline_class_miou. Reads the
+    # training split's labels once.
+    majority_baseline: bool = False
+    figure_shapes: int = 0  # > 0: the evaluation with an output folder draws that many shapes (truth | prediction)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_votes, bool) or not isinstance(self.num_votes, int) or self.num_votes < 1:
+            raise ConfigError(f"eval.num_votes must be an integer >= 1, got {self.num_votes!r}")
+
+
+@dataclass
+class SegmentConfig(RecipeConfig):
+    """Config of the ``segment`` recipe; ``model`` holds ``name`` plus constructor arguments."""
+
+    recipe: str = "segment"
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "pointramba_partseg"})
+    data: SegmentDataConfig = field(default_factory=SegmentDataConfig)
+    eval: SegmentEvalConfig = field(default_factory=SegmentEvalConfig)
+
+
+def _seg_classes(dataset: Any) -> dict[str, list[int]]:
+    """``{category: parts}`` in category-index order, from the dataset module (ShapeNetPart's by default)."""
+    from zoo.data.pointcloud import shapenetpart
+
+    names = getattr(dataset, "all_categories", shapenetpart.CATEGORIES)
+    table = getattr(dataset, "seg_classes", shapenetpart.SEG_CLASSES)
+    return {n: list(table[n]) for n in names}
+
+
+@register_recipe("segment")
+class SegmentRecipe(Recipe):
+    """Part segmentation of point clouds with an object category: batches ``(points (B, N, C), category (B,),
+    parts (B, N))``; the model maps ``(points[..., :3], category)`` to ``(B, N, num_parts)`` logits."""
+
+    Config = SegmentConfig
+    main_metric = "instance_miou"
+
+    def __init__(self, cfg: SegmentConfig):
+        super().__init__(cfg)
+        if "name" not in cfg.model:
+            raise ConfigError("config section 'model' needs a 'name' (a registered model, see zoo.list_models())")
+
+    # ---------------------------------------------------------------- data
+    def _dataset(self, split: str, extra: dict) -> Any:
+        d = self.cfg.data
+        return build_dataset(d.name, root=d.root, split=split, **{**d.kwargs, **extra})
+
+    @cached_property
+    def train_dataset(self):
+        return self._dataset(self.cfg.data.train_split, self.cfg.data.train_kwargs)
+
+    @cached_property
+    def eval_dataset(self):
+        return self._dataset(self.cfg.data.eval_split, self.cfg.data.eval_kwargs)
+
+    def build_dataloaders(self):
+        d = self.cfg.data
+        drop_last = d.drop_last and len(self.train_dataset) > d.batch_size
+        train = build_loader(self.train_dataset, d.batch_size, shuffle=True, seed=self.cfg.seed,
+                             num_workers=d.num_workers, drop_last=drop_last)
+        return train, self.build_eval_loader()
+
+    def build_eval_loader(self):
+        d = self.cfg.data
+        return build_loader(self.eval_dataset, d.eval_batch_size or d.batch_size, shuffle=False,
+                            num_workers=d.num_workers)
+
+    # ---------------------------------------------------------------- model
+    def build_model(self) -> nn.Module:
+        kwargs = dict(self.cfg.model)
+        return create_model(kwargs.pop("name"), **kwargs)
+
+    def build_eval_model(self, model_name: str | None = None, pretrained: bool = False,
+                         checkpoint_path: str | None = None) -> nn.Module:
+        kwargs = dict(self.cfg.model)
+        name = kwargs.pop("name")
+        if model_name:
+            name, kwargs = model_name, {k: v for k, v in kwargs.items() if k == "num_classes"}
+        return create_model(name, **kwargs, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                            allow_head_reinit=False)
+
+    # ---------------------------------------------------------------- steps
+    def augment(self, points: torch.Tensor) -> torch.Tensor:
+        """The official per-cloud scale + shift of ``points (B, N, C)`` (xyz only), when ``data.augment``."""
+        d = self.cfg.data
+        if not d.augment:
+            return points
+        from zoo.data.pointcloud.shapenetpart import scale_shift
+
+        return scale_shift(points, d.scale_low, d.scale_high, d.shift_range)
+
+    def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        points, category, target = batch
+        points = self.augment(points)
+        logits = model(points[..., :3].contiguous(), category)
+        aux = pop_auxiliary_losses(model)
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1))
+        losses = {"loss": ce + sum(aux.values()) if aux else ce, "ce": ce.detach()}
+        losses.update({k: v.detach() for k, v in aux.items()})
+        return losses
+
+    def predict(self, model: nn.Module, points: torch.Tensor, category: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(B, N, parts)`` scores: logits, or with voting the mean softmax over scaled copies."""
+        ev = self.cfg.eval
+        xyz = points[..., :3].contiguous()
+        if ev.num_votes == 1:
+            out = model(xyz, category)
+            pop_auxiliary_losses(model)
+            return out.float()
+        total = 0.0
+        for _ in range(ev.num_votes):
+            scale = torch.rand(xyz.shape[0], 1, 1, generator=generator, device=xyz.device)
+            scale = scale * (ev.vote_scale_high - ev.vote_scale_low) + ev.vote_scale_low
+            total = total + model(xyz * scale, category).float().softmax(-1)
+            pop_auxiliary_losses(model)
+        return total / ev.num_votes
+
+    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from zoo.engine.logging import progress_enabled
+
+        meter = PartSegmentationMeter(_seg_classes(self.eval_dataset))
+        baseline = PartSegmentationMeter(_seg_classes(self.eval_dataset)) if self.cfg.eval.majority_baseline else None
+        majority = self.majority_parts if baseline is not None else {}
+        shown: list = []
+        per_cat: dict[int, int] = {}
+        n_cats = len(getattr(self.eval_dataset, "categories", [])) or 1
+        per_cat_max = max(1, -(-self.cfg.eval.figure_shapes // n_cats))
+        generator = None
+        loss_sum, points_seen = 0.0, 0
+        bar = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True,
+                   disable=not progress_enabled(self.cfg.trainer.progress, accelerator.is_main_process))
+        for points, category, target in bar:
+            if generator is None and self.cfg.eval.num_votes > 1:
+                generator = torch.Generator(points.device).manual_seed(self.cfg.seed + accelerator.process_index)
+            scores = self.predict(model, points, category, generator)
+            if self.cfg.eval.num_votes == 1:
+                loss_sum += F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1),
+                                            reduction="sum").item()
+                points_seen += target.numel()
+            if len(shown) < self.cfg.eval.figure_shapes:  # a few shapes of every category, from this process
+                pred = restricted_argmax(scores, category, meter.parts_of).cpu()
+                for b in range(len(category)):
+                    c = int(category[b])
+                    if len(shown) < self.cfg.eval.figure_shapes and per_cat.get(c, 0) < per_cat_max:
+                        per_cat[c] = per_cat.get(c, 0) + 1
+                        shown.append((points[b, :, :3].cpu(), c, target[b].cpu(), pred[b]))
+            scores, category, target = accelerator.gather_for_metrics((scores, category, target))
+            meter.update(scores.cpu(), category.cpu(), target.cpu())
+            if baseline is not None:
+                fixed = torch.tensor([majority[int(c)] for c in category.tolist()])[:, None].expand_as(target)
+                baseline.update(fixed, category.cpu(), target.cpu())
+        m = meter.compute()
+        metrics: dict[str, Any] = {k: v for k, v in m.items() if k != "per_category"}
+        metrics.update({f"per_category/{k}": v for k, v in m["per_category"].items()})
+        if points_seen:
+            metrics["loss"] = loss_sum / points_seen
+        if baseline is not None:
+            b = baseline.compute()
+            metrics.update(baseline_instance_miou=b["instance_miou"], baseline_class_miou=b["class_miou"],
+                           baseline_accuracy=b["accuracy"])
+        if output_dir is not None and accelerator.is_main_process:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            table = meter.table() + "\n"
+            if baseline is not None:
+                table += "\nper-category majority-part baseline:\n" + baseline.table() + "\n"
+            (Path(output_dir) / "part_iou_table.txt").write_text(table)
+            if shown:
+                save_part_figure(shown, meter.names, Path(output_dir) / "partseg_predictions.png")
+        return metrics
+
+    @cached_property
+    def majority_parts(self) -> dict[int, int]:
+        """``{category: most frequent part}`` over the training split (``eval.majority_baseline``)."""
+        from zoo.metrics.segmentation import majority_part_by_category
+
+        ds = self.train_dataset
+        if hasattr(ds, "raw") and hasattr(ds, "items"):  # ShapeNetPart: every stored point, no resampling
+            samples = ((ds.items[i][0], ds.raw(i)[:, 6].astype("int64")) for i in range(len(ds)))
+        else:
+            samples = ((ds[i][1], ds[i][2].numpy()) for i in range(len(ds)))
+        return majority_part_by_category(samples)
+
+
+def save_part_figure(shapes: list, category_names: list[str], path: Path) -> Path:
+    """A PNG of ``shapes`` (``(points (N, 3), category, truth (N,), prediction (N,))``): one row per shape, truth
+    on the left, prediction on the right, points coloured by part (y up), with the shape's IoU in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zoo.data.pointcloud.shapenetpart import SEG_CLASSES
+    from zoo.metrics.segmentation import shape_iou
+
+    cmap = plt.get_cmap("tab10")
+    fig = plt.figure(figsize=(6, 3 * len(shapes)))
+    for row, (pts, cat, truth, pred) in enumerate(shapes):
+        name = category_names[cat]
+        parts = SEG_CLASSES.get(name, sorted(set(truth.tolist())))
+        iou = shape_iou(pred.numpy(), truth.numpy(), parts)
+        for col, (labels, title) in enumerate(((truth, f"{name}: truth"), (pred, f"prediction (IoU {100 * iou:.1f})"))):
+            ax = fig.add_subplot(len(shapes), 2, 2 * row + col + 1, projection="3d")
+            colours = [cmap(parts.index(int(v)) % 10) if int(v) in parts else (0, 0, 0, 1) for v in labels.tolist()]
+            ax.scatter(pts[:, 0], pts[:, 2], pts[:, 1], c=colours, s=2, depthshade=False)
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
+            ax.set_box_aspect((1, 1, 1))
+            lim = float(pts.abs().max())
+            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_zlim(-lim, lim)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
