@@ -23,6 +23,7 @@ TINY_ARGS = {
     "supernet": ["--batch", "8", "--repeat", "1", "--threads", "1"],
     "ctta": ["--batch", "4", "--embed-dim", "24", "--depth", "1", "--num-aug", "2", "--cotta-aug", "2", "--repeat", "1",
              "--threads", "1"],
+    "restore": ["--size", "96", "--tiles", "48", "--repeat", "1", "--threads", "1"],
 }
 
 
