@@ -41,7 +41,15 @@ for name in zoo.list_models(pretrained=True):
     loaded[name] = str(resolve_weights_file(model.pretrained_cfg))
 path = find_config("pointramba/modelnet10_small")
 cfg = load_config(path)
+try:  # the shipped text-to-image pipeline (needs the [diffusion] extra)
+    import diffusers  # noqa: F401
+    from zoo.diffusion import load_pretrained_pipeline, pretrained_pipeline_dir
+    pipe = load_pretrained_pipeline("tiny_t2i_mnist")
+    pipeline = {"dir": str(pretrained_pipeline_dir("tiny_t2i_mnist")), "class": type(pipe).__name__}
+except ImportError:
+    pipeline = None
 print(json.dumps({
+    "pipeline": pipeline,
     "zoo": zoo.__file__, "checkout": str(source_checkout()), "checkpoint_dirs": [str(d) for d in checkpoint_dirs()],
     "loaded": loaded, "config": str(path), "model": cfg.model.name, "clip": cfg.trainer.clip_grad_norm,
     "data_root_in_config": cfg.data.root, "data_dir": str(data_dir()), "default_data_root": str(default_data_root()),
@@ -79,6 +87,8 @@ def _shipped_files() -> tuple[set[str], set[str], set[str]]:
     configs = {p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml")}
     weights = {p.name for p in (REPO / "checkpoints").iterdir()
                if p.suffix == ".safetensors" or p.name == "manifest.yaml"}
+    pipelines = [p for p in (REPO / "checkpoints").iterdir() if (p / "model_index.json").is_file()]
+    weights |= {f.relative_to(REPO / "checkpoints").as_posix() for p in pipelines for f in p.rglob("*") if f.is_file()}
     return py, configs, weights
 
 
@@ -176,6 +186,9 @@ def test_wheel_ships_weights_and_configs_and_loads_them_from_another_folder(tmp_
     assert out["data_root_in_config"] == str(elsewhere / "data" / "modelnet10")
     assert out["default_data_root"] == "None"
     assert out["configs"] == list_configs()
+    if out["pipeline"] is not None:  # diffusers installed: the shipped pipeline loads from the wheel
+        assert out["pipeline"] == {"dir": str(target / "zoo" / "_checkpoints" / "tiny_t2i_mnist"),
+                                   "class": "StableDiffusionPipeline"}
 
 
 def test_editable_install_finds_the_checkouts_weights_and_configs(tmp_path):

@@ -204,7 +204,10 @@ class SDFinetuneRecipe(Recipe):
         from zoo.diffusion.pipeline import load_components
 
         m = self.cfg.model
-        c = load_components(m.pretrained, single_file_config=m.single_file_config, original_config=m.original_config)
+        # float32 master weights whatever the stored dtype (a folder saved in fp16 would otherwise load as fp16 and
+        # train in half precision); the frozen parts are cast to the mixed-precision dtype in _place_frozen
+        c = load_components(m.pretrained, single_file_config=m.single_file_config, original_config=m.original_config,
+                            torch_dtype=torch.float32)
         if m.prediction_type is not None:
             c.noise_scheduler.register_to_config(prediction_type=m.prediction_type)
         c.vae.requires_grad_(False).eval()
@@ -423,6 +426,6 @@ class SDFinetuneRecipe(Recipe):
             from zoo.diffusion.pipeline import load_components
 
             return load_components(m.pretrained, single_file_config=m.single_file_config,
-                                   original_config=m.original_config).unet.to(device)
+                                   original_config=m.original_config, torch_dtype=torch.float32).unet.to(device)
 
         return self.method.switch(pipe, unet, load_base if self.cfg.sample.compare_base else None)

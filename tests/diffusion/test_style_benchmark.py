@@ -1,0 +1,74 @@
+"""The style benchmark (tools/benchmarks/style.py) end to end at tiny sizes: style set, matched LoRA rank, the
+three fine-tuning methods through the sd_finetune recipe on the shipped tiny_t2i_mnist, metrics, table."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("skimage")
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+
+from benchmarks import style  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _fake_mnist(folder: Path, n: int = 40) -> Path:
+    """t10k IDX files with ``n`` 28×28 'digits' (a bright bar whose position encodes the label)."""
+    import numpy as np
+
+    from zoo.data.images.mnist import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = np.zeros((n, 28, 28), np.uint8)
+    for i, y in enumerate(labels):
+        images[i, 4:24, 2 + 2 * y:5 + 2 * y] = 255
+    write_idx(folder / "t10k-images-idx3-ubyte", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte", labels)
+    return folder
+
+
+def test_sara_threshold_selects_the_fraction():
+    import torch
+
+    lin = torch.nn.Linear(100, 100)
+    theta = style.sara_threshold(lin, 0.1)
+    share = sum((p.abs() < theta).sum().item() for p in lin.parameters()) / sum(p.numel() for p in lin.parameters())
+    assert share == pytest.approx(0.1, abs=0.002)
+
+
+@pytest.mark.slow
+def test_style_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
+    root = _fake_mnist(tmp_path / "mnist")
+    p = argparse.ArgumentParser()
+    style.add_arguments(p)
+    out = tmp_path / "bench"
+    args = p.parse_args(["--steps", "2", "--batch", "2", "--per-digit", "1", "--sample-steps", "2", "--real", "10",
+                         "--num-images", "10", "--data-root", str(root), "--real-split", "test[20:]",
+                         "--style-split", "test[:20]", "--out", str(out), "--time-repeat", "1",
+                         "--figure", str(out / "fig.png")])
+    args.json = str(out / "table.json")
+    rows = style.run(args)
+    names = [r["name"] for r in rows]
+    assert names == ["base", "full", "lora", "sara"]
+    by = {r["name"]: r for r in rows}
+    assert abs(by["lora"]["trainable"] - by["sara"]["trainable"]) <= 0.1 * by["sara"]["trainable"]
+    assert by["full"]["trainable"] > 10 * by["sara"]["trainable"]
+    for r in rows[1:]:
+        assert r["step_ms"] > 0 and 0 <= r["fid_style"] <= 100 and r["style_gram"] >= 0
+    saved = json.loads((out / "table.json").read_text())
+    assert saved["lora_rank"] >= 1 and len(saved["runs"]) == 4
+    assert (out / "brick_sara_seed0" / "sara_weights.safetensors").is_file()
+    assert (out / "brick_lora_seed0" / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "brick_full_seed0" / "unet" / "config.json").is_file()
+    from PIL import Image
+
+    assert Image.open(out / "fig.png").size[0] == 20 * 32  # 10 digits x (style prompt, plain prompt)

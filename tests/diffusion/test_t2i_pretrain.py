@@ -1,0 +1,121 @@
+"""The tiny text-to-image model's parts: captions and word tokenizer, digit composites and the style set, and
+the two pre-training recipes end to end at tiny sizes (fake MNIST files) into a loadable diffusers folder."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from zoo.data.images.mnist import write_idx  # noqa: E402
+from zoo.diffusion.captions import DIGIT_WORDS, VOCAB_WORDS, caption, prompt, word_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _fake_mnist(folder: Path, n: int = 40) -> Path:
+    """t10k IDX files with ``n`` 28×28 'digits' (a bright bar whose position encodes the label)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    images = np.zeros((n, 28, 28), np.uint8)
+    for i, y in enumerate(labels):
+        images[i, 4:24, 2 + 2 * y:5 + 2 * y] = 255
+    write_idx(folder / "t10k-images-idx3-ubyte", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte", labels)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ captions
+def test_prompt_and_captions_name_the_digit():
+    assert prompt(7) == "a handwritten digit seven"
+    rng = random.Random(0)
+    for d in range(10):
+        texts = {caption(d, rng) for _ in range(50)}
+        assert len(texts) > 3 and all(DIGIT_WORDS[d] in t or str(d) in t.split() for t in texts)
+    with pytest.raises(ValueError, match="0..9"):
+        prompt(10)
+
+
+def test_word_tokenizer_one_token_per_known_word_and_characters_otherwise():
+    tok = word_tokenizer()
+    ids = tok("a handwritten digit seven in brick style").input_ids
+    assert len(ids) == 2 + 7  # start + 7 words + end
+    assert tok.convert_ids_to_tokens(ids[1:-1]) == [w + "</w>" for w in "a handwritten digit seven in brick style".split()]
+    assert len(tok("dog").input_ids) == 2 + 3  # unknown word: d, o, g</w>
+    assert all(len(tok(w).input_ids) == 3 for w in VOCAB_WORDS if w != "background")
+    assert len(tok) == 198  # the vocabulary of the shipped tokenizer (tiny_t2i_mnist was trained with it)
+    padded = tok("the number 7", padding="max_length", max_length=tok.model_max_length).input_ids
+    assert len(padded) == tok.model_max_length == 16
+
+
+# ------------------------------------------------------------------------------------------ digits / style
+def test_colour_digits_and_style_set(tmp_path):
+    pytest.importorskip("skimage")
+    from zoo.data.images.style_digits import ColourDigits, build_style_set, pad_digit, style_images_tensor
+
+    grey = pad_digit(torch.zeros(1, 28, 28))
+    assert grey.shape == (1, 32, 32)
+    grey[:, 10:20, 12:18] = 1.0
+    aug = ColourDigits(p=1.0, seed=0)
+    outs = [aug(grey) for _ in range(6)]
+    assert all(o.shape == (3, 32, 32) and 0 <= o.min() and o.max() <= 1 for o in outs)
+    assert any(not torch.allclose(o[0], o[1]) for o in outs)  # coloured, not grey
+    assert torch.equal(ColourDigits(p=0.0)(grey), grey.expand(3, -1, -1))
+
+    root = _fake_mnist(tmp_path / "mnist")
+    out = build_style_set(tmp_path / "style", "brick", num_images=10, root=root, split="test[:20]")
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == list(range(10))
+    assert rows[7]["text"] == "a handwritten digit seven in brick style"
+    imgs = style_images_tensor(out)
+    assert imgs.shape == (10, 3, 32, 32)
+    corner = imgs[:, :, 0, 0]  # background colour of the brick style everywhere
+    assert torch.allclose(corner, torch.tensor([0.95, 0.9, 0.75]).expand(10, 3), atol=1 / 255)
+    with pytest.raises(ValueError, match="unknown style"):
+        build_style_set(tmp_path / "x", "marble", root=root)
+
+
+# ------------------------------------------------------------------------------------------ recipes
+def test_vae_then_unet_recipes_make_a_loadable_pipeline(tmp_path):
+    from zoo.cli import run_training
+    from zoo.diffusion.generate import generate_digits
+    from zoo.diffusion.pipeline import load_pipeline
+
+    repo = Path(__file__).resolve().parents[2]
+    root = _fake_mnist(tmp_path / "mnist")
+    data = [f"data.root={root}", "data.train_split=test[:30]", "data.eval_split=test[30:]", "data.batch_size=4",
+            "data.eval_batch_size=8", "trainer.max_steps=2"]
+    vae = run_training(str(repo / "configs/t2i/vae.yaml"), data + ["model.block_out_channels=[8,8,8]",
+                                                                  "model.norm_num_groups=4"], tmp_path / "vae")
+    assert {"psnr", "psnr_colour", "latent_std"} <= set(vae["final"])
+    cfg = json.loads((tmp_path / "vae" / "vae" / "config.json").read_text())
+    assert cfg["scaling_factor"] == pytest.approx(1 / vae["final"]["latent_std"], rel=1e-4)
+
+    unet = run_training(str(repo / "configs/t2i/unet.yaml"), data + [
+        f"model.vae={tmp_path / 'vae' / 'vae'}", "model.block_out_channels=[16,32]", "model.attention_head_dim=8",
+        "model.norm_num_groups=8", "model.text_hidden=16", "sample.seeds=[0]", "sample.num_inference_steps=2",
+        "trainer.ema_decay=null"], tmp_path / "unet")
+    assert np.isfinite(unet["final"]["val_loss"])
+    assert (tmp_path / "unet" / "samples.png").is_file()
+    pipe = load_pipeline(tmp_path / "unet" / "pipeline")
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    names = {n.rsplit(".", 1)[-1] for n, _ in pipe.unet.named_modules()}
+    assert {"to_q", "to_k", "to_v"} <= names  # standard diffusers attention: LoRA / SaRA targets
+    x = generate_digits(pipe, [3, 4], num_inference_steps=2)
+    assert x.shape == (2, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+
+
+def test_unet_recipe_needs_a_vae_folder(tmp_path):
+    from zoo.config import ConfigError
+    from zoo.recipes.t2i_pretrain import T2IUNetConfig, T2IUNetRecipe
+
+    cfg = T2IUNetConfig()
+    cfg.model.vae = str(tmp_path)
+    with pytest.raises(ConfigError, match="model.vae"):
+        T2IUNetRecipe(cfg)

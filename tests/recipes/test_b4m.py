@@ -1,0 +1,287 @@
+"""The b4m recipe (Break-for-Make) end to end on a tiny real-format Stable Diffusion: stage 1 content, stage 1
+style, stage 2 merge as one pipeline, a sample grid per stage; MCP's routing of the two losses; AdamWr in stage 2."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINE = REPO / "configs" / "b4m" / "pipeline_tiny.yaml"
+TINY = REPO / "configs" / "b4m" / "tiny.yaml"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _folder(folder: Path, caption: str, kind: str, n: int = 2, seed: int = 0) -> str:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a = np.full((16, 16, 3), 30, np.uint8)
+        if kind == "glyph":  # a cross, in a few stroke widths (the "subject")
+            w = 1 + i
+            a[8 - w:8 + w, 2:14] = 230
+            a[2:14, 8 - w:8 + w] = 230
+        else:  # a texture: noisy stripes tinted by seed
+            a[::2] = rng.integers(0, 255, (8, 16, 3))
+            a[..., seed % 3] = 200
+        Image.fromarray(a).save(folder / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from zoo.diffusion.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("b4m")
+    return {
+        "model.pretrained": str(save_tiny_pipeline(root / "pipe")),
+        "b4m.content_root": _folder(root / "content", "a sks glyph", "glyph"),
+        "b4m.style_root": _folder(root / "style", "a dog in zzw style", "texture", seed=1),
+        "b4m.style_aux_roots": f"[{_folder(root / 'aux_style', 'a cat in yyq style', 'texture', seed=2)}]",
+        "b4m.content_aux_roots": f"[{_folder(root / 'aux_content', 'a photo of a box', 'glyph', seed=3)}]",
+    }
+
+
+def _overrides(data, **extra):
+    return [f"{k}={v}" for k, v in {**data, **extra}.items()]
+
+
+def _lora(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "pytorch_lora_weights.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(data, tmp_path_factory):
+    from zoo.cli import train_main
+
+    out = tmp_path_factory.mktemp("b4m_run") / "run"
+    assert train_main([str(PIPELINE), *_overrides(data), "--output", str(out)]) == 0
+    return out
+
+
+def test_pipeline_content_style_merge_end_to_end(data, pipeline_run):
+    from zoo.adapters.plp import PLPConfig, plp_deltas
+    from zoo.cli import train_main
+
+    out = pipeline_run
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["complete"] and set(summary["stages"]) == {"content", "style", "merge", "ziplora"}
+    for stage in ("content", "style", "merge", "ziplora"):
+        assert (out / stage / "samples.png").stat().st_size > 0
+        assert (out / stage / "pytorch_lora_weights.safetensors").is_file()
+    from PIL import Image
+
+    grid = Image.open(out / "merge" / "samples.png")
+    assert grid.size[0] > 16 and grid.size[1] > 16
+    # the frozen PLP parts are the same in all three files (first out/2 rows of lora_B, first in/2 columns of lora_A)
+    files = {s: _lora(out / s) for s in ("content", "style", "merge")}
+    keys = sorted(files["content"])
+    assert keys == sorted(files["merge"])
+    for k in keys:
+        half = files["content"][k].shape[0 if "lora_B" in k else 1] // 2
+        pick = (lambda t: t[:half]) if "lora_B" in k else (lambda t: t[:, :half])
+        assert torch.equal(pick(files["content"][k]), pick(files["style"][k])), k
+        assert torch.equal(pick(files["content"][k]), pick(files["merge"][k])), k
+    # MCP: in the content run both learnable halves moved (down: content loss, up: auxiliary style loss)
+    from zoo.diffusion.tiny import build_tiny_pipeline
+
+    fresh = build_tiny_pipeline().unet
+    from zoo.adapters.plp import add_plp
+
+    add_plp(fresh, PLPConfig(rank=4), name="init")
+    init = plp_deltas(fresh, "init")
+    some = next(k for k in keys if k.endswith("attn1.to_q.lora_A.weight"))
+    path = some[len("unet."):-len(".lora_A.weight")]
+    a, b = files["content"][some], files["content"][some.replace("lora_A", "lora_B")]
+    assert not torch.equal(a[:, a.shape[1] // 2:], init[path].down)
+    assert b[b.shape[0] // 2:].abs().sum() > 0  # up's learnable rows start at 0
+    # the ZipLoRA baseline's file: rank r_c + r_s with the mergers folded in (they start at 1: the sum of the two)
+    zip_ = _lora(out / "ziplora")
+    assert zip_[some].shape[0] == 2 * a.shape[0]
+    # running the pipeline again skips the finished stages
+    assert train_main([str(PIPELINE), *_overrides(data), "--output", str(out)]) == 0
+
+
+def test_stage_one_routes_each_loss_to_its_projection(data):
+    from zoo.cli import build_recipe
+    from zoo.layers.lora import named_adapter_parameters
+
+    for stage, main, aux in (("content", "down", "up"), ("style", "up", "down")):
+        recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **{"b4m.stage": stage}))
+        model = recipe.build_model()
+        train, _ = recipe.build_dataloaders()
+        batch = next(iter(train))
+        seen = []
+
+        class Ctx:
+            device = torch.device("cpu")
+
+            def backward(self, loss):
+                for _, p in named_adapter_parameters(model, ["plp"], trainable_only=False):
+                    p.grad = None
+                loss.backward()
+                params = named_adapter_parameters(model, ["plp"], trainable_only=False)
+                seen.append({n.rsplit(".", 1)[1] for n, p in params if p.grad is not None and p.grad.abs().sum() > 0})
+
+        logs = recipe.train_step(model, batch, Ctx())
+        assert seen == [{main}, {aux}], stage
+        assert set(logs) == {"loss", "loss_main", "loss_aux"}
+        opt = recipe.configure_optimizer(model, cfg.optim)
+        lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+        assert lrs == {f"plp.{main}": cfg.optim.lr, f"plp.{aux}": cfg.b4m.aux_lr}
+        assert all(p.requires_grad for _, p in named_adapter_parameters(model, ["plp"], trainable_only=False))
+
+
+def test_merge_stage_loads_after_init_and_trains_with_adamwr(data, tmp_path):
+    from zoo.adapters.adamwr import AdamWr
+    from zoo.adapters.lora_formats import save_diffusers_lora
+    from zoo.adapters.plp import PLPConfig, add_plp, plp_deltas
+    from zoo.cli import build_recipe
+    from zoo.diffusion.tiny import build_tiny_pipeline
+
+    src = build_tiny_pipeline().unet
+    add_plp(src, PLPConfig(rank=4), name="c")
+    add_plp(src, PLPConfig(rank=4), name="s")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n in ("c", "s"):
+            for d in plp_deltas(src, n).values():
+                d.down.copy_(torch.randn(d.down.shape, generator=g))
+                d.up.copy_(torch.randn(d.up.shape, generator=g))
+    save_diffusers_lora(src, tmp_path / "c", "c")
+    save_diffusers_lora(src, tmp_path / "s", "s")
+    merge = {"b4m.stage": "merge", "b4m.content_adapter": tmp_path / "c", "b4m.style_adapter": tmp_path / "s"}
+    recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **merge))
+    model = recipe.build_model()
+    merged = plp_deltas(model, "plp")
+    for path, d in plp_deltas(src, "c").items():
+        assert torch.equal(merged[path].down, d.down), path  # the learned content columns survive (square q/k/v too)
+        assert torch.equal(merged[path].up, plp_deltas(src, "s")[path].up), path
+    assert isinstance(recipe.configure_optimizer(model, cfg.optim), AdamWr)
+    with pytest.raises(Exception, match="content_adapter"):
+        build_recipe(str(TINY), _overrides(data, **{"b4m.stage": "merge", "b4m.content_adapter": tmp_path / "none",
+                                                   "b4m.style_adapter": tmp_path / "s"}))
+
+
+def test_any_content_with_any_style_composes_into_a_grid(data, pipeline_run, tmp_path):
+    from zoo.adapters.merge import COMPOSITIONS, compose, composition_grid, load_plp, ziplora_to_lowrank
+    from zoo.adapters.plp import PLPConfig
+    from zoo.diffusion.pipeline import load_pipeline
+
+    pipe = load_pipeline(data["model.pretrained"])
+    pipe.set_progress_bar_config(disable=True)
+    load_plp(pipe.unet, pipeline_run / "content", PLPConfig(rank=4), name="content")
+    load_plp(pipe.unet, pipeline_run / "style", PLPConfig(rank=4), name="style")
+    rows = {"base": None}
+    blocks = {"content": ["down_blocks.1"], "style": ["up_blocks.0"]}
+    for method in COMPOSITIONS:
+        opts = {"blocks": blocks} if method == "blora" else {}
+        name = compose(pipe.unet, method, "content", "style", weights=(1.0, 0.8), **opts)
+        rows[method] = ziplora_to_lowrank(pipe.unet, name) if method == "ziplora" else name
+    grid = composition_grid(pipe, rows, ["a sks glyph in zzw style", "a dog"], num_inference_steps=2,
+                            guidance_scale=3.0, height=16, width=16)
+    grid.save(tmp_path / "grid.png")
+    assert grid.size[0] >= 2 * 16 and grid.size[1] >= len(rows) * 16
+    assert set(rows) == {"base", *COMPOSITIONS}
+
+
+# ------------------------------------------------------------------------------------------------ data of the real run
+def test_glyph_variants_are_handwriting_like_and_reproducible(tmp_path):
+    from zoo.data.images.glyphs import GLYPHS, build_glyph_set, render_glyph
+
+    masks = [render_glyph("star", torch.Generator().manual_seed(s)) for s in range(4)]
+    assert all(m.shape == (28, 28) and 0 <= m.min() and m.max() <= 1 for m in masks)
+    assert all(0.05 < m.mean() < 0.4 for m in masks)  # strokes, not blobs or empty
+    assert not torch.equal(masks[0], masks[1])  # variants differ
+    assert torch.equal(masks[0], render_glyph("star", torch.Generator().manual_seed(0)))
+    assert set(GLYPHS) >= {"star", "lambda"}
+    with pytest.raises(ValueError, match="unknown glyph"):
+        render_glyph("seven", torch.Generator())
+    pytest.importorskip("skimage")
+    out = build_glyph_set(tmp_path / "g", "star", num_images=3, style="brick")
+    rows = [json.loads(r) for r in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["a handwritten glyph sks in brick style"] * 3
+    from PIL import Image
+
+    assert Image.open(out / rows[0]["file_name"]).size == (32, 32)
+
+
+def test_b4m_sets_from_the_shared_mnist(tmp_path):
+    pytest.importorskip("skimage")
+    from zoo.data.images.mnist import MNIST
+
+    try:
+        MNIST(split="test[:10]")
+    except (FileNotFoundError, OSError):
+        pytest.skip("no MNIST data in /work/shared/data")
+    from zoo.data.images.folder import find_captioned_images
+    from zoo.data.images.glyphs import build_b4m_sets
+
+    sets = build_b4m_sets(tmp_path, num_content=2, num_style=4, num_aux=2)
+    for key in ("content", "content_eval", "style"):
+        assert find_captioned_images(sets[key])
+    assert len(sets["style_aux"]) == 2 and len(sets["content_aux"]) == 3
+    caps = [json.loads(r)["text"] for r in (sets["content_aux"][0] / "metadata.jsonl").read_text().splitlines()]
+    assert caps == ["a handwritten digit one"] * 2
+
+
+def test_joint_baseline_is_one_plain_lora_and_config_errors_name_the_key(data):
+    from zoo.cli import build_recipe
+    from zoo.adapters.plp import plp_deltas
+    from zoo.config import ConfigError
+
+    recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **{"b4m.stage": "joint", "model.plp.frozen": 0.0,
+                                                                  "data.root": data["b4m.content_root"]}))
+    model = recipe.build_model()
+    assert all(d.down_frozen is None and d.up_frozen is None for d in plp_deltas(model, "plp").values())
+    opt = recipe.configure_optimizer(model, cfg.optim)
+    assert type(opt) is torch.optim.AdamW and len(opt.param_groups) == 1
+    with pytest.raises(ConfigError, match="data.root is required"):
+        build_recipe(str(TINY), _overrides(data, **{"b4m.stage": "joint"}))
+    with pytest.raises(ConfigError, match="b4m.stage must be one of"):
+        build_recipe(str(TINY), _overrides(data, **{"b4m.stage": "both"}))
+    with pytest.raises(ConfigError, match=r"b4m.style_aux_roots\[0\]"):
+        build_recipe(str(TINY), _overrides(data, **{"b4m.style_aux_roots": "[/nonexistent/folder]"}))
+
+
+def test_eval_stage_compares_every_composition(data, pipeline_run, tmp_path):
+    from zoo.data.images.mnist import MNIST
+    from zoo.metrics.generation import load_digit_classifier
+
+    try:
+        MNIST(split="test[9990:]")
+        load_digit_classifier()
+    except (FileNotFoundError, OSError):
+        pytest.skip("needs the shared MNIST data and the shipped digit classifier")
+    from zoo.cli import run_training
+
+    out = tmp_path / "eval"
+    run = pipeline_run
+    summary = run_training(str(REPO / "configs" / "b4m" / "eval_t2i_mnist.yaml"), [
+        f"model.pretrained={data['model.pretrained']}", f"eval.content_adapter={run / 'content'}",
+        f"eval.style_adapter={run / 'style'}", f"eval.b4m_adapter={run / 'merge'}",
+        f"eval.ziplora_adapter={run / 'ziplora'}",
+        f"eval.content_eval_root={data['b4m.content_root']}", f"eval.style_root={data['b4m.style_root']}",
+        "eval.num_seeds=1", "eval.digits=[1,2]", "eval.num_inference_steps=2", "eval.digit_split=test[9900:]"], out)
+    methods = summary["final"]["methods"]
+    assert list(methods) == ["base", "content", "style", "weighted_sum", "b4m", "ziplora"]
+    for r in methods.values():
+        assert 0 <= r["content_fidelity"] <= 100 and 0 <= r["prompt_fidelity"] <= 100 and r["style_gram"] >= 0
+    assert methods["base"]["style_gain"] == 0.0
+    assert (out / "grid.png").stat().st_size > 0
+    table = (out / "results.md").read_text()
+    assert table.count("\n| ") == 1 + len(methods)  # header + one row per method
