@@ -20,34 +20,26 @@ Images are ``(N, 3, H, W)`` float tensors in [0, 1].
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CLASSIFIER_FILE", "load_digit_classifier", "classifier_logits_features", "prompt_fidelity", "stroke_mask",
+__all__ = ["load_digit_classifier", "classifier_logits_features", "prompt_fidelity", "stroke_mask",
            "frechet_distance", "feature_stats", "patch_gram", "colour_stats", "style_distance"]
 
-CLASSIFIER_FILE = "convnet_small_mnist32.safetensors"
 
 
 def load_digit_classifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """The shipped digit classifier (``convnet_small``, ``in_chans=3``, 32×32 RGB in [0, 1]) in eval mode;
-    ``path``: another weights file of that architecture (default: :data:`CLASSIFIER_FILE` in the checkpoint
-    folders of :func:`zoo.resources.checkpoint_dirs`)."""
+    """The shipped digit classifier ``convnet_small_mnist32`` (32×32 RGB in [0, 1]) in eval mode; ``path``: another
+    weights file of that architecture (e.g. a run's ``best.pt``)."""
     import zoo
-    from zoo.resources import checkpoint_dirs
 
     if path is None:
-        tried = [Path(d) / CLASSIFIER_FILE for d in checkpoint_dirs()]
-        found = [p for p in tried if p.is_file()]
-        if not found:
-            raise FileNotFoundError(f"digit classifier {CLASSIFIER_FILE} not found (tried {', '.join(map(str, tried))}); "
-                                    "train it with configs/t2i/classifier.yaml and pass path=RUN/best.pt")
-        path = found[0]
-    model = zoo.create_model("convnet_small", in_chans=3, num_classes=10, checkpoint_path=str(path))
+        model = zoo.create_model("convnet_small_mnist32", pretrained=True)
+    else:
+        model = zoo.create_model("convnet_small_mnist32", checkpoint_path=str(path))
     return model.to(device).eval()
 
 

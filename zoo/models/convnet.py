@@ -16,7 +16,7 @@ from zoo.hub import PretrainedCfg, build_model_with_cfg
 from zoo.models._contract import AuxiliaryLossMixin, DropFcHeadMixin, check_input_dtype, feature_take_indices
 from zoo.registry import register_model
 
-__all__ = ["ConvNet", "convnet_small", "convnet_tiny"]
+__all__ = ["ConvNet", "convnet_small", "convnet_small_mnist32", "convnet_tiny"]
 
 default_cfgs = {
     "convnet_small": PretrainedCfg(
@@ -24,6 +24,19 @@ default_cfgs = {
         label_names=tuple(str(i) for i in range(10)), license="apache-2.0",
         notes="LeNet-style CNN (~72k parameters) for MNIST-sized inputs; images in [0, 1], no normalisation. "
               "No weights shipped yet.",
+    ),
+    "convnet_small_mnist32": PretrainedCfg(
+        num_classes=10, classifier="head.fc", input_size=(3, 32, 32), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+        label_names=tuple(str(i) for i in range(10)), license="apache-2.0",
+        file="convnet_small_mnist32.safetensors",
+        sha256="a3f8fa6b4b881ca795c2e832069b0170af6d0d5bb44d666110ec701671b48b02",
+        metrics={"top1": 99.35}, dataset="mnist",
+        train_command="python tools/train.py configs/t2i/classifier.yaml --output runs/t2i_classifier && "
+        "python tools/export_weights.py runs/t2i_classifier/best.pt --name convnet_small_mnist32",
+        eval_command="python tools/eval.py --config configs/t2i/classifier.yaml --model convnet_small_mnist32 --pretrained",
+        notes="convnet_small trained by us on MNIST t10k[:8000], digits zero-padded to 32x32 and replicated to RGB "
+        "(the images tiny_t2i_mnist generates); top1 on the held-out t10k[8000:] (2,000 digits). The digit classifier "
+        "of zoo/metrics/generation.py (prompt fidelity, Frechet distance on its 64-d pooled features).",
     ),
     "convnet_tiny": PretrainedCfg(
         num_classes=10, classifier="head.fc", input_size=(1, 28, 28), mean=(0.0,), std=(1.0,),
@@ -167,6 +180,13 @@ def convnet_small(pretrained: bool = False, **kwargs) -> ConvNet:
     """LeNet-style CNN, widths 16-32-64 with two 3x3 convs per stage (~72k parameters); MNIST-sized input
     ``(B, 1, 28, 28)`` by default, ``in_chans=3`` for CIFAR ``(B, 3, 32, 32)``."""
     return build_model_with_cfg(ConvNet, "convnet_small", pretrained, **kwargs)
+
+
+@register_model
+def convnet_small_mnist32(pretrained: bool = False, **kwargs) -> ConvNet:
+    """``convnet_small`` on 32x32 RGB digits ``(B, 3, 32, 32)`` in [0, 1]; ``pretrained=True`` loads the digit
+    classifier we trained (shipped in ``checkpoints/``), the judge of the text-to-image metrics."""
+    return build_model_with_cfg(ConvNet, "convnet_small_mnist32", pretrained, **dict(dict(in_chans=3), **kwargs))
 
 
 @register_model
