@@ -40,7 +40,8 @@ def load_texture(name: str) -> torch.Tensor:
     try:
         import skimage.data
     except ImportError as exc:
-        raise ImportError("the textures come from scikit-image: pip install scikit-image") from exc
+        raise ImportError("the style textures come from scikit-image (zoo/data/images/style_digits.py): "
+                          "pip install scikit-image, or install zoo with the [diffusion] extra") from exc
     if not hasattr(skimage.data, name):
         raise ValueError(f"skimage.data has no image '{name}' (zoo/data/images/style_digits.py)")
     arr = np.asarray(getattr(skimage.data, name)(), dtype=np.float32)
