@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -78,13 +79,15 @@ def make_grid(rows: Sequence[Sequence[Any]], row_labels: Sequence[str] = (), col
         factor = -(-min_size // w)
         w, h = w * factor, h * factor
     n_cols = max(len(r) for r in rows)
-    top = label_height if col_labels else 0
+    chars = max(4, w // 6)  # the default bitmap font is ~6 px per character
+    col_lines = [textwrap.wrap(str(label), chars) or [""] for label in col_labels]  # long prompts wrap, not cut
+    top = label_height * max(len(lines) for lines in col_lines) if col_labels else 0
     row_gap = label_height if row_labels else 0
     grid = Image.new("RGB", (n_cols * w, top + len(rows) * (h + row_gap)), "white")
     draw = ImageDraw.Draw(grid)
-    chars = max(4, w // 6)  # the default bitmap font is ~6 px per character
-    for c, label in enumerate(col_labels):
-        draw.text((c * w + 2, 1), str(label)[:chars], fill="black")
+    for c, lines in enumerate(col_lines):
+        for i, line in enumerate(lines):
+            draw.text((c * w + 2, 1 + i * label_height), line, fill="black")
     for r, row in enumerate(rows):
         y = top + r * (h + row_gap)
         if row_labels:
