@@ -287,6 +287,21 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def ordered_group_tokens(model: nn.Module, points: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                                             torch.Tensor]:
+    """The encoder front shared by the classifier and the part-segmentation model (their official module names:
+    ``group_divider``, ``pos_embed``, ``importance_cal_block``, ``ordering``): groups, importance scores and the
+    sequence order. Returns ``parts`` (``center (B, G, 3)``, ``group_tokens (B, G, D)``, ``patch_proj (B, G, P)``,
+    ``scores (B, G)``, ``order (B, L)``) and the ordered ``tokens`` / ``pos`` ``(B, L, D)`` the Mamba stack takes."""
+    center, group_tokens = model.group_divider(points)  # (B, G, 3), (B, G, D)
+    pos = model.pos_embed(center)  # (B, G, D)
+    patch_proj, score = model.importance_cal_block(group_tokens)  # (B, G, P), (B, G, 1)
+    scores = score.squeeze(-1)
+    order = sequence_order(scores, model.ordering)  # (B, L)
+    parts = dict(center=center, group_tokens=group_tokens, patch_proj=patch_proj, scores=scores, order=order)
+    return parts, _take(group_tokens, order), _take(pos, order)
+
+
 def importance_pool(x: torch.Tensor, scores: torch.Tensor, pooling: str = "importance") -> torch.Tensor:
     """Pool tokens ``x (B, L, D)`` into ``(B, D)``.
 
@@ -497,13 +512,7 @@ class PoinTramba(AuxiliaryLossMixin, nn.Module):
                intermediates_only: bool = False) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """The pieces of the forward pass, and the Mamba-layer features of layers ``take`` (none when None)."""
         self._check_input(points)
-        center, group_tokens = self.group_divider(points)  # (B, G, 3), (B, G, D)
-        pos = self.pos_embed(center)  # (B, G, D)
-        patch_proj, score = self.importance_cal_block(group_tokens)  # (B, G, P), (B, G, 1)
-        scores = score.squeeze(-1)
-        order = sequence_order(scores, self.ordering)  # (B, L)
-        parts = dict(center=center, group_tokens=group_tokens, patch_proj=patch_proj, scores=scores, order=order)
-        tokens, pos_seq = _take(group_tokens, order), _take(pos, order)
+        parts, tokens, pos_seq = ordered_group_tokens(self, points)
         if take is None:
             return self._pool(parts, self.blocks(tokens, pos_seq)), []
         out = self.blocks.forward_intermediates(tokens, pos_seq, indices=take, stop_early=stop_early,

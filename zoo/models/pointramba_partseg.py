@@ -57,7 +57,7 @@ from zoo.models.pointramba import (
     check_point_input,
     glr_loss,
     importance_loss,
-    sequence_order,
+    ordered_group_tokens,
 )
 from zoo.ops.pointcloud import interpolation_weights, three_interpolate, three_nn
 from zoo.registry import register_model
@@ -322,17 +322,10 @@ class PoinTrambaPartSeg(AuxiliaryLossMixin, nn.Module):
         (each ``(B, L, D)``, normed by ``blocks.norm_f`` only)."""
         check_point_input(self, points, "PoinTrambaPartSeg")
         one_hot = category_one_hot(category, self.num_categories, points.shape[0], points.dtype)
-        center, group_tokens = self.group_divider(points)  # (B, G, 3), (B, G, D)
-        pos = self.pos_embed(center)
-        patch_proj, score = self.importance_cal_block(group_tokens)  # (B, G, P), (B, G, 1)
-        scores = score.squeeze(-1)
-        order = sequence_order(scores, self.ordering)  # (B, L)
-        feats = self.blocks.forward_intermediates(
-            _take(group_tokens, order), _take(pos, order), indices=list(take), stop_early=stop_early,
-            intermediates_only=True,
-        )
-        parts = dict(center=center, group_tokens=group_tokens, patch_proj=patch_proj, scores=scores, order=order,
-                     one_hot=one_hot)
+        parts, tokens, pos = ordered_group_tokens(self, points)
+        feats = self.blocks.forward_intermediates(tokens, pos, indices=list(take), stop_early=stop_early,
+                                                  intermediates_only=True)
+        parts["one_hot"] = one_hot
         return parts, feats
 
     def _point_features(self, points: torch.Tensor, parts: dict, fetched: list[torch.Tensor]) -> torch.Tensor:
