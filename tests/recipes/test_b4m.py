@@ -116,12 +116,15 @@ def test_pipeline_content_style_merge_end_to_end(data, pipeline_run):
     assert train_main([str(PIPELINE), *_overrides(data), "--output", str(out)]) == 0
 
 
-def test_stage_one_routes_each_loss_to_its_projection(data):
+@pytest.mark.parametrize("routing", ["separate", "official"])
+def test_stage_one_routes_each_loss_to_its_projection(data, routing):
+    """separate (ours): each loss reaches its own projection; official: both losses reach both projections (as
+    ICTMCG/Break-for-make's two optimisers on accumulated gradients); the two lrs are the same either way."""
     from zoo.cli import build_recipe
     from zoo.layers.lora import named_adapter_parameters
 
     for stage, main, aux in (("content", "down", "up"), ("style", "up", "down")):
-        recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **{"b4m.stage": stage}))
+        recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **{"b4m.stage": stage, "b4m.routing": routing}))
         model = recipe.build_model()
         train, _ = recipe.build_dataloaders()
         batch = next(iter(train))
@@ -138,7 +141,7 @@ def test_stage_one_routes_each_loss_to_its_projection(data):
                 seen.append({n.rsplit(".", 1)[1] for n, p in params if p.grad is not None and p.grad.abs().sum() > 0})
 
         logs = recipe.train_step(model, batch, Ctx())
-        assert seen == [{main}, {aux}], stage
+        assert seen == ([{main}, {aux}] if routing == "separate" else [{"down", "up"}] * 2), stage
         assert set(logs) == {"loss", "loss_main", "loss_aux"}
         opt = recipe.configure_optimizer(model, cfg.optim)
         lrs = {g["name"]: g["lr"] for g in opt.param_groups}
@@ -239,6 +242,38 @@ def test_b4m_sets_from_the_shared_mnist(tmp_path):
     assert caps == ["a handwritten digit one"] * 2
 
 
+def test_style_sets_on_black_keep_the_strokes_and_their_style(tmp_path):
+    """background="black": the same textured strokes and captions as the style's own background, on black."""
+    pytest.importorskip("skimage")
+    import numpy as np
+    from PIL import Image
+
+    from zoo.data.images.mnist import MNIST
+    from zoo.data.images.style_digits import build_style_set
+
+    try:
+        MNIST(split="test[:10]")
+    except (FileNotFoundError, OSError):
+        pytest.skip("no MNIST data in /work/shared/data")
+    grey = MNIST(split="test[:8000]")
+    own = build_style_set(tmp_path / "own", "brick", num_images=3, split="test[:8000]")
+    black = build_style_set(tmp_path / "black", "brick", num_images=3, split="test[:8000]", background="black")
+    assert (own / "metadata.jsonl").read_text() == (black / "metadata.jsonl").read_text()
+    for k in range(3):
+        a = np.asarray(Image.open(own / f"{k:03d}.png"), dtype=np.float64) / 255
+        b = np.asarray(Image.open(black / f"{k:03d}.png"), dtype=np.float64) / 255
+        idx = [i for i, t in enumerate(grey.targets.tolist()) if t == k][0]
+        m = np.pad(grey.data[idx].numpy() / 255.0, 2)[..., None]
+        assert np.abs(b[m[..., 0] == 0]).max() == 0  # background: black
+        assert np.abs(a[m[..., 0] == 0] - np.array([0.95, 0.9, 0.75])).max() < 1 / 255 + 1e-9  # brick's cream
+        # the same textured strokes: own = m·fg + (1 − m)·cream, black = m·fg (up to 8-bit rounding)
+        assert np.abs(a - b - (1 - m) * np.array([0.95, 0.9, 0.75])).max() <= 1 / 255 + 1e-9
+        on = m[..., 0] > 0.8
+        assert on.sum() > 20 and b[on][:, 0].mean() > 2 * b[on][:, 2].mean()  # brick's red tint
+    with pytest.raises(ValueError, match="background"):
+        build_style_set(tmp_path / "x", "brick", num_images=1, background="white")
+
+
 def test_joint_baseline_is_one_plain_lora_and_config_errors_name_the_key(data):
     from zoo.cli import build_recipe
     from zoo.adapters.plp import plp_deltas
@@ -276,9 +311,13 @@ def test_eval_stage_compares_every_composition(data, pipeline_run, tmp_path):
         f"eval.style_adapter={run / 'style'}", f"eval.b4m_adapter={run / 'merge'}",
         f"eval.ziplora_adapter={run / 'ziplora'}",
         f"eval.content_eval_root={data['b4m.content_root']}", f"eval.style_root={data['b4m.style_root']}",
-        "eval.num_seeds=1", "eval.digits=[1,2]", "eval.num_inference_steps=2", "eval.digit_split=test[9900:]"], out)
+        "eval.num_seeds=1", "eval.digits=[1,2]", "eval.num_inference_steps=2", "eval.digit_split=test[9900:]",
+        "eval.scales=[0.5]"], out)
     methods = summary["final"]["methods"]
-    assert list(methods) == ["base", "content", "style", "weighted_sum", "b4m", "ziplora"]
+    # the merge before stage 2 (model.plp read from the content run's config.yaml), then the scaled rows
+    assert list(methods) == ["base", "content", "style", "weighted_sum", "b4m_merge_only", "b4m", "ziplora",
+                             "weighted_sum ×0.5", "b4m ×0.5"]
+    assert methods["b4m ×0.5"]["scale"] == 0.5 and methods["b4m"]["scale"] == 1.0
     for r in methods.values():
         assert 0 <= r["content_fidelity"] <= 100 and 0 <= r["prompt_fidelity"] <= 100 and r["style_gram"] >= 0
     assert methods["base"]["style_gain"] == 0.0

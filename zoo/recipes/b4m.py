@@ -31,7 +31,9 @@ Deviations from the official code (ICTMCG/Break-for-make ``code/train_*.py``), o
 
 * the two losses of a step reach only their projection (the other one's ``requires_grad`` is off during that
   forward/backward); the official steps two optimisers on accumulated gradients, so its ``up`` also receives the
-  content loss's gradient and its ``down`` the previous step's auxiliary gradient;
+  content loss's gradient and its ``down`` the previous step's auxiliary gradient. ``b4m.routing=official``
+  lets both losses reach both projections (``down`` at ``optim.lr``, ``up`` at ``b4m.aux_lr`` in the content
+  stage), as the official, except that its one-step delay of the auxiliary gradient into ``down`` is not kept;
 * stage 2 runs AdamWr alone. The official builds AdamW(up), AdamW(down) and AdamWr(pairs) and steps all three in a
   row; the first two zero the gradients before AdamWr runs, so its AdamWr sees zero gradients (torch < 2) or
   ``None`` ones (torch >= 2, where ``zero_grad`` sets ``None`` by default) — my reading of the code, not run;
@@ -63,6 +65,7 @@ __all__ = ["B4MSection", "B4MModelConfig", "B4MConfig", "PLPMethod", "B4MRecipe"
 _logger = logging.getLogger("zoo")
 CONTENT, STYLE, ZIPLORA = "b4m_content", "b4m_style", "ziplora"  # adapter names of the loaded stage-1 adapters
 STAGES = ("content", "style", "merge", "ziplora", "joint")
+ROUTINGS = ("separate", "official")  # stage 1: which projections each loss's gradient reaches
 
 
 @dataclass
@@ -76,6 +79,7 @@ class B4MSection:
     style_aux_roots: list[str] = field(default_factory=list)  # content stage (MCP): auxiliary style sets -> up
     content_aux_roots: list[str] = field(default_factory=list)  # style stage (MCP): auxiliary content sets -> down
     aux_lr: float = 1.0e-5  # stage 1: lr of the auxiliary projection (official learning_rate_2)
+    routing: str = "separate"  # stage 1: separate (each loss -> its projection) | official (each loss -> both)
     aux_batch_size: int | None = None  # default: data.batch_size
     content_adapter: str | None = None  # merge: the content run's directory or its LoRA file
     style_adapter: str | None = None  # merge: the style run's directory or its LoRA file
@@ -87,6 +91,8 @@ class B4MSection:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"b4m.stage must be one of {', '.join(STAGES)}, got '{self.stage}'")
+        if self.routing not in ROUTINGS:
+            raise ConfigError(f"b4m.routing must be one of {', '.join(ROUTINGS)}, got '{self.routing}'")
         if not self.aux_lr >= 0:
             raise ConfigError(f"b4m.aux_lr must be >= 0, got {self.aux_lr}")
         if self.reg < 0:
@@ -226,11 +232,15 @@ class PLPMethod(AdapterMethod):
 
 
 @contextlib.contextmanager
-def only_projection(model: nn.Module, which: str) -> Iterator[None]:
+def only_projection(model: nn.Module, which: str | None) -> Iterator[None]:
     """Within the block only the ``which`` (``"down"`` / ``"up"``) tensors of the PLP adapter require grad, so a
-    loss back-propagated there reaches that projection only; the flags are restored after."""
+    loss back-propagated there reaches that projection only; the flags are restored after. ``which=None``: no
+    change (both projections)."""
     from zoo.adapters.plp import plp_deltas
 
+    if which is None:
+        yield
+        return
     deltas = list(plp_deltas(model, PLP).values())
     other = "up" if which == "down" else "down"
     saved = [(getattr(d, other), getattr(d, other).requires_grad) for d in deltas]
@@ -353,6 +363,8 @@ class B4MRecipe(SDFinetuneRecipe):
             ctx.backward(second)
             return {"loss": (main + second).detach(), "loss_style": main.detach(), "loss_content": second.detach()}
         main_proj, aux_proj = ("down", "up") if b.stage == "content" else ("up", "down")
+        if b.routing == "official":  # both losses reach both projections; the lrs of the two groups differ
+            main_proj = aux_proj = None
         with only_projection(model, main_proj):
             main = self._loss(model, batch)
             ctx.backward(main)
@@ -419,10 +431,11 @@ class B4MDataSection:
     num_aux: int = 10
     mnist_root: str | None = None  # default: the shared data (zoo.data.images.mnist)
     split: str = "test[:8000]"
+    background: str = "style"  # of the style sets: style (each style's colour) | black (the plain digits')
 
     def __post_init__(self) -> None:
         from zoo.data.images.glyphs import GLYPHS
-        from zoo.data.images.style_digits import STYLES
+        from zoo.data.images.style_digits import BACKGROUNDS, STYLES
 
         if self.glyph not in GLYPHS:
             raise ConfigError(f"sets.glyph must be one of {', '.join(GLYPHS)}, got '{self.glyph}'")
@@ -431,14 +444,17 @@ class B4MDataSection:
                 raise ConfigError(f"sets.{key} must be one of {', '.join(STYLES)}, got '{value}'")
         if self.style in self.aux_styles:
             raise ConfigError(f"sets.aux_styles must not contain the target style '{self.style}'")
+        if self.background not in BACKGROUNDS:
+            raise ConfigError(f"sets.background must be one of {', '.join(BACKGROUNDS)}, got '{self.background}'")
 
 
 @dataclass
 class B4MDataConfig(RecipeConfig):
     recipe: str = "b4m_data"
     sets: B4MDataSection = field(default_factory=B4MDataSection)
-    # not used here: lets one command line (model.pretrained=...) serve every stage of the pipeline
+    # not used here: lets one command line (model.pretrained=..., b4m.routing=...) serve every stage of the pipeline
     model: dict[str, Any] = field(default_factory=dict)
+    b4m: dict[str, Any] = field(default_factory=dict)
 
 
 @register_recipe("b4m_data")
@@ -455,5 +471,6 @@ class B4MDataRecipe(Recipe):
         s = self.cfg.sets
         sets = build_b4m_sets(ctx.output_dir, glyph=s.glyph, style=s.style, aux_styles=s.aux_styles,
                               aux_digits=s.aux_digits, num_content=s.num_content, num_style=s.num_style,
-                              num_aux=s.num_aux, root=s.mnist_root, split=s.split, seed=self.cfg.seed)
+                              num_aux=s.num_aux, root=s.mnist_root, split=s.split, seed=self.cfg.seed,
+                              background=s.background)
         return {k: ([str(p) for p in v] if isinstance(v, list) else str(v)) for k, v in sets.items()}

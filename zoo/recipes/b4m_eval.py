@@ -3,18 +3,24 @@ composition of the content and style adapters, the same prompts and seeds, three
 
 Rows (each an adapter in the pipeline's UNet, switched on alone): ``base`` (no adapter), ``content`` and
 ``style`` (the stage-1 adapters alone), ``weighted_sum`` (:func:`zoo.adapters.merge.weighted_sum` of the two,
-``eval.weights``), and the trained compositions given as run directories: ``b4m`` (the merge stage), ``ziplora``
-and ``joint`` (baselines). Scores on 32×32 images (generated images are resized to 32 if smaller):
+``eval.weights``), ``b4m_merge_only`` (:func:`zoo.adapters.merge.merge_b4m` of the two, before stage 2; the
+stage-1 runs' ``model.plp`` is read from the content run's ``config.yaml`` unless ``model.plp`` is set), and the trained compositions given as run directories: ``b4m`` (the merge
+stage), ``ziplora`` and ``joint`` (baselines). The rows of ``eval.scaled_rows`` are measured again with the
+whole adapter scaled by each of ``eval.scales`` (the ``lora_scale`` knob, e.g. ``b4m ×0.5``): the trade-off
+curve that compares methods at equal prompt fidelity. Scores on 32×32 images (generated images are resized to
+32 if smaller):
 
 * **content fidelity** (%) — images of ``eval.content_prompt + eval.style_suffix`` ("a handwritten glyph sks in
   brick style") recognised as the subject by a nearest-centroid classifier in the shipped digit classifier's
   64-d penultimate feature space: 11 centroids, the 10 digits (MNIST ``eval.digit_split``) and the subject (the
-  held-out ``content_eval`` glyph variants); an image counts when its nearest centroid is the subject's;
+  held-out ``content_eval`` glyph variants); an image counts when its nearest centroid is the subject's. With
+  ``eval.stroke_masks`` (default) the classifier sees :func:`zoo.metrics.generation.stroke_mask` of every
+  generated image (white-on-black strokes whatever the colours), so a shape is judged apart from its style;
 * **style** — :func:`zoo.metrics.generation.style_distance` (``gram``, ``colour``; lower is closer) of the same
   images to the style images, and ``style_gain = 1 − gram / gram_base`` (the share of the base model's distance to
   the style that the method closes; 1: the style's own statistics);
 * **prompt fidelity** (%) — the digit classifier's accuracy on ``"a handwritten digit <word>"`` for
-  ``eval.digits`` with the composition active (the prior kept);
+  ``eval.digits`` with the composition active (the prior kept; stroke masks as above);
 
 and ``score = content_fidelity/100 × style_gain`` (the issue's "content fidelity × style score"). Writes
 ``grid.png`` (rows: methods, columns: the composite, content-only and one digit prompt), ``results.md`` (a table)
@@ -43,7 +49,8 @@ class B4MEvalModel:
     """Config section ``model``."""
 
     pretrained: str | None = None  # diffusers folder or a shipped pipeline name (tiny_t2i_mnist)
-    plp: dict[str, Any] = field(default_factory=dict)  # not used (one command line serves every stage)
+    plp: dict[str, Any] = field(default_factory=dict)  # the stage-1 runs' model.plp (b4m_merge_only); default:
+    # the content run's config.yaml
 
 
 @dataclass
@@ -56,6 +63,10 @@ class B4MEvalSection:
     ziplora_adapter: str | None = None
     joint_adapter: str | None = None
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0])  # weighted_sum's (content, style)
+    merge_only: bool = True  # the b4m_merge_only row (the stage-1 adapters merged, no stage 2)
+    scales: list[float] = field(default_factory=list)  # extra adapter scales for the scaled_rows (e.g. [0.75, 0.5])
+    scaled_rows: list[str] = field(default_factory=lambda: ["weighted_sum", "b4m"])
+    stroke_masks: bool = True  # classify stroke masks of the generated images (shape apart from style)
     content_prompt: str = "a handwritten glyph sks"
     style_suffix: str = " in brick style"
     content_eval_root: str | None = None  # the held-out subject images (the subject's centroid)
@@ -74,6 +85,8 @@ class B4MEvalSection:
             raise ConfigError(f"eval.weights must be [content, style], got {self.weights}")
         if self.num_seeds < 1:
             raise ConfigError(f"eval.num_seeds must be >= 1, got {self.num_seeds}")
+        if any(not s > 0 for s in self.scales):
+            raise ConfigError(f"eval.scales must be > 0, got {self.scales}")
 
 
 @dataclass
@@ -140,7 +153,7 @@ class B4MEvalRecipe(Recipe):
 
     def _add_adapters(self, unet: Any) -> dict[str, str | None]:
         from zoo.adapters.lora_formats import import_lora
-        from zoo.adapters.merge import weighted_sum
+        from zoo.adapters.merge import load_plp, merge_b4m, weighted_sum
 
         e = self.cfg.eval
         rows: dict[str, str | None] = {"base": None}
@@ -148,11 +161,42 @@ class B4MEvalRecipe(Recipe):
             import_lora(unet, path, adapter=label, freeze=True)
             rows[label] = label
         rows["weighted_sum"] = weighted_sum(unet, "content", "style", name="weighted_sum", weights=e.weights)
+        plp_cfg = self._stage1_plp() if e.merge_only else None
+        if plp_cfg is not None:  # the PLP split needs the stage-1 runs' model.plp
+            load_plp(unet, e.content_adapter, plp_cfg, name="plp_content")
+            load_plp(unet, e.style_adapter, plp_cfg, name="plp_style")
+            rows["b4m_merge_only"] = merge_b4m(unet, "plp_content", "plp_style", name="b4m_merge_only",
+                                               weights=e.weights, remove_sources=True)
         for label, path in (("b4m", e.b4m_adapter), ("ziplora", e.ziplora_adapter), ("joint", e.joint_adapter)):
             if path:
                 import_lora(unet, path, adapter=label, freeze=True)
                 rows[label] = label
         return rows
+
+    def _stage1_plp(self) -> dict[str, Any] | None:
+        """The stage-1 runs' ``model.plp``: ``model.plp`` when set, else the content run's ``config.yaml``'s;
+        ``None`` (the merge-only row is skipped, with a warning) when neither is there."""
+        if self.cfg.model.plp:
+            return dict(self.cfg.model.plp)
+        saved = Path(self.cfg.eval.content_adapter) / "config.yaml"
+        if saved.is_file():
+            import yaml
+
+            plp = (yaml.safe_load(saved.read_text()) or {}).get("model", {}).get("plp")
+            if plp:
+                return plp
+        _logger.warning("b4m_eval: no model.plp and no config.yaml in %s: the b4m_merge_only row is skipped (set "
+                        "model.plp to the stage-1 runs')", self.cfg.eval.content_adapter)
+        return None
+
+    def _measured_rows(self, rows: dict[str, str | None]) -> list[tuple[str, str | None, float]]:
+        """``(label, adapter, scale)``: every row at scale 1, then the ``eval.scaled_rows`` at each extra scale."""
+        e = self.cfg.eval
+        out = [(label, adapter, 1.0) for label, adapter in rows.items()]
+        for s in e.scales:
+            out += [(f"{label} ×{s:g}", rows[label], float(s)) for label in e.scaled_rows
+                    if label in rows and rows[label] is not None and s != 1.0]
+        return out
 
     def run(self, ctx: Any) -> dict[str, Any]:
         from zoo.adapters.merge import composition_grid
@@ -160,9 +204,9 @@ class B4MEvalRecipe(Recipe):
         from zoo.data.images.style_digits import pad_digit
         from zoo.diffusion.captions import prompt
         from zoo.diffusion.sampling import sample_images
-        from zoo.layers.lora import set_active_adapters
+        from zoo.layers.lora import set_active_adapters, set_adapter_scale
         from zoo.metrics.generation import (
-            classifier_logits_features, load_digit_classifier, prompt_fidelity, style_distance,
+            classifier_logits_features, load_digit_classifier, prompt_fidelity, stroke_mask, style_distance,
         )
 
         torch.manual_seed(self.cfg.seed)
@@ -170,30 +214,36 @@ class B4MEvalRecipe(Recipe):
         pipe = self._pipeline()
         rows = self._add_adapters(pipe.unet)
         classifier = load_digit_classifier(e.classifier)
+        shape = stroke_mask if e.stroke_masks else (lambda x: x)  # what the classifier sees
         # centroids: 10 digits (held-out split) + the subject (held-out glyph variants)
         ds = MNIST(root=e.mnist_root, split=e.digit_split)
         digits_img = pad_digit(ds.data.float().div(255.0)[:, None]).expand(-1, 3, -1, -1)
-        feats = classifier_logits_features(classifier, digits_img)[1]
+        feats = classifier_logits_features(classifier, shape(digits_img))[1]
         centroids = [feats[ds.targets == d].mean(0) for d in range(10)]
-        centroids.append(classifier_logits_features(classifier, _folder_images(e.content_eval_root))[1].mean(0))
+        centroids.append(classifier_logits_features(classifier, shape(_folder_images(e.content_eval_root)))[1].mean(0))
         centroids = torch.stack(centroids)
         style_images = _folder_images(e.style_root)
         kw = dict(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale)
         composite = e.content_prompt + e.style_suffix
         results: dict[str, dict[str, float]] = {}
-        for label, adapter in rows.items():
+        for label, adapter, scale in self._measured_rows(rows):
             set_active_adapters(pipe.unet, [] if adapter is None else [adapter])
+            if adapter is not None:
+                set_adapter_scale(pipe.unet, adapter, scale)
             imgs = _to_tensor([im for s in range(e.num_seeds)
                                for im in sample_images(pipe, [composite], seed=e.seed + 1000 * s, **kw)])
-            f = classifier_logits_features(classifier, imgs)[1]
+            f = classifier_logits_features(classifier, shape(imgs))[1]
             digit_imgs, labels = [], []
             for s in range(e.num_seeds):
                 digit_imgs += sample_images(pipe, [prompt(d) for d in e.digits], seed=e.seed + 1000 * s, **kw)
                 labels += list(e.digits)
+            if adapter is not None:
+                set_adapter_scale(pipe.unet, adapter, 1.0)
             sd = style_distance(imgs, style_images)
-            pf = prompt_fidelity(classifier, _to_tensor(digit_imgs), labels)["fidelity"]
+            pf = prompt_fidelity(classifier, shape(_to_tensor(digit_imgs)), labels)["fidelity"]
             results[label] = {"content_fidelity": nearest_centroid_fidelity(f, centroids, 10),
-                              "style_gram": sd["gram"], "style_colour": sd["colour"], "prompt_fidelity": pf}
+                              "style_gram": sd["gram"], "style_colour": sd["colour"], "prompt_fidelity": pf,
+                              "scale": scale}
             _logger.info("b4m_eval %s: %s", label, results[label])
         base_gram = results["base"]["style_gram"]
         for r in results.values():

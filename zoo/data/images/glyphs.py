@@ -137,18 +137,22 @@ def build_digit_set(out_dir: str | Path, digit: int, num_images: int = 8, root: 
 def build_b4m_sets(out_dir: str | Path, *, glyph: str = "star", style: str = "brick",
                    aux_styles: Sequence[str] = ("grass", "gravel"), aux_digits: Sequence[int] = (1, 4, 7),
                    num_content: int = 8, num_style: int = 20, num_aux: int = 10, root: str | Path | None = None,
-                   split: str = "test[:8000]", seed: int = 0) -> dict[str, Path | list[Path]]:
-    """Write every folder of the B4M run on the MNIST model under ``out_dir`` (see the module doc); returns
-    ``{"content", "content_eval", "style", "style_aux": [...], "content_aux": [...], "joint"}``."""
+                   split: str = "test[:8000]", seed: int = 0, background: str = "style") -> dict[str, Path | list[Path]]:
+    """Write every folder of the B4M run on the MNIST model under ``out_dir`` (see the module doc); the style and
+    auxiliary style sets on ``background`` (``"style"``: each style's colour; ``"black"``: the plain digits'
+    black, see :func:`zoo.data.images.style_digits.style_image`). Returns ``{"content", "content_eval", "style",
+    "style_aux": [...], "content_aux": [...], "joint"}``."""
     from zoo.data.images.style_digits import build_style_set
 
     out = Path(out_dir)
     sets: dict[str, Path | list[Path]] = {
         "content": build_glyph_set(out / "content", glyph, num_content, seed=seed),
         "content_eval": build_glyph_set(out / "content_eval", glyph, 4 * num_content, seed=seed + 1000),
-        "style": build_style_set(out / "style", style=style, num_images=num_style, seed=seed, root=root, split=split),
+        "style": build_style_set(out / "style", style=style, num_images=num_style, seed=seed, root=root, split=split,
+                                 background=background),
         "style_aux": [build_style_set(out / f"aux_style_{s}", style=s, num_images=num_aux, seed=seed + 1 + i,
-                                      root=root, split=split) for i, s in enumerate(aux_styles)],
+                                      root=root, split=split, background=background)
+                      for i, s in enumerate(aux_styles)],
         "content_aux": [build_digit_set(out / f"aux_content_{d}", d, num_aux, root=root, split=split)
                         for d in aux_digits],
     }

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["STYLES", "AUGMENT_TEXTURES", "load_texture", "pad_digit", "render_digit", "ColourDigits",
+__all__ = ["STYLES", "BACKGROUNDS", "AUGMENT_TEXTURES", "load_texture", "pad_digit", "render_digit", "ColourDigits",
            "style_image", "build_style_set", "style_images_tensor"]
 
 #: style name -> (skimage texture, stroke tint RGB, background RGB), all in [0, 1]
@@ -106,12 +106,22 @@ class ColourDigits:
         return render_digit(grey, self._layer(size), self._layer(size))
 
 
-def style_image(grey: torch.Tensor, style: str, gen: torch.Generator, texture: torch.Tensor | None = None) -> torch.Tensor:
+#: ``background`` choices of :func:`style_image`: the style's own colour, or black (the plain digits' background,
+#: i.e. the style only re-textures the strokes: a style closer to what the MNIST model knows)
+BACKGROUNDS = ("style", "black")
+
+
+def style_image(grey: torch.Tensor, style: str, gen: torch.Generator, texture: torch.Tensor | None = None,
+                background: str = "style") -> torch.Tensor:
     """``(1, 32, 32)`` grey digit -> ``(3, 32, 32)`` in ``style`` (:data:`STYLES`): strokes filled with a random
-    crop of the style's texture (64 source pixels squeezed into 32) tinted by its colour, on its background."""
+    crop of the style's texture (64 source pixels squeezed into 32) tinted by its colour, on its background
+    colour (``background="style"``) or on black (``"black"``)."""
     if style not in STYLES:
         raise ValueError(f"unknown style '{style}'; choose one of {', '.join(STYLES)}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"unknown background '{background}'; choose one of {', '.join(BACKGROUNDS)}")
     tex_name, tint, bg = STYLES[style]
+    bg = (0.0, 0.0, 0.0) if background == "black" else bg
     tex = load_texture(tex_name) if texture is None else texture
     size = grey.shape[-1]
     fg = _crop(tex, size, gen, scale=2.0)
@@ -121,10 +131,10 @@ def style_image(grey: torch.Tensor, style: str, gen: torch.Generator, texture: t
 
 
 def build_style_set(out_dir: str | Path, style: str = "brick", num_images: int = 20, seed: int = 0,
-                    root: str | Path | None = None, split: str = "test[:8000]") -> Path:
+                    root: str | Path | None = None, split: str = "test[:8000]", background: str = "style") -> Path:
     """Write ``num_images`` digits (2 per class for 20, cycling 0..9; the first such digits of ``split``) in
-    ``style`` to ``out_dir`` as ``NNN.png`` plus ``metadata.jsonl`` (``file_name``, ``text`` = "a handwritten
-    digit seven in brick style"). Returns ``out_dir``."""
+    ``style`` (on ``background``, see :func:`style_image`) to ``out_dir`` as ``NNN.png`` plus ``metadata.jsonl``
+    (``file_name``, ``text`` = "a handwritten digit seven in brick style"). Returns ``out_dir``."""
     from PIL import Image
 
     from zoo.data.images.mnist import MNIST
@@ -145,7 +155,7 @@ def build_style_set(out_dir: str | Path, style: str = "brick", num_images: int =
         digit = k % 10
         idx = by_class[digit][k // 10]
         grey = pad_digit(ds.data[idx].float().div(255.0)[None])
-        img = style_image(grey, style, gen, tex)
+        img = style_image(grey, style, gen, tex, background=background)
         name = f"{k:03d}.png"
         Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(out / name)
         rows.append({"file_name": name, "text": f"{prompt(digit)} in {style} style", "label": digit})
