@@ -45,17 +45,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
-from zoo.adapters.plp import PLP, PLPConfig
+from zoo.adapters.adamwr import AdamWr, adamwr_groups
+from zoo.adapters.lora_formats import save_diffusers_lora
+from zoo.adapters.merge import add_ziplora, load_plp, merge_b4m, ziplora_diffusers_state, ziplora_loss
+from zoo.adapters.plp import PLP, PLPConfig, add_plp, plp_deltas
 from zoo.config import ConfigError
+from zoo.data.images.folder import CaptionedImageFolder, find_captioned_images
+from zoo.data.images.glyphs import GLYPHS, build_b4m_sets
+from zoo.data.images.style_digits import BACKGROUNDS, STYLES
 from zoo.diffusion.methods import LORA_FILE, AdapterMethod, LoRAMethod, register_adapter_method
+from zoo.diffusion.pretrained import PRETRAINED_PIPELINES, pretrained_pipeline_dir
 from zoo.engine.data import build_loader
+from zoo.layers.lora import (
+    adapter_param_groups, adapter_parameters, adapter_state_dict, enable_adapter, load_adapter_state_dict,
+    set_active_adapters,
+)
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.recipes.sd_finetune import SDFinetuneConfig, SDFinetuneRecipe, SDModelConfig
 
@@ -141,9 +155,6 @@ class PLPMethod(AdapterMethod):
         self.b4m: B4MSection = B4MSection()
 
     def apply(self, unet, cfg):
-        from zoo.adapters.merge import load_plp, merge_b4m
-        from zoo.adapters.plp import add_plp
-
         self.cfg = cfg
         b = self.b4m
         plp_cfg = getattr(cfg, "plp", None) or PLPConfig()  # sd_finetune's model section has no plp: defaults
@@ -153,8 +164,6 @@ class PLPMethod(AdapterMethod):
         if b.stage == "merge":
             merge_b4m(unet, CONTENT, STYLE, name=PLP, weights=(b.content_weight, b.style_weight), remove_sources=True)
         elif b.stage == "ziplora":
-            from zoo.adapters.merge import add_ziplora
-
             add_ziplora(unet, CONTENT, STYLE, name=ZIPLORA, weights=(b.content_weight, b.style_weight))
         else:
             add_plp(unet, plp_cfg, name=PLP)
@@ -166,13 +175,9 @@ class PLPMethod(AdapterMethod):
         return ZIPLORA if self.b4m.stage == "ziplora" else PLP
 
     def trainable_parameters(self, unet):
-        from zoo.layers.lora import adapter_parameters
-
         return adapter_parameters(unet, [self.adapter])
 
     def configure_optimizer(self, unet, optim_cfg, total_steps):
-        from zoo.layers.lora import adapter_param_groups, adapter_parameters
-
         b = self.b4m
         if b.stage == "ziplora":
             return torch.optim.AdamW(adapter_parameters(unet, [ZIPLORA]), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
@@ -181,8 +186,6 @@ class PLPMethod(AdapterMethod):
             return torch.optim.AdamW(adapter_parameters(unet, [PLP]), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
                                      eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
         if b.stage == "merge":
-            from zoo.adapters.adamwr import AdamWr, adamwr_groups
-
             return AdamWr(adamwr_groups(unet, PLP), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
                           weight_decay=optim_cfg.weight_decay, reg=b.reg)
         main, aux = ("down", "up") if b.stage == "content" else ("up", "down")
@@ -191,29 +194,17 @@ class PLPMethod(AdapterMethod):
                                  weight_decay=optim_cfg.weight_decay)
 
     def state_dict(self, unet):
-        from zoo.layers.lora import adapter_state_dict
-
         return adapter_state_dict(unet, [self.adapter])
 
     def load_state_dict(self, unet, state):
-        from zoo.layers.lora import load_adapter_state_dict
-
         result = load_adapter_state_dict(unet, state, strict=False)  # the frozen stage-1 adapters are not saved
         bad = [k for k in result["missing"] if f".{self.adapter}." in k] + result["unexpected"]
         if bad:
             raise RuntimeError(f"checkpoint does not match the {self.adapter} adapter: {bad[:10]}")
 
     def save(self, unet, output_dir):
-        from zoo.adapters.lora_formats import save_diffusers_lora
-
         path = Path(output_dir) / LORA_FILE
         if self.adapter == ZIPLORA:
-            import os
-
-            from safetensors.torch import save_file
-
-            from zoo.adapters.merge import ziplora_diffusers_state
-
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             save_file(ziplora_diffusers_state(unet, ZIPLORA), str(tmp), metadata={"format": "pt"})
@@ -226,8 +217,6 @@ class PLPMethod(AdapterMethod):
         return LoRAMethod.load(pipe, path)
 
     def switch(self, pipe, unet, load_base):
-        from zoo.layers.lora import enable_adapter
-
         return lambda on: enable_adapter(unet, self.adapter, on)
 
 
@@ -236,8 +225,6 @@ def only_projection(model: nn.Module, which: str | None) -> Iterator[None]:
     """Within the block only the ``which`` (``"down"`` / ``"up"``) tensors of the PLP adapter require grad, so a
     loss back-propagated there reaches that projection only; the flags are restored after. ``which=None``: no
     change (both projections)."""
-    from zoo.adapters.plp import plp_deltas
-
     if which is None:
         yield
         return
@@ -275,7 +262,6 @@ class B4MRecipe(SDFinetuneRecipe):
             raise ConfigError(f"the b4m recipe trains PLP adapters: model.adapter must be 'plp', got "
                               f"'{cfg.model.adapter}'")
         b, d = cfg.b4m, cfg.data
-        from zoo.diffusion.pretrained import PRETRAINED_PIPELINES, pretrained_pipeline_dir
 
         if cfg.model.pretrained in PRETRAINED_PIPELINES:  # a shipped pipeline by name, e.g. tiny_t2i_mnist
             try:
@@ -291,7 +277,6 @@ class B4MRecipe(SDFinetuneRecipe):
             d.root = b.main_root()
         super().__init__(cfg)
         self.method.b4m = b
-        from zoo.data.images.folder import find_captioned_images
 
         if b.stage in ("merge", "ziplora"):
             for key in ("content_root", "content_adapter", "style_adapter"):
@@ -318,8 +303,6 @@ class B4MRecipe(SDFinetuneRecipe):
 
     # ---------------------------------------------------------------- data
     def _folder(self, root: str) -> Any:
-        from zoo.data.images.folder import CaptionedImageFolder
-
         d = self.cfg.data
         return CaptionedImageFolder(root, resolution=d.resolution, center_crop=d.center_crop, random_flip=d.random_flip,
                                     prefix=d.prefix, default_caption=d.default_caption, caption_column=d.caption_column,
@@ -384,10 +367,6 @@ class B4MRecipe(SDFinetuneRecipe):
     def _distill_loss(self, model: nn.Module, batch: Any, teacher: str) -> torch.Tensor:
         """MSE between the ZipLoRA-merged UNet's prediction and the ``teacher`` adapter's (no grad) on the same
         noisy latents, timesteps and captions of ``batch``."""
-        import torch.nn.functional as F
-
-        from zoo.layers.lora import set_active_adapters
-
         sched = self.components.noise_scheduler
         latents, text, cond = self._encode(batch, sample=True)
         noise = torch.randn_like(latents)
@@ -405,8 +384,6 @@ class B4MRecipe(SDFinetuneRecipe):
     def _ziplora_step(self, model: nn.Module, batch: Any, ctx: Any) -> dict[str, torch.Tensor]:
         """ZipLoRA (mkshing/ziplora-pytorch): the merged UNet matches the style adapter on the style images and the
         content adapter on the content images; plus ``similarity_lambda · Σ mean|m_c ⊙ m_s|``."""
-        from zoo.adapters.merge import ziplora_loss
-
         style = self._distill_loss(model, batch, STYLE)
         ctx.backward(style)
         content = self._distill_loss(model, self._aux_batch(0, ctx.device), CONTENT)
@@ -434,9 +411,6 @@ class B4MDataSection:
     background: str = "style"  # of the style sets: style (each style's colour) | black (the plain digits')
 
     def __post_init__(self) -> None:
-        from zoo.data.images.glyphs import GLYPHS
-        from zoo.data.images.style_digits import BACKGROUNDS, STYLES
-
         if self.glyph not in GLYPHS:
             raise ConfigError(f"sets.glyph must be one of {', '.join(GLYPHS)}, got '{self.glyph}'")
         for key, value in [("style", self.style)] + [(f"aux_styles[{i}]", s) for i, s in enumerate(self.aux_styles)]:
@@ -466,8 +440,6 @@ class B4MDataRecipe(Recipe):
     Config = B4MDataConfig
 
     def run(self, ctx: Any) -> dict[str, Any]:
-        from zoo.data.images.glyphs import build_b4m_sets
-
         s = self.cfg.sets
         sets = build_b4m_sets(ctx.output_dir, glyph=s.glyph, style=s.style, aux_styles=s.aux_styles,
                               aux_digits=s.aux_digits, num_content=s.num_content, num_style=s.num_style,
