@@ -16,24 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
 from benchmarks import style  # noqa: E402
+from fake_data import fake_mnist  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _fake_mnist(folder: Path, n: int = 40) -> Path:
-    """t10k IDX files with ``n`` 28×28 'digits' (a bright bar whose position encodes the label)."""
-    import numpy as np
-
-    from zoo.data.images.mnist import write_idx
-
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = np.zeros((n, 28, 28), np.uint8)
-    for i, y in enumerate(labels):
-        images[i, 4:24, 2 + 2 * y:5 + 2 * y] = 255
-    write_idx(folder / "t10k-images-idx3-ubyte", images)
-    write_idx(folder / "t10k-labels-idx1-ubyte", labels)
-    return folder
 
 
 def test_sara_threshold_selects_the_fraction():
@@ -47,7 +32,7 @@ def test_sara_threshold_selects_the_fraction():
 
 @pytest.mark.slow
 def test_style_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
-    root = _fake_mnist(tmp_path / "mnist")
+    root = fake_mnist(tmp_path / "mnist")
     p = argparse.ArgumentParser()
     style.add_arguments(p)
     out = tmp_path / "bench"

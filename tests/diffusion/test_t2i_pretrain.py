@@ -13,22 +13,10 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from zoo.data.images.mnist import write_idx  # noqa: E402
+from fake_data import fake_mnist  # noqa: E402
 from zoo.diffusion.captions import DIGIT_WORDS, VOCAB_WORDS, caption, prompt, word_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _fake_mnist(folder: Path, n: int = 40) -> Path:
-    """t10k IDX files with ``n`` 28×28 'digits' (a bright bar whose position encodes the label)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = np.zeros((n, 28, 28), np.uint8)
-    for i, y in enumerate(labels):
-        images[i, 4:24, 2 + 2 * y:5 + 2 * y] = 255
-    write_idx(folder / "t10k-images-idx3-ubyte", images)
-    write_idx(folder / "t10k-labels-idx1-ubyte", labels)
-    return folder
 
 
 # ------------------------------------------------------------------------------------------ captions
@@ -68,7 +56,7 @@ def test_colour_digits_and_style_set(tmp_path):
     assert any(not torch.allclose(o[0], o[1]) for o in outs)  # coloured, not grey
     assert torch.equal(ColourDigits(p=0.0)(grey), grey.expand(3, -1, -1))
 
-    root = _fake_mnist(tmp_path / "mnist")
+    root = fake_mnist(tmp_path / "mnist")
     out = build_style_set(tmp_path / "style", "brick", num_images=10, root=root, split="test[:20]")
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert [r["label"] for r in rows] == list(range(10))
@@ -88,7 +76,7 @@ def test_vae_then_unet_recipes_make_a_loadable_pipeline(tmp_path):
     from zoo.diffusion.pipeline import load_pipeline
 
     repo = Path(__file__).resolve().parents[2]
-    root = _fake_mnist(tmp_path / "mnist")
+    root = fake_mnist(tmp_path / "mnist")
     data = [f"data.root={root}", "data.train_split=test[:30]", "data.eval_split=test[30:]", "data.batch_size=4",
             "data.eval_batch_size=8", "trainer.max_steps=2"]
     vae = run_training(str(repo / "configs/t2i/vae.yaml"), data + ["model.block_out_channels=[8,8,8]",

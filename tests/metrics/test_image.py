@@ -3,20 +3,15 @@ BasicSR's own ``psnr_ssim.py`` run on the same images when it is available offli
 XPixelGroup/BasicSR checkout, or the fetched mirror; it needs OpenCV)."""
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from official_code import imported_official, official_sources
 from zoo.metrics.image import gaussian_window, psnr, rgb_to_y, ssim
 
-_MIRROR = Path("/work/.mirror/XPixelGroup+BasicSR/repo")
 _FILES = ("basicsr/metrics/psnr_ssim.py", "basicsr/metrics/metric_util.py", "basicsr/utils/color_util.py")
 
 
@@ -87,45 +82,18 @@ def test_psnr_matches_skimage():
 
 
 # ------------------------------------------------------------------------------------------ BasicSR itself
-def _basicsr_sources():
-    root = os.environ.get("BASICSR_DIR")
-    if root and all((Path(root) / f).is_file() for f in _FILES):
-        return {f: (Path(root) / f).read_text() for f in _FILES}
-    if _MIRROR.exists():
-        try:
-            return {f: subprocess.run(["git", "-C", str(_MIRROR), "show", f"HEAD:{f}"], check=True,
-                                      capture_output=True, text=True).stdout for f in _FILES}
-        except (OSError, subprocess.CalledProcessError):
-            return None
-    return None
-
-
 @pytest.fixture()
 def basicsr(tmp_path):
     pytest.importorskip("cv2")
-    sources = _basicsr_sources()
+    sources = official_sources(_FILES, "BASICSR_DIR", "XPixelGroup/BasicSR")
     if sources is None:
         pytest.skip("BasicSR's psnr_ssim.py not available offline (set BASICSR_DIR to a checkout)")
-    for rel, text in sources.items():
-        p = tmp_path / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    (tmp_path / "basicsr/__init__.py").touch()
-    (tmp_path / "basicsr/metrics/__init__.py").touch()
-    (tmp_path / "basicsr/utils/__init__.py").write_text("from .color_util import bgr2ycbcr, rgb2ycbcr_pt\n")
-    (tmp_path / "basicsr/utils/registry.py").write_text(
-        "class _R:\n    def register(self):\n        return lambda f: f\nMETRIC_REGISTRY = _R()\n")
-    saved = {k: v for k, v in sys.modules.items() if k == "basicsr" or k.startswith("basicsr.")}
-    for k in saved:
-        del sys.modules[k]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        yield importlib.import_module("basicsr.metrics.psnr_ssim")
-    finally:
-        sys.path.remove(str(tmp_path))
-        for k in [k for k in sys.modules if k == "basicsr" or k.startswith("basicsr.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
+    files = {"basicsr/utils/__init__.py": "from .color_util import bgr2ycbcr, rgb2ycbcr_pt\n",
+             "basicsr/utils/registry.py": "class _R:\n    def register(self):\n        return lambda f: f\n"
+                                          "METRIC_REGISTRY = _R()\n"}
+    with imported_official(tmp_path, sources, "basicsr.metrics.psnr_ssim", packages=("basicsr", "basicsr/metrics"),
+                           files=files) as module:
+        yield module
 
 
 @pytest.mark.parametrize("crop_border", [0, 3])

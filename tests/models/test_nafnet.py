@@ -3,19 +3,15 @@ checkpoint layout loading strictly, TLC, and parity with the official ``NAFNet_a
 offline (``$NAFNET_OFFICIAL_DIR`` = a megvii-research/NAFNet checkout, or the fetched mirror)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
+from official_code import imported_official, official_sources
 from zoo.models.nafnet import LocalAvgPool2d, NAFNet
 from zoo.registry import create_model
 
-_MIRROR = Path("/work/.mirror/megvii-research+NAFNet/repo")
 _FILES = ("basicsr/models/archs/NAFNet_arch.py", "basicsr/models/archs/arch_util.py",
           "basicsr/models/archs/local_arch.py")
 
@@ -101,46 +97,17 @@ def test_local_avg_pool_matches_direct_box_mean():
 
 
 # ------------------------------------------------------------------------------------ official parity
-def _official_sources() -> dict[str, str] | None:
-    root = os.environ.get("NAFNET_OFFICIAL_DIR")
-    if root and all((Path(root) / f).is_file() for f in _FILES):
-        return {f: (Path(root) / f).read_text() for f in _FILES}
-    if _MIRROR.exists():
-        try:
-            return {f: subprocess.run(["git", "-C", str(_MIRROR), "show", f"HEAD:{f}"], check=True,
-                                      capture_output=True, text=True).stdout for f in _FILES}
-        except (OSError, subprocess.CalledProcessError):
-            return None
-    return None
-
-
 @pytest.fixture()
 def official(tmp_path):
-    sources = _official_sources()
+    sources = official_sources(_FILES, "NAFNET_OFFICIAL_DIR", "megvii-research/NAFNet")
     if sources is None:
         pytest.skip("official NAFNet code not available offline (set NAFNET_OFFICIAL_DIR to a checkout)")
-    for rel, text in sources.items():
-        p = tmp_path / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    for d in ("basicsr", "basicsr/models", "basicsr/models/archs"):
-        (tmp_path / d / "__init__.py").touch()
-    saved = {k: v for k, v in sys.modules.items() if k == "basicsr" or k.startswith("basicsr.")}
-    for k in saved:
-        del sys.modules[k]
     utils = types.ModuleType("basicsr.utils")
     utils.get_root_logger = lambda *a, **k: None
-    sys.modules["basicsr.utils"] = utils
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import importlib
-
-        yield importlib.import_module("basicsr.models.archs.NAFNet_arch")
-    finally:
-        sys.path.remove(str(tmp_path))
-        for k in [k for k in sys.modules if k == "basicsr" or k.startswith("basicsr.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
+    with imported_official(tmp_path, sources, "basicsr.models.archs.NAFNet_arch",
+                           packages=("basicsr", "basicsr/models", "basicsr/models/archs"),
+                           stubs={"basicsr.utils": utils}) as module:
+        yield module
 
 
 _OFFICIAL_WARNINGS = pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning")

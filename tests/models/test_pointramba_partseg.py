@@ -3,9 +3,6 @@ official model run on the CPU with its CUDA-only imports stubbed, feature propag
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import types
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from official_code import imported_official, official_sources
 from zoo import create_model
 from zoo.models._contract import pop_auxiliary_losses
 from zoo.models.pointramba import glr_loss, importance_loss
@@ -192,34 +190,17 @@ def test_checkpoint_with_other_part_count_reinitialises_the_classifier(tmp_path,
 # ---------------------------------------------------------------------------------------------------------------
 # The official model, run on the CPU with its CUDA-only imports stubbed
 # ---------------------------------------------------------------------------------------------------------------
-def _official_sources() -> dict[str, str] | None:
-    """The official ``part_segmentation/models/{pointramba,pointnet2_utils}.py``: from ``$ZOO_POINTRAMBA_SRC`` (a
-    checkout) or the git mirror beside the work tree (``../.mirror/xiaoyao3302+PoinTramba/repo``); None if absent."""
-    files = ("part_segmentation/models/pointramba.py", "part_segmentation/models/pointnet2_utils.py")
-    src = os.environ.get("ZOO_POINTRAMBA_SRC")
-    if src and all((Path(src) / f).is_file() for f in files):
-        return {f: (Path(src) / f).read_text() for f in files}
-    git_dir = REPO.parent / ".mirror" / "xiaoyao3302+PoinTramba" / "repo"
-    if not git_dir.is_dir():
-        return None
-    try:
-        return {f: subprocess.run(["git", "--git-dir", str(git_dir), "show", f"HEAD:{f}"], capture_output=True,
-                                  text=True, check=True, timeout=30).stdout for f in files}
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 @pytest.fixture
-def official_module(tmp_path, monkeypatch):
+def official_module(tmp_path):
     """The official segmentation module, importable on the CPU: pointnet2_ops FPS/gather, KNN_CUDA and mamba_ssm's
     Mamba are replaced by zoo's (same numbers; the Mamba stub is zoo's mixer with mamba-ssm's parameter names)."""
-    sources = _official_sources()
+    files = ("part_segmentation/models/pointramba.py", "part_segmentation/models/pointnet2_utils.py")
+    sources = official_sources(files, "ZOO_POINTRAMBA_SRC", "xiaoyao3302/PoinTramba")
     if sources is None:
         pytest.skip("the official PoinTramba code is not available offline (set ZOO_POINTRAMBA_SRC to a checkout)")
     from zoo.layers.mamba import Mamba
 
-    (tmp_path / "pointramba_seg_official.py").write_text(sources["part_segmentation/models/pointramba.py"])
-    (tmp_path / "pointnet2_utils.py").write_text(sources["part_segmentation/models/pointnet2_utils.py"])
+    sources = {"pointramba_seg_official.py": sources[files[0]], "pointnet2_utils.py": sources[files[1]]}
     logger = types.ModuleType("logger")
     logger.get_missing_parameters_message = logger.get_unexpected_parameters_message = str
     p2u = types.ModuleType("pointnet2_ops.pointnet2_utils")
@@ -242,20 +223,9 @@ def official_module(tmp_path, monkeypatch):
     stubs = {"logger": logger, "pointnet2_ops": p2, "pointnet2_ops.pointnet2_utils": p2u, "knn_cuda": knn,
              "mamba_ssm": types.ModuleType("mamba_ssm"), "mamba_ssm.modules": types.ModuleType("mamba_ssm.modules"),
              "mamba_ssm.modules.mamba_simple": mss}
-    for name in (*stubs, "pointnet2_utils", "pointramba_seg_official"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    for name, mod in stubs.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import importlib
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # timm.models.layers is deprecated (the official import)
-        module = importlib.import_module("pointramba_seg_official")
-    yield module
-    for name in ("pointnet2_utils", "pointramba_seg_official"):
-        sys.modules.pop(name, None)
+    # FutureWarning: timm.models.layers is deprecated (the official import)
+    with imported_official(tmp_path, sources, "pointramba_seg_official", stubs=stubs, quiet=(FutureWarning,)) as module:
+        yield module
 
 
 def _official_config(**over) -> SimpleNamespace:

@@ -58,6 +58,16 @@ def _overrides(data, **extra):
     return [f"{k}={v}" for k, v in {**data, **extra}.items()]
 
 
+def _need_shared_mnist(split: str = "test[:10]"):
+    """The shared MNIST split (``zoo.data.images.mnist.MNIST``); skips the test when the data is absent."""
+    from zoo.data.images.mnist import MNIST
+
+    try:
+        return MNIST(split=split)
+    except (FileNotFoundError, OSError):
+        pytest.skip("no MNIST data in ../shared/data (or $ZOO_DATA)")
+
+
 def _lora(path):
     from safetensors.torch import load_file
 
@@ -225,12 +235,7 @@ def test_glyph_variants_are_handwriting_like_and_reproducible(tmp_path):
 
 def test_b4m_sets_from_the_shared_mnist(tmp_path):
     pytest.importorskip("skimage")
-    from zoo.data.images.mnist import MNIST
-
-    try:
-        MNIST(split="test[:10]")
-    except (FileNotFoundError, OSError):
-        pytest.skip("no MNIST data in /work/shared/data")
+    _need_shared_mnist()
     from zoo.data.images.folder import find_captioned_images
     from zoo.data.images.glyphs import build_b4m_sets
 
@@ -248,14 +253,9 @@ def test_style_sets_on_black_keep_the_strokes_and_their_style(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from zoo.data.images.mnist import MNIST
     from zoo.data.images.style_digits import build_style_set
 
-    try:
-        MNIST(split="test[:10]")
-    except (FileNotFoundError, OSError):
-        pytest.skip("no MNIST data in /work/shared/data")
-    grey = MNIST(split="test[:8000]")
+    grey = _need_shared_mnist("test[:8000]")
     own = build_style_set(tmp_path / "own", "brick", num_images=3, split="test[:8000]")
     black = build_style_set(tmp_path / "black", "brick", num_images=3, split="test[:8000]", background="black")
     assert (own / "metadata.jsonl").read_text() == (black / "metadata.jsonl").read_text()
