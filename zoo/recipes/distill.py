@@ -15,27 +15,20 @@ a nested run in its own sub-directory (finished ones are reused on ``--resume``)
     real_hard/      students on the whole training split with hard labels (DD-Ranking's Acc(real, hard))
     results.csv, storage.json, metrics.json, hello_<dataset>.png
 
-**Distilled images** (:func:`rded_select`, :func:`optimise_images`): RDED's initialisation -- ``num_crop`` random
-resized crops of each of ``mipc`` real candidates per class, each scored by the teacher's cross-entropy, the best
-crop of each kept, the ``ipc * factor^2`` most confident patches stitched ``factor x factor`` into ``ipc`` images --
-then ``images.steps`` Adam steps on the pixels that lower *the gap between teacher and projector labels* on augmented
-views, ``T^2 KL(teacher || projector) + ce_weight * CE(teacher, y)`` (our reading of the issue's "reduce the error
-between teacher and projector labels"; the paper's own update matches CLIP features of a patch and of its
-down-up-sampled copy, which only matters for factor > 1 and is not implemented).
+**Distilled images** (:mod:`zoo.distill.images`): RDED's initialisation (:func:`rded_select`), then
+``images.steps`` Adam steps on the pixels that lower the gap between teacher and projector labels on augmented views
+(:func:`optimise_images`).
 
-**Students** (:class:`StudentRecipe`, one interface, ``labels``):
-
-* ``hard`` -- cross-entropy on the class of each distilled image;
-* ``stored`` -- SRe2L / RDED's FKD-style relabelling: before training, the teacher labels every augmented view of
-  every epoch (``students.epochs x N x K`` logits, stored in ``students.label_dtype``), and the crop of each view is
-  stored too; the student replays those views with those labels;
-* ``projector`` -- HeLlO: the stored projector labels each view on the fly.
-
-Soft-label losses: ``T^2 KL(soft || student) + ce_weight * CE``. All three see the same views (crop parameters are a
-function of ``(seed, epoch, sample)``); students differ only in their initialisation seed.
+**Students** (:class:`StudentRecipe` in :mod:`zoo.recipes.distill_stages`, one interface, ``labels``, see
+:mod:`zoo.distill.labels`): ``hard``; ``stored`` -- before training the teacher labels every augmented view of every
+epoch (``students.epochs x N x K`` logits in ``students.label_dtype``, :func:`generate_soft_labels`) and the student
+replays them; ``projector`` -- the stored projector labels each view on the fly. Soft-label loss:
+``T^2 KL(soft || student) + ce_weight * CE``. All three see the same views (:mod:`zoo.distill.views`); students
+differ only in their initialisation seed.
 
 **Report**: per IPC and label kind, held-out top-1 (mean / std over seeds), label bytes (the sizes of the files
-written, :func:`zoo.metrics.distill.storage_report`), and DD-Ranking's HLR / IOR / LRS.
+written, :func:`zoo.metrics.distill.storage_report`), and DD-Ranking's HLR / IOR / LRS; figures from
+:mod:`zoo.distill.report`.
 """
 from __future__ import annotations
 
@@ -43,7 +36,6 @@ import copy
 import csv
 import json
 import logging
-import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -55,467 +47,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from zoo.distill.data import IndexedImages, dataset_targets, image_dataset, stack_images
+from zoo.distill.images import image_objective, optimise_images, rded_select, stitch_patches
+from zoo.distill.labels import LABEL_DTYPES, LABEL_KINDS, generate_soft_labels
+from zoo.distill.report import plot_results, save_image_grid
+from zoo.distill.storage import load_image_set, save_image_set, save_tensors
+from zoo.distill.views import apply_views, view_params
 from zoo.engine.data import build_loader
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 from zoo.errors import ConfigError
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
-from zoo.recipes.classify import ClassifyConfig, ClassifyDataConfig, ClassifyRecipe, EvalConfig, LossConfig
+from zoo.recipes.classify import ClassifyConfig, ClassifyDataConfig, EvalConfig, LossConfig
+from zoo.recipes.distill_stages import ProjectorRecipe, RotationPretrainRecipe, StudentRecipe, TeacherRecipe
 from zoo.registry import create_model
 
 __all__ = ["view_params", "apply_views", "rded_select", "stitch_patches", "optimise_images", "image_objective",
            "generate_soft_labels", "save_image_set", "load_image_set", "save_image_grid", "plot_results",
-           "IndexedImages", "StudentRecipe", "ProjectorRecipe", "RotationPretrainRecipe", "HelloDistillConfig", "HelloDistillRecipe", "LABEL_KINDS"]
+           "IndexedImages", "StudentRecipe", "ProjectorRecipe", "RotationPretrainRecipe", "TeacherRecipe",
+           "HelloDistillConfig", "HelloDistillRecipe", "LABEL_KINDS"]
 
 _logger = logging.getLogger("zoo")
-
-LABEL_KINDS = ("hard", "stored", "projector")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-# ================================================================================================ augmented views
-def view_params(n: int, epoch: int, seed: int, scale: Sequence[float] = (0.5, 1.0),
-                ratio: Sequence[float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Random-resized-crop boxes ``(n, 4)`` = ``(w, h, cx, cy)`` in ``affine_grid`` units (image = [-1, 1]^2) for
-    ``n`` samples at ``epoch``; a pure function of ``(n, epoch, seed)``: the views of sample ``i`` at epoch ``e`` are
-    the same whoever asks (stored-label generation, the student, the projector). Values are rounded to fp16, the
-    dtype the stored views are written in."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63))
-    u = torch.rand(n, 4, generator=g, dtype=torch.float64)
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    r = torch.exp(log_r)
-    w = torch.sqrt(area * r).clamp(max=1.0)
-    h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (1 - w) * (2 * u[:, 2] - 1)
-    cy = (1 - h) * (2 * u[:, 3] - 1)
-    return torch.stack([w, h, cx, cy], 1).half().float()  # fp16-exact: stored views (fp16) replay bit for bit
-
-
-def apply_views(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Crop-and-resize ``images (N, C, H, W)`` to the boxes ``params (N, 4)`` (:func:`view_params`), bilinear, output
-    ``(N, C, H, W)``."""
-    if params.shape != (images.shape[0], 4):
-        raise ValueError(f"apply_views: params must be (N, 4) = ({images.shape[0]}, 4), got {tuple(params.shape)}")
-    p = params.to(images.device, torch.float32)
-    theta = torch.zeros(images.shape[0], 2, 3, device=images.device)
-    theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2] = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _random_views(images: torch.Tensor, scale: Sequence[float], generator: torch.Generator | None = None) -> torch.Tensor:
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    return apply_views(images, view_params(images.shape[0], 0, seed, scale))
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """``model(images)`` in eval mode over chunks: ``(N, C, H, W) -> (N, K)`` float32 on the images' device."""
-    was = model.training
-    model.eval()
-    out = [model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)]
-    model.train(was)
-    return torch.cat(out)
-
-
-# ================================================================================================ distilled images
-def stitch_patches(patches: torch.Tensor, factor: int, out_size: Sequence[int]) -> torch.Tensor:
-    """RDED's stitching: ``(n * factor^2, C, h, w)`` patches, consecutive groups of ``factor^2`` tiled row-major into
-    ``n`` images ``(n, C, H, W)`` (each patch resized to its ``H // factor x W // factor`` cell, the last cells take
-    the remainder)."""
-    H, W = int(out_size[0]), int(out_size[1])
-    f2 = factor * factor
-    if len(patches) % f2:
-        raise ValueError(f"stitch_patches: {len(patches)} patches is not a multiple of factor^2 = {f2}")
-    if factor == 1:
-        return F.interpolate(patches, size=(H, W), mode="bilinear", align_corners=False) \
-            if patches.shape[-2:] != (H, W) else patches.clone()
-    n = len(patches) // f2
-    out = patches.new_zeros(n, patches.shape[1], H, W)
-    hs = [H // factor + (1 if i < H % factor else 0) for i in range(factor)]
-    ws = [W // factor + (1 if j < W % factor else 0) for j in range(factor)]
-    for k in range(n):
-        y = 0
-        for i in range(factor):
-            x = 0
-            for j in range(factor):
-                p = patches[k * f2 + i * factor + j][None]
-                out[k, :, y:y + hs[i], x:x + ws[j]] = F.interpolate(p, size=(hs[i], ws[j]), mode="bilinear",
-                                                                    align_corners=False)[0]
-                x += ws[j]
-            y += hs[i]
-    return out
-
-
-@torch.no_grad()
-def rded_select(teacher: nn.Module, images: torch.Tensor, label: int, ipc: int, *, num_crop: int = 5, factor: int = 1,
-                scale: Sequence[float] = (0.5, 1.0), seed: int = 0, batch_size: int = 256) -> torch.Tensor:
-    """RDED's selection for one class: ``images (M, C, H, W)`` real candidates of class ``label`` -> ``(ipc, C, H, W)``.
-
-    Each candidate gets ``num_crop`` random resized crops (side ``1 / factor`` of the image, resized to the full size
-    for scoring as RDED scores its patches at the network's input size); the crop with the lowest teacher
-    cross-entropy is its representative; the ``ipc * factor^2`` lowest-CE representatives are stitched
-    ``factor x factor`` (:func:`stitch_patches`). Raises ``ValueError`` if there are fewer candidates than patches.
-    """
-    need = ipc * factor * factor
-    m = images.shape[0]
-    if m < need:
-        raise ValueError(f"rded_select: class {label} has {m} candidate images but ipc * factor^2 = {need} patches "
-                         "are needed; raise images.mipc or lower the IPC")
-    H, W = images.shape[-2:]
-    best_ce = torch.full((m,), float("inf"), device=images.device)
-    best = images.clone()
-    for c in range(num_crop):
-        views = apply_views(images, view_params(m, c, seed * 131 + label, scale).to(images.device))
-        logits = _logits(teacher, views, batch_size)
-        ce = F.cross_entropy(logits, torch.full((m,), label, device=images.device, dtype=torch.long), reduction="none")
-        better = ce < best_ce
-        best_ce = torch.where(better, ce, best_ce)
-        best[better] = views[better]
-    order = torch.argsort(best_ce)[:need]
-    patches = best[order]
-    if factor > 1:
-        patches = F.interpolate(patches, size=(H // factor, W // factor), mode="bilinear", align_corners=False,
-                                antialias=True)
-    return stitch_patches(patches, factor, (H, W)).clamp(0, 1)
-
-
-def image_objective(teacher: nn.Module, projector: nn.Module, views: torch.Tensor, labels: torch.Tensor, *,
-                    temperature: float = 1.0, ce_weight: float = 0.1) -> torch.Tensor:
-    """The distilled images' objective on ``views (N, C, H, W)``: ``T^2 KL(softmax(teacher/T) || softmax(projector/T))
-    + ce_weight * CE(teacher, labels)`` -- projector labels close to the teacher's, images still of their class."""
-    t = teacher(views).float()
-    p = projector(views).float()
-    kl = F.kl_div(F.log_softmax(p / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean")
-    return kl * temperature ** 2 + ce_weight * F.cross_entropy(t, labels)
-
-
-def optimise_images(images: torch.Tensor, labels: torch.Tensor, teacher: nn.Module, projector: nn.Module, *,
-                    steps: int = 50, lr: float = 0.01, temperature: float = 1.0, ce_weight: float = 0.1,
-                    scale: Sequence[float] = (0.5, 1.0), seed: int = 0, batch_size: int = 256) -> tuple[torch.Tensor, list[float]]:
-    """Adam on the pixels of ``images (N, C, H, W)`` in [0, 1] (clamped after each step) for ``steps`` steps of
-    :func:`image_objective` on one fresh augmented view per image per step (chunks of ``batch_size``); teacher and
-    projector frozen, in eval mode. Returns ``(images, objective per step on the step's views)``."""
-    for m in (teacher, projector):
-        m.eval()
-    frozen = [(q, q.requires_grad) for m in (teacher, projector) for q in m.parameters()]
-    for q, _ in frozen:  # gradients reach the pixels only
-        q.requires_grad_(False)
-    try:
-        return _optimise_pixels(images, labels, teacher, projector, steps, lr, temperature, ce_weight, scale, seed,
-                                batch_size)
-    finally:
-        for q, flag in frozen:
-            q.requires_grad_(flag)
-
-
-def _optimise_pixels(images, labels, teacher, projector, steps, lr, temperature, ce_weight, scale, seed, batch_size):
-    x = images.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
-    history: list[float] = []
-    for step in range(steps):
-        opt.zero_grad(set_to_none=True)
-        params = view_params(len(x), step, seed + 99991, scale).to(x.device)
-        total = 0.0
-        for i in range(0, len(x), batch_size):
-            sl = slice(i, i + batch_size)
-            loss = image_objective(teacher, projector, apply_views(x[sl], params[sl]), labels[sl],
-                                   temperature=temperature, ce_weight=ce_weight) * (min(len(x), i + batch_size) - i) / len(x)
-            loss.backward()
-            total += float(loss.detach())
-        opt.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
-        history.append(total)
-    return x.detach(), history
-
-
-# ================================================================================================ files
-def save_image_set(path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor) -> int:
-    """Images ``(N, C, H, W)`` in [0, 1] stored as uint8 with labels ``(N,)`` int64 in a safetensors file (atomically);
-    returns its size in bytes."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"images": (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
-               "labels": labels.detach().cpu().long().contiguous()}, str(tmp))
-    os.replace(tmp, path)
-    return path.stat().st_size
-
-
-def load_image_set(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images (N, C, H, W) float32 in [0, 1], labels (N,))`` from :func:`save_image_set`'s file."""
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"load_image_set: no file {path}")
-    d = load_file(str(path))
-    return d["images"].float() / 255.0, d["labels"].long()
-
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> int:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-    return path.stat().st_size
-
-
-@torch.no_grad()
-def generate_soft_labels(teacher: nn.Module, images: torch.Tensor, epochs: int, seed: int, *,
-                         scale: Sequence[float] = (0.5, 1.0), dtype: str = "float16", batch_size: int = 256,
-                         augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """FKD-style relabelling: the teacher's logits of every augmented view of every epoch.
-
-    ``images (N, C, H, W)`` -> ``(labels (epochs, N, K) in dtype, views (epochs, N, 4) float16)``; view ``(e, i)`` is
-    ``view_params(N, e, seed)[i]`` (what the student replays)."""
-    labels, views = [], []
-    for e in range(epochs):
-        p = view_params(len(images), e, seed, scale)
-        x = apply_views(images, p.to(images.device)) if augment else images
-        labels.append(_logits(teacher, x, batch_size).to(_DTYPES[dtype]).cpu())
-        views.append(p.half())
-    return torch.stack(labels), torch.stack(views)
-
-
-class IndexedImages(Dataset):
-    """``(image (C, H, W) float32, label int, index int)`` over tensors ``images (N, C, H, W)``, ``labels (N,)``."""
-
-    classes: list[str] = []
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] = ()):
-        if len(images) != len(labels):
-            raise ValueError(f"IndexedImages: {len(images)} images but {len(labels)} labels")
-        self.images, self.labels = images.float(), labels.long()
-        self.classes = list(classes)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.images[i], int(self.labels[i]), i
-
-
-def _dataset(data: "DistillDataConfig", split: str) -> Dataset:
-    """A dataset of ``(image (C, H, W) float in [0, 1], label)``: a registered one (``mnist``, ``cifar10`` ...) or
-    ``imagefolder`` (torchvision's ``ImageFolder`` at ``root/<split>``, resized and centre-cropped to
-    ``data.image_size``; ImageNet's train/val folders)."""
-    if data.name == "imagefolder":
-        try:
-            from torchvision import datasets, transforms
-        except ImportError as e:  # pragma: no cover - torchvision is a core dependency
-            raise ImportError("data.name=imagefolder needs torchvision") from e
-        root = Path(data.root or ".") / split
-        if not root.is_dir():
-            raise FileNotFoundError(f"data.root/{split}: no folder {root} (ImageFolder layout <class>/<image>)")
-        tf = transforms.Compose([transforms.Resize(data.image_size), transforms.CenterCrop(data.image_size),
-                                 transforms.ToTensor()])
-        return datasets.ImageFolder(str(root), transform=tf)
-    from zoo.data import build_dataset
-
-    return build_dataset(data.name, root=data.root, split=split)
-
-
-def _targets(ds: Dataset) -> torch.Tensor:
-    t = getattr(ds, "targets", None)
-    if t is None:
-        t = [ds[i][1] for i in range(len(ds))]
-    return torch.as_tensor(t).long()
-
-
-def _stack(ds: Dataset, indices: Sequence[int]) -> torch.Tensor:
-    return torch.stack([ds[int(i)][0] for i in indices]).float()
-
-
-# ================================================================================================ nested recipes
-def _classify_cfg(model: dict, data: "DistillDataConfig", *, epochs: int, lr: float, batch_size: int, seed: int,
-                  weight_decay: float = 0.0, save_every: int | None = None, warmup_epochs: float = 0.0) -> ClassifyConfig:
-    """A ``classify`` config for the nested runs (no tensorboard, no bars, evaluation at the end only)."""
-    d = ClassifyDataConfig(name=data.name, root=data.root, batch_size=batch_size, eval_batch_size=data.eval_batch_size,
-                           num_workers=data.num_workers, train_split=data.train_split, eval_split=data.eval_split)
-    trainer = TrainerConfig(epochs=epochs, eval_every=epochs, save_every=save_every or epochs, log_every=50,
-                            tensorboard=False, progress=False)
-    return ClassifyConfig(recipe="classify", seed=seed, model=dict(model), data=d, loss=LossConfig(),
-                          eval=EvalConfig(topk=[1]), trainer=trainer,
-                          optim=OptimConfig(name="adamw", lr=lr, weight_decay=weight_decay),
-                          schedule=ScheduleConfig(name="cosine", warmup_epochs=warmup_epochs))
-
-
-class _DataMixin:
-    """Datasets built by :func:`_dataset` (handles ``imagefolder``) from the distill recipe's data section."""
-
-    distill_data: "DistillDataConfig"
-
-    def _dataset(self, split, extra, transforms):  # overrides ClassifyRecipe._dataset
-        return _dataset(self.distill_data, split)
-
-
-class TeacherRecipe(_DataMixin, ClassifyRecipe):
-    """The teacher: plain classification on ``data.train_split`` (one snapshot per epoch via a callback)."""
-
-    def __init__(self, cfg: ClassifyConfig, data: "DistillDataConfig"):
-        self.distill_data = data
-        super().__init__(cfg)
-
-
-class RotationPretrainRecipe(_DataMixin, ClassifyRecipe):
-    """Self-supervised encoder pre-training: predict which of 0/90/180/270 degrees each image was rotated by
-    (RotNet). Uses the images of ``data.train_split`` only, never their labels. ``top1`` = rotation accuracy."""
-
-    def __init__(self, cfg: ClassifyConfig, data: "DistillDataConfig"):
-        self.distill_data = data
-        super().__init__(cfg)
-
-    def build_model(self) -> nn.Module:
-        kwargs = dict(self.cfg.model)
-        return create_model(kwargs.pop("name"), **{**kwargs, "num_classes": 4})
-
-    @staticmethod
-    def rotate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Rotate each image ``x[i] (C, H, W)`` by ``k[i] * 90`` degrees (square images)."""
-        return torch.stack([torch.rot90(xi, int(ki), dims=(-2, -1)) for xi, ki in zip(x, k)])
-
-    def training_step(self, model, batch):
-        x, _ = batch
-        k = torch.randint(0, 4, (len(x),), device=x.device)
-        loss = F.cross_entropy(model(self.rotate(x, k)).float(), k)
-        return {"loss": loss, "ce": loss.detach()}
-
-    def evaluate(self, model, loader, accelerator, output_dir=None):
-        correct = total = 0
-        for x, _ in loader:
-            for k in range(4):
-                pred = model(torch.rot90(x, k, dims=(-2, -1))).argmax(1)
-                correct += int((pred == k).sum())
-                total += len(x)
-        return {"top1": 100.0 * correct / max(total, 1)}
-
-
-class ProjectorRecipe(_DataMixin, ClassifyRecipe):
-    """Trains the HeLlO projector's adapters on ``data.train_split``: one augmented view per image per step,
-    :func:`zoo.adapters.hello.projector_loss` against every teacher of ``teachers``. Checkpoints hold only the
-    adapters. ``top1`` = the projector's held-out accuracy."""
-
-    def __init__(self, cfg: ClassifyConfig, data: "DistillDataConfig", projector: nn.Module, teachers: list[nn.Module],
-                 section: "ProjectorSection", scale: Sequence[float]):
-        self.distill_data = data
-        super().__init__(cfg)
-        self.projector, self.teachers, self.section, self.scale = projector, teachers, section, tuple(scale)
-
-    def build_model(self) -> nn.Module:
-        return self.projector
-
-    def checkpoint_state(self, model):
-        from zoo.layers.lora import adapter_state_dict
-
-        return adapter_state_dict(model)
-
-    def load_checkpoint_state(self, model, state):
-        from zoo.layers.lora import load_adapter_state_dict
-
-        load_adapter_state_dict(model, state, strict=True)
-
-    def training_step(self, model, batch):
-        from zoo.adapters.hello import projector_loss
-
-        x, y = batch
-        if self.section.augment:
-            x = _random_views(x, self.scale)
-        with torch.no_grad():
-            teacher_logits = []
-            for t in self.teachers:
-                t.to(x.device).eval()
-                teacher_logits.append(t(x).float())
-        s = self.section
-        loss, parts = projector_loss(model(x), teacher_logits, y, kind=s.loss, temperature=s.temperature,
-                                     ce_weight=s.ce_weight)
-        return {"loss": loss, **parts}
-
-
-class StudentRecipe(_DataMixin, ClassifyRecipe):
-    """A student trained on a fixed image set with ``labels`` in ``hard | stored | projector`` (module docstring).
-
-    Args:
-        cfg: the student's classify config (model, trainer = its epochs, optim).
-        data: the distill data section (the held-out evaluation split).
-        images, targets: ``(N, C, H, W)`` in [0, 1] and ``(N,)``.
-        labels: the label kind. soft_labels, views: ``(E, N, K)`` / ``(E, N, 4)`` for ``stored``.
-        projector: the (stored, reloaded) projector for ``projector``.
-        view_seed: seed of the views (hard / projector; stored uses the stored views). augment: crop views or not.
-        temperature, ce_weight: soft-label loss ``T^2 KL + ce_weight * CE``.
-    """
-
-    def __init__(self, cfg: ClassifyConfig, data: "DistillDataConfig", images: torch.Tensor, targets: torch.Tensor,
-                 labels: str, *, soft_labels: torch.Tensor | None = None, views: torch.Tensor | None = None,
-                 projector: nn.Module | None = None, view_seed: int = 0, augment: bool = True,
-                 scale: Sequence[float] = (0.5, 1.0), temperature: float = 4.0, ce_weight: float = 0.0,
-                 classes: Sequence[str] = ()):
-        self.distill_data = data
-        super().__init__(cfg)
-        if labels not in LABEL_KINDS:
-            raise ConfigError(f"students.labels: unknown label kind {labels!r}; use one of {LABEL_KINDS}")
-        if labels == "stored":
-            if soft_labels is None or views is None:
-                raise ValueError("StudentRecipe: labels='stored' needs soft_labels (E, N, K) and views (E, N, 4)")
-            if soft_labels.shape[0] < cfg.trainer.epochs or soft_labels.shape[1] != len(images):
-                raise ValueError(f"StudentRecipe: stored soft labels {tuple(soft_labels.shape)} do not cover "
-                                 f"{cfg.trainer.epochs} epochs x {len(images)} images; regenerate them")
-        if labels == "projector" and projector is None:
-            raise ValueError("StudentRecipe: labels='projector' needs the projector")
-        self.images, self.targets, self.labels = images, targets, labels
-        self.soft_labels, self.views, self.projector = soft_labels, views, projector
-        self.view_seed, self.augment, self.scale = view_seed, augment, tuple(scale)
-        self.temperature, self.ce_weight = temperature, ce_weight
-        self._classes = list(classes)
-        self._epoch_views: tuple[int, torch.Tensor] | None = None
-
-    @property
-    def train_dataset(self):  # type: ignore[override]
-        return IndexedImages(self.images, self.targets, self._classes)
-
-    @property
-    def class_names(self):  # type: ignore[override]
-        return self._classes or [str(i) for i in range(int(self.targets.max()) + 1)]
-
-    def build_dataloaders(self):
-        d = self.cfg.data
-        ds = self.train_dataset
-        train = build_loader(ds, min(d.batch_size, len(ds)), shuffle=True, seed=self.cfg.seed, num_workers=0)
-        return train, self.build_eval_loader()
-
-    def _views(self, epoch: int) -> torch.Tensor:
-        if self.labels == "stored":
-            return self.views[epoch].float()
-        if self._epoch_views is None or self._epoch_views[0] != epoch:
-            self._epoch_views = (epoch, view_params(len(self.images), epoch, self.view_seed, self.scale))
-        return self._epoch_views[1]
-
-    def train_step(self, model, batch, ctx):
-        x, y, idx = batch
-        epoch = int(ctx.epoch)
-        if self.augment:
-            x = apply_views(x, self._views(epoch)[idx.cpu()].to(x.device))
-        logits = model(x).float()
-        if self.labels == "hard":
-            loss = F.cross_entropy(logits, y)
-            ctx.backward(loss)
-            return {"loss": loss.detach()}
-        if self.labels == "stored":
-            soft = self.soft_labels[epoch][idx.cpu()].to(x.device).float()
-        else:
-            with torch.no_grad():
-                self.projector.to(x.device).eval()
-                soft = self.projector(x).float()
-        T = self.temperature
-        kl = F.kl_div(F.log_softmax(logits / T, -1), F.softmax(soft / T, -1), reduction="batchmean") * T * T
-        loss = kl + self.ce_weight * F.cross_entropy(logits, y) if self.ce_weight else kl
-        ctx.backward(loss)
-        return {"loss": loss.detach(), "kl": kl.detach()}
 
 
 # ================================================================================================ config
@@ -608,8 +160,9 @@ class ProjectorSection:
             raise ConfigError(f"projector.loss must be kl or mse, got {self.loss!r}")
         if self.encoder_rank < 0 or self.head_rank < 0 or self.encoder_rank + self.head_rank == 0:
             raise ConfigError("projector.encoder_rank / projector.head_rank must be >= 0, not both 0")
-        if self.storage_dtype not in _DTYPES:
-            raise ConfigError(f"projector.storage_dtype must be one of {sorted(_DTYPES)}, got {self.storage_dtype!r}")
+        if self.storage_dtype not in LABEL_DTYPES:
+            raise ConfigError(f"projector.storage_dtype must be one of {sorted(LABEL_DTYPES)}, "
+                              f"got {self.storage_dtype!r}")
 
 
 @dataclass
@@ -663,8 +216,8 @@ class StudentsSection:
             raise ConfigError(f"students.labels: unknown label kind(s) {bad}; use some of {list(LABEL_KINDS)}")
         if self.epochs < 1 or self.batch_size < 1 or not self.seeds:
             raise ConfigError("students.epochs and students.batch_size must be >= 1, students.seeds non-empty")
-        if self.label_dtype not in _DTYPES:
-            raise ConfigError(f"students.label_dtype must be one of {sorted(_DTYPES)}, got {self.label_dtype!r}")
+        if self.label_dtype not in LABEL_DTYPES:
+            raise ConfigError(f"students.label_dtype must be one of {sorted(LABEL_DTYPES)}, got {self.label_dtype!r}")
         if self.real_epochs < 0:
             raise ConfigError("students.real_epochs must be >= 0")
         _check_scale("students.crop_scale", self.crop_scale)
@@ -685,6 +238,19 @@ class HelloDistillConfig(RecipeConfig):
 
 
 # ================================================================================================ the recipe
+def _classify_cfg(model: dict, data: "DistillDataConfig", *, epochs: int, lr: float, batch_size: int, seed: int,
+                  weight_decay: float = 0.0, save_every: int | None = None, warmup_epochs: float = 0.0) -> ClassifyConfig:
+    """A ``classify`` config for the nested runs (no tensorboard, no bars, evaluation at the end only)."""
+    d = ClassifyDataConfig(name=data.name, root=data.root, batch_size=batch_size, eval_batch_size=data.eval_batch_size,
+                           num_workers=data.num_workers, train_split=data.train_split, eval_split=data.eval_split)
+    trainer = TrainerConfig(epochs=epochs, eval_every=epochs, save_every=save_every or epochs, log_every=50,
+                            tensorboard=False, progress=False)
+    return ClassifyConfig(recipe="classify", seed=seed, model=dict(model), data=d, loss=LossConfig(),
+                          eval=EvalConfig(topk=[1]), trainer=trainer,
+                          optim=OptimConfig(name="adamw", lr=lr, weight_decay=weight_decay),
+                          schedule=ScheduleConfig(name="cosine", warmup_epochs=warmup_epochs))
+
+
 def _read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors file, a plain ``torch.save`` state dict or a run's ``last.pt`` / ``best.pt``."""
     path = Path(path)
@@ -725,13 +291,14 @@ class HelloDistillRecipe(Recipe):
     @property
     def pool(self) -> Dataset:
         if self._pool is None:
-            self._pool = _dataset(self.cfg.data, self.cfg.data.train_split)
+            d = self.cfg.data
+            self._pool = image_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size)
         return self._pool
 
     @property
     def class_names(self) -> list[str]:
         return list(self.cfg.data.classes) or list(getattr(self.pool, "classes", [])) or \
-            [str(i) for i in range(int(_targets(self.pool).max()) + 1)]
+            [str(i) for i in range(int(dataset_targets(self.pool).max()) + 1)]
 
     @property
     def num_classes(self) -> int:
@@ -853,14 +420,14 @@ class HelloDistillRecipe(Recipe):
         im = self.cfg.images
         out = ctx.subdir(f"ipc{ipc}")
         files = {"syn": out / "images.safetensors"}
-        targets = _targets(self.pool)
+        targets = dataset_targets(self.pool)
         g = torch.Generator().manual_seed(self.cfg.seed * 7 + ipc)
         if not files["syn"].is_file():
             imgs, labs = [], []
             for c in range(self.num_classes):
                 idx = torch.nonzero(targets == c).flatten()
                 idx = idx[torch.randperm(len(idx), generator=g)[:im.mipc]]
-                picked = rded_select(teacher.to(self.device), _stack(self.pool, idx).to(self.device), c, ipc,
+                picked = rded_select(teacher.to(self.device), stack_images(self.pool, idx).to(self.device), c, ipc,
                                      num_crop=im.num_crop, factor=im.factor, scale=im.crop_scale, seed=self.cfg.seed)
                 imgs.append(picked.cpu())
                 labs.append(torch.full((ipc,), c, dtype=torch.long))
@@ -879,7 +446,7 @@ class HelloDistillRecipe(Recipe):
                 g = torch.Generator().manual_seed(self.cfg.seed * 7919 + ipc)
                 idx = torch.cat([torch.nonzero(targets == c).flatten()[
                     torch.randperm(int((targets == c).sum()), generator=g)[:ipc]] for c in range(self.num_classes)])
-                save_image_set(files["rdm"], _stack(self.pool, idx), targets[idx])
+                save_image_set(files["rdm"], stack_images(self.pool, idx), targets[idx])
         return files
 
     def stored_labels(self, ctx: Any, ipc: int, kind: str, images: torch.Tensor, teacher: nn.Module) -> dict[str, Path]:
@@ -892,8 +459,8 @@ class HelloDistillRecipe(Recipe):
             labels, views = generate_soft_labels(teacher.to(self.device), images.to(self.device), s.epochs,
                                                  self.cfg.seed, scale=s.crop_scale,
                                                  dtype=s.label_dtype, augment=s.augment)
-            _save_tensors(files["labels"], {"soft_labels": labels})
-            _save_tensors(files["views"], {"views": views})
+            save_tensors(files["labels"], {"soft_labels": labels})
+            save_tensors(files["views"], {"views": views})
         return files
 
     def student(self, images: torch.Tensor, targets: torch.Tensor, labels: str, seed: int, *, epochs: int | None = None,
@@ -1027,65 +594,3 @@ def _clip_preprocess(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] != 224 or x.shape[-2] != 224:
         x = F.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False)
     return model((x - mean) / std)
-
-
-def save_image_grid(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, per_class: int = 10) -> None:
-    """One panel per named image set (e.g. distilled vs random): up to ``per_class`` images ``(N, C, H, W)`` of each
-    class in a row, classes ``0..K-1`` top to bottom (grey or RGB)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 4.4), squeeze=False)
-    for ax, (name, (images, labels)) in zip(axes[0], sets.items()):
-        rows = []
-        for c in range(int(labels.max()) + 1):
-            x = images[labels == c][:per_class]
-            x = torch.cat([x, x.new_zeros(per_class - len(x), *x.shape[1:])]) if len(x) < per_class else x
-            rows.append(torch.cat(list(x), dim=-1))
-        grid = torch.cat(rows, dim=-2)
-        ax.imshow(grid[0] if grid.shape[0] == 1 else grid.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_results(rows: list[dict], path: Path, real_top1: tuple[float, float] | None = None) -> None:
-    """Held-out top-1 vs IPC for each label kind (distilled images solid, random real images dashed), with the
-    label bytes of each point on a second panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
-    for labels in LABEL_KINDS:
-        for kind, style in (("syn", "o-"), ("rdm", "s--")):
-            pts = sorted((r["ipc"], r["top1"], r["top1_std"], r["label_bytes"]) for r in rows
-                         if r["labels"] == labels and r["images"] == kind)
-            if not pts:
-                continue
-            ipcs, top1, std, nbytes = zip(*pts)
-            ax.errorbar(ipcs, top1, yerr=std, fmt=style, capsize=3,
-                        label=f"{labels} labels, {'distilled' if kind == 'syn' else 'random real'} images")
-            if kind == "syn" and labels != "hard":
-                bx.plot(ipcs, nbytes, style, label=f"{labels} labels")
-    if real_top1 is not None:
-        ax.axhline(real_top1[0], color="0.5", lw=1, label="whole training split, hard labels")
-    ax.set_xscale("log")
-    ax.set_xlabel("images per class")
-    ax.set_ylabel("held-out top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    bx.set_xscale("log")
-    bx.set_yscale("log")
-    bx.set_xlabel("images per class")
-    bx.set_ylabel("label storage (bytes)")
-    bx.grid(alpha=0.3)
-    bx.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
