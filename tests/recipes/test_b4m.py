@@ -323,4 +323,26 @@ def test_eval_stage_compares_every_composition(data, pipeline_run, tmp_path):
     assert methods["base"]["style_gain"] == 0.0
     assert (out / "grid.png").stat().st_size > 0
     table = (out / "results.md").read_text()
-    assert table.count("\n| ") == 1 + len(methods)  # header + one row per method
+    equal = summary["final"]["equal_fidelity"]
+    assert [q["row"] for q in equal] == ["b4m", "b4m ×0.5"]
+    assert table.count("\n| ") == 1 + len(methods) + 1 + len(equal)  # each table: header + one row per entry
+
+
+def test_scores_compare_at_equal_prompt_fidelity():
+    """The weighted sum's curve is read at B4M's prompt fidelities by linear interpolation, never extrapolated."""
+    from zoo.recipes.b4m_eval import equal_fidelity_comparison, score_at_fidelity
+
+    curve = [(20.0, 0.30), (60.0, 0.10), (90.0, 0.02)]
+    assert score_at_fidelity(curve, 40.0) == pytest.approx(0.20)
+    assert score_at_fidelity(curve, 75.0) == pytest.approx(0.06)
+    assert score_at_fidelity(curve, 90.0) == pytest.approx(0.02)
+    assert score_at_fidelity(curve, 95.0) is None and score_at_fidelity(curve, 10.0) is None
+    assert score_at_fidelity([(50.0, 0.1), (50.0, 0.3)], 50.0) == 0.3
+    results = {"base": {"prompt_fidelity": 100.0, "score": 0.0},
+               "weighted_sum": {"prompt_fidelity": 20.0, "score": 0.30},
+               "weighted_sum ×0.5": {"prompt_fidelity": 60.0, "score": 0.10},
+               "b4m": {"prompt_fidelity": 40.0, "score": 0.25},
+               "b4m ×0.5": {"prompt_fidelity": 80.0, "score": 0.05}}
+    rows = equal_fidelity_comparison(results, "b4m", "weighted_sum")
+    assert [r["row"] for r in rows] == ["b4m", "b4m ×0.5"]
+    assert rows[0]["baseline_score"] == pytest.approx(0.20) and rows[1]["baseline_score"] is None

@@ -22,7 +22,8 @@ curve that compares methods at equal prompt fidelity. Scores on 32×32 images (g
 * **prompt fidelity** (%) — the digit classifier's accuracy on ``"a handwritten digit <word>"`` for
   ``eval.digits`` with the composition active (the prior kept; stroke masks as above);
 
-and ``score = content_fidelity/100 × style_gain`` (the issue's "content fidelity × style score"). Writes
+and ``score = content_fidelity/100 × style_gain`` (the issue's "content fidelity × style score"); B4M's score at
+each scale against the weighted sum's at the same prompt fidelity (:func:`equal_fidelity_comparison`). Writes
 ``grid.png`` (rows: methods, columns: the composite, content-only and one digit prompt), ``results.md`` (a table)
 and the metrics.
 """
@@ -39,7 +40,8 @@ import torch.nn.functional as F
 from zoo.config import ConfigError
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 
-__all__ = ["B4MEvalSection", "B4MEvalModel", "B4MEvalConfig", "B4MEvalRecipe", "nearest_centroid_fidelity"]
+__all__ = ["B4MEvalSection", "B4MEvalModel", "B4MEvalConfig", "B4MEvalRecipe", "nearest_centroid_fidelity",
+           "score_at_fidelity", "equal_fidelity_comparison"]
 
 _logger = logging.getLogger("zoo")
 
@@ -100,6 +102,39 @@ class B4MEvalConfig(RecipeConfig):
 def nearest_centroid_fidelity(features: torch.Tensor, centroids: torch.Tensor, target: int) -> float:
     """% of ``features (N, D)`` whose nearest (Euclidean) row of ``centroids (C, D)`` is row ``target``."""
     return 100.0 * (torch.cdist(features.double(), centroids.double()).argmin(1) == target).double().mean().item()
+
+
+def score_at_fidelity(points: list[tuple[float, float]], fidelity: float) -> float | None:
+    """A method's ``score`` at prompt fidelity ``fidelity``, read off its measured trade-off curve ``points``
+    (``(prompt fidelity, score)`` pairs, e.g. one per adapter scale) by piecewise-linear interpolation between
+    the two nearest measured fidelities; ``None`` outside their range (no extrapolation). Equal fidelities keep
+    the best score."""
+    by_pf: dict[float, float] = {}
+    for pf, score in points:
+        by_pf[pf] = max(score, by_pf.get(pf, score))
+    xs = sorted(by_pf)
+    if not xs or not xs[0] <= fidelity <= xs[-1]:
+        return None
+    for lo, hi in zip(xs, xs[1:] + xs[-1:]):
+        if lo <= fidelity <= hi:
+            if hi == lo:
+                return by_pf[lo]
+            t = (fidelity - lo) / (hi - lo)
+            return (1 - t) * by_pf[lo] + t * by_pf[hi]
+    return None
+
+
+def equal_fidelity_comparison(results: dict[str, dict[str, float]], method: str, baseline: str
+                              ) -> list[dict[str, float | str | None]]:
+    """For every measured scale of ``method`` (rows ``method`` and ``method ×s``): its prompt fidelity and
+    score, and ``baseline``'s score at that prompt fidelity (:func:`score_at_fidelity` on ``baseline``'s rows;
+    ``None`` where the baseline's curve does not reach it)."""
+    def rows(name):
+        return [(label, r) for label, r in results.items() if label == name or label.startswith(f"{name} ×")]
+
+    curve = [(r["prompt_fidelity"], r["score"]) for _, r in rows(baseline)]
+    return [{"row": label, "prompt_fidelity": r["prompt_fidelity"], "score": r["score"],
+             "baseline_score": score_at_fidelity(curve, r["prompt_fidelity"])} for label, r in rows(method)]
 
 
 def _to_tensor(images: list[Any], size: int = 32) -> torch.Tensor:
@@ -251,10 +286,11 @@ class B4MEvalRecipe(Recipe):
             r["score"] = r["content_fidelity"] / 100.0 * r["style_gain"]
         grid = composition_grid(pipe, rows, [composite, e.content_prompt, prompt(e.digits[0])], seed=e.seed, **kw)
         grid.save(ctx.output_dir / "grid.png")
-        (ctx.output_dir / "results.md").write_text(self._table(results))
-        return {"methods": results, "grid": str(ctx.output_dir / "grid.png")}
+        equal = equal_fidelity_comparison(results, "b4m", "weighted_sum") if "b4m" in results else []
+        (ctx.output_dir / "results.md").write_text(self._table(results, equal))
+        return {"methods": results, "equal_fidelity": equal, "grid": str(ctx.output_dir / "grid.png")}
 
-    def _table(self, results: dict[str, dict[str, float]]) -> str:
+    def _table(self, results: dict[str, dict[str, float]], equal: list[dict[str, Any]]) -> str:
         e = self.cfg.eval
         lines = [f"prompt: '{e.content_prompt}{e.style_suffix}', {e.num_seeds} seeds from {e.seed}; prompt fidelity on "
                  f"digits {e.digits}",
@@ -263,4 +299,11 @@ class B4MEvalRecipe(Recipe):
         for label, r in results.items():
             lines.append(f"| {label} | {r['content_fidelity']:.1f} | {r['style_gram']:.4f} | {r['style_colour']:.4f} | "
                          f"{r['style_gain']:.3f} | {r['score']:.3f} | {r['prompt_fidelity']:.1f} |")
+        if equal:
+            lines += ["", "At equal prompt fidelity (the weighted sum's content × style interpolated on its scale curve):",
+                      "", "| B4M row | prompt fidelity % | B4M content × style | weighted sum at that fidelity |",
+                      "|---|---|---|---|"]
+            for q in equal:
+                base = "out of its range" if q["baseline_score"] is None else f"{q['baseline_score']:.3f}"
+                lines.append(f"| {q['row']} | {q['prompt_fidelity']:.1f} | {q['score']:.3f} | {base} |")
         return "\n".join(lines) + "\n"
