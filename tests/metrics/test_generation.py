@@ -95,3 +95,33 @@ def test_stroke_mask_turns_a_styled_digit_into_a_plain_one():
     styled = digit * torch.tensor([0.8, 0.3, 0.2]).view(1, 3, 1, 1) + (1 - digit) * bg
     assert torch.allclose(stroke_mask(plain), plain)
     assert torch.allclose(stroke_mask(styled), plain, atol=1e-6)
+
+
+def test_stroke_style_sees_the_strokes_colour_and_texture_not_their_shape():
+    from zoo.metrics.generation import stroke_style_distance, stroke_style_stats
+
+    g = torch.Generator().manual_seed(0)
+
+    def draw(shape_slices, colour, texture=0.0, n=4):
+        out = torch.zeros(n, 3, 16, 16)
+        for i in range(n):
+            mask = torch.zeros(16, 16)
+            mask[shape_slices] = 1.0
+            fill = colour.view(3, 1, 1) * (1 - texture + texture * torch.rand(1, 16, 16, generator=g))
+            out[i] = mask * fill
+        return out
+
+    red = torch.tensor([0.9, 0.3, 0.2])
+    bar = (slice(3, 13), slice(7, 9))  # a '1'
+    blob = (slice(2, 14), slice(2, 14))  # a big blob: 7x the area
+    # hand-computed: solid strokes of one colour -> mean = the colour, std = 0
+    torch.testing.assert_close(stroke_style_stats(draw(bar, red))[0], torch.cat([red, torch.zeros(3)]).double())
+    style = draw(bar, red, texture=0.5)
+    assert stroke_style_distance(style, style) == pytest.approx(0.0, abs=1e-12)
+    # the same style on another shape is close; the same shape in white, or untextured, is far
+    other_shape = stroke_style_distance(draw(blob, red, texture=0.5), style)
+    white = stroke_style_distance(draw(bar, torch.ones(3), texture=0.5), style)
+    flat = stroke_style_distance(draw(bar, red), style)
+    assert other_shape < 0.03 and white > 0.4 and flat > 0.05
+    # while the whole-image colour statistics move with the stroke area
+    assert style_distance(draw(blob, red, texture=0.5), style)["colour"] > 10 * other_shape

@@ -13,7 +13,12 @@
   ``gram`` — the Frobenius distance between the mean Gram matrices of the two sets' local 3×3 RGB patches
   (27-d patch vectors ``p`` of an image, ``G = mean_p p pᵀ``: the texture's second-order statistics, Gatys et
   al.'s style representation on pixel patches), and ``colour`` — the L2 distance between the sets' mean
-  per-image colour statistics (per-channel mean and std, 6 values in [0, 1]).
+  per-image colour statistics (per-channel mean and std, 6 values in [0, 1]). Both see the whole image, so a
+  different shape or stroke area (a new subject) moves them as much as a different style does.
+* **Stroke style distance** (:func:`stroke_style_distance`, lower = closer): the L2 distance between the sets'
+  mean per-image statistics *of the strokes only* — the :func:`stroke_mask`-weighted mean and standard deviation
+  of each RGB channel (the strokes' colour and texture, 6 values) — independent of the shape and area of the
+  strokes: the style measure for a new subject drawn in a style learnt from other subjects.
 
 Images are ``(N, 3, H, W)`` float tensors in [0, 1].
 """
@@ -27,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["load_digit_classifier", "classifier_logits_features", "prompt_fidelity", "stroke_mask",
-           "frechet_distance", "feature_stats", "patch_gram", "colour_stats", "style_distance"]
+           "frechet_distance", "feature_stats", "patch_gram", "colour_stats", "style_distance", "stroke_style_stats",
+           "stroke_style_distance"]
 
 
 
@@ -140,3 +146,22 @@ def style_distance(images: torch.Tensor, style_images: torch.Tensor) -> dict[str
     gram = torch.linalg.matrix_norm(patch_gram(images) - patch_gram(style_images)).item()
     colour = (colour_stats(images).mean(0) - colour_stats(style_images).mean(0)).norm().item()
     return {"gram": gram, "colour": colour}
+
+
+def stroke_style_stats(images: torch.Tensor) -> torch.Tensor:
+    """``(N, 6)`` float64: per image, the stroke-weighted mean then standard deviation of each RGB channel, the
+    weights being :func:`stroke_mask` (1 on the strokes, 0 on the background): ``μ_c = Σ m x_c / Σ m``,
+    ``σ_c = √(Σ m (x_c − μ_c)² / Σ m)``."""
+    _check_images(images)
+    x = images.double().flatten(2)  # (N, 3, HW)
+    m = stroke_mask(images)[:, :1].double().flatten(2)  # (N, 1, HW)
+    total = m.sum(2).clamp_min(1e-12)
+    mean = (m * x).sum(2) / total
+    std = ((m * (x - mean[..., None]) ** 2).sum(2) / total).sqrt()
+    return torch.cat([mean, std], 1)
+
+
+def stroke_style_distance(images: torch.Tensor, style_images: torch.Tensor) -> float:
+    """``‖mean stroke_style_stats(images) − mean stroke_style_stats(style_images)‖₂`` (0 for identical sets;
+    unchanged by the strokes' shape and area, see the module doc)."""
+    return (stroke_style_stats(images).mean(0) - stroke_style_stats(style_images).mean(0)).norm().item()

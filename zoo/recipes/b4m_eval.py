@@ -16,9 +16,12 @@ curve that compares methods at equal prompt fidelity. Scores on 32×32 images (g
   held-out ``content_eval`` glyph variants); an image counts when its nearest centroid is the subject's. With
   ``eval.stroke_masks`` (default) the classifier sees :func:`zoo.metrics.generation.stroke_mask` of every
   generated image (white-on-black strokes whatever the colours), so a shape is judged apart from its style;
-* **style** — :func:`zoo.metrics.generation.style_distance` (``gram``, ``colour``; lower is closer) of the same
-  images to the style images, and ``style_gain = 1 − gram / gram_base`` (the share of the base model's distance to
-  the style that the method closes; 1: the style's own statistics);
+* **style** — :func:`zoo.metrics.generation.stroke_style_distance` (``style_stroke``: the strokes' colour and
+  texture statistics, whatever their shape; lower is closer) of the same images to the style images, and
+  ``style_gain = 1 − d / d_base`` (the share of the base model's distance to the style that the method closes;
+  1: the style's own statistics, < 0: further than the base model). Also reported, not scored:
+  :func:`zoo.metrics.generation.style_distance` (``gram``, ``colour`` of the whole image: they move with the
+  shape and area of the strokes, i.e. with the content, too);
 * **prompt fidelity** (%) — the digit classifier's accuracy on ``"a handwritten digit <word>"`` for
   ``eval.digits`` with the composition active (the prior kept; stroke masks as above);
 
@@ -77,7 +80,8 @@ class B4MEvalSection:
     digit_split: str = "test[8000:]"  # the digit centroids (held out from everything trained)
     mnist_root: str | None = None
     classifier: str | None = None  # default: the shipped convnet_small_mnist32
-    num_seeds: int = 8  # images per prompt
+    num_seeds: int = 8  # images per digit prompt (prompt fidelity)
+    content_seeds: int | None = None  # images of the composite prompt (content, style); default: num_seeds
     num_inference_steps: int = 25
     guidance_scale: float = 4.0
     seed: int = 0
@@ -87,6 +91,9 @@ class B4MEvalSection:
             raise ConfigError(f"eval.weights must be [content, style], got {self.weights}")
         if self.num_seeds < 1:
             raise ConfigError(f"eval.num_seeds must be >= 1, got {self.num_seeds}")
+        if self.content_seeds is not None and self.content_seeds < 2:
+            raise ConfigError(f"eval.content_seeds must be >= 2 (the style statistics need two images), got "
+                              f"{self.content_seeds}")
         if any(not s > 0 for s in self.scales):
             raise ConfigError(f"eval.scales must be > 0, got {self.scales}")
 
@@ -241,7 +248,8 @@ class B4MEvalRecipe(Recipe):
         from zoo.diffusion.sampling import sample_images
         from zoo.layers.lora import set_active_adapters, set_adapter_scale
         from zoo.metrics.generation import (
-            classifier_logits_features, load_digit_classifier, prompt_fidelity, stroke_mask, style_distance,
+            classifier_logits_features, load_digit_classifier, prompt_fidelity, stroke_mask, stroke_style_distance,
+            style_distance,
         )
 
         torch.manual_seed(self.cfg.seed)
@@ -265,7 +273,7 @@ class B4MEvalRecipe(Recipe):
             set_active_adapters(pipe.unet, [] if adapter is None else [adapter])
             if adapter is not None:
                 set_adapter_scale(pipe.unet, adapter, scale)
-            imgs = _to_tensor([im for s in range(e.num_seeds)
+            imgs = _to_tensor([im for s in range(e.content_seeds or e.num_seeds)
                                for im in sample_images(pipe, [composite], seed=e.seed + 1000 * s, **kw)])
             f = classifier_logits_features(classifier, shape(imgs))[1]
             digit_imgs, labels = [], []
@@ -277,12 +285,13 @@ class B4MEvalRecipe(Recipe):
             sd = style_distance(imgs, style_images)
             pf = prompt_fidelity(classifier, shape(_to_tensor(digit_imgs)), labels)["fidelity"]
             results[label] = {"content_fidelity": nearest_centroid_fidelity(f, centroids, 10),
+                              "style_stroke": stroke_style_distance(imgs, style_images),
                               "style_gram": sd["gram"], "style_colour": sd["colour"], "prompt_fidelity": pf,
                               "scale": scale}
             _logger.info("b4m_eval %s: %s", label, results[label])
-        base_gram = results["base"]["style_gram"]
+        base_style = results["base"]["style_stroke"]
         for r in results.values():
-            r["style_gain"] = 1.0 - r["style_gram"] / base_gram if base_gram > 0 else 0.0
+            r["style_gain"] = 1.0 - r["style_stroke"] / base_style if base_style > 0 else 0.0
             r["score"] = r["content_fidelity"] / 100.0 * r["style_gain"]
         grid = composition_grid(pipe, rows, [composite, e.content_prompt, prompt(e.digits[0])], seed=e.seed, **kw)
         grid.save(ctx.output_dir / "grid.png")
@@ -292,13 +301,14 @@ class B4MEvalRecipe(Recipe):
 
     def _table(self, results: dict[str, dict[str, float]], equal: list[dict[str, Any]]) -> str:
         e = self.cfg.eval
-        lines = [f"prompt: '{e.content_prompt}{e.style_suffix}', {e.num_seeds} seeds from {e.seed}; prompt fidelity on "
-                 f"digits {e.digits}",
-                 "", "| method | content fidelity % | style gram (lower) | style colour (lower) | style gain | "
-                 "content × style | prompt fidelity % |", "|---|---|---|---|---|---|---|"]
+        lines = [f"prompt: '{e.content_prompt}{e.style_suffix}', {e.content_seeds or e.num_seeds} seeds from {e.seed}; "
+                 f"prompt fidelity on digits {e.digits}, {e.num_seeds} seeds",
+                 "", "| method | content fidelity % | stroke style (lower) | style gain | content × style | "
+                 "prompt fidelity % | image gram (lower) | image colour (lower) |", "|---|---|---|---|---|---|---|---|"]
         for label, r in results.items():
-            lines.append(f"| {label} | {r['content_fidelity']:.1f} | {r['style_gram']:.4f} | {r['style_colour']:.4f} | "
-                         f"{r['style_gain']:.3f} | {r['score']:.3f} | {r['prompt_fidelity']:.1f} |")
+            lines.append(f"| {label} | {r['content_fidelity']:.1f} | {r['style_stroke']:.4f} | {r['style_gain']:.3f} | "
+                         f"{r['score']:.3f} | {r['prompt_fidelity']:.1f} | {r['style_gram']:.4f} | "
+                         f"{r['style_colour']:.4f} |")
         if equal:
             lines += ["", "At equal prompt fidelity (the weighted sum's content × style interpolated on its scale curve):",
                       "", "| B4M row | prompt fidelity % | B4M content × style | weighted sum at that fidelity |",
