@@ -5,12 +5,15 @@ One recipe, three stages (``b4m.stage``), each an ordinary resumable run (``conf
 them with ``${stage:NAME}``):
 
 * ``content`` — a PLP adapter (:mod:`zoo.adapters.plp`, adapter ``"plp"``) on the UNet attention projections;
-  every step back-propagates the **content** loss (``b4m.content_root``: the subject's images and captions) into
-  the learnable columns ``D`` of ``down`` only, and the mean loss over the **auxiliary style sets**
-  (``b4m.style_aux_roots``; MCP) into the learnable rows ``B`` of ``up`` only. One AdamW with two groups: ``down`` at
-  ``optim.lr`` (official 1e-4), ``up`` at ``b4m.aux_lr`` (official 1e-5).
-* ``style`` — the swap: the style loss (``b4m.style_root``) into ``up``, the auxiliary content sets
-  (``b4m.content_aux_roots``) into ``down``; ``down`` at ``b4m.aux_lr``, ``up`` at ``optim.lr``.
+  every step back-propagates the **content** loss (``b4m.content_root``: the subject's images and captions) and
+  the mean loss over the **auxiliary style sets** (``b4m.style_aux_roots``; MCP). One AdamW with two groups:
+  the learnable columns ``D`` of ``down`` at ``optim.lr`` (official 1e-4), the learnable rows ``B`` of ``up`` at
+  ``b4m.aux_lr`` (official 1e-5). ``b4m.routing``: ``official`` (default) — both losses reach both projections,
+  as the official's two optimisers on accumulated gradients do (its one-step delay of the auxiliary gradient
+  into ``down`` is not kept); ``separate`` — the content loss reaches ``D`` only and the auxiliary loss ``B``
+  only (the paper's description; the other projection's ``requires_grad`` is off during that backward).
+* ``style`` — the swap: the style loss (``b4m.style_root``) for ``up``, the auxiliary content sets
+  (``b4m.content_aux_roots``) for ``down``; ``down`` at ``b4m.aux_lr``, ``up`` at ``optim.lr``.
 * ``merge`` — loads both stage-1 adapters (``b4m.content_adapter`` / ``b4m.style_adapter``: their run directories
   or LoRA files) *after* initialising the PLP adapter (so, unlike the official, nothing overwrites the loaded
   content columns), merges them (:func:`zoo.adapters.merge.merge_b4m`: style ``up``, content ``down``, shared frozen
@@ -29,11 +32,6 @@ Each stage saves ``pytorch_lora_weights.safetensors`` (diffusers' format: ``pipe
 
 Deviations from the official code (ICTMCG/Break-for-make ``code/train_*.py``), on purpose:
 
-* the two losses of a step reach only their projection (the other one's ``requires_grad`` is off during that
-  forward/backward); the official steps two optimisers on accumulated gradients, so its ``up`` also receives the
-  content loss's gradient and its ``down`` the previous step's auxiliary gradient. ``b4m.routing=official``
-  lets both losses reach both projections (``down`` at ``optim.lr``, ``up`` at ``b4m.aux_lr`` in the content
-  stage), as the official, except that its one-step delay of the auxiliary gradient into ``down`` is not kept;
 * stage 2 runs AdamWr alone. The official builds AdamW(up), AdamW(down) and AdamWr(pairs) and steps all three in a
   row; the first two zero the gradients before AdamWr runs, so its AdamWr sees zero gradients (torch < 2) or
   ``None`` ones (torch >= 2, where ``zero_grad`` sets ``None`` by default) — my reading of the code, not run;
@@ -93,7 +91,7 @@ class B4MSection:
     style_aux_roots: list[str] = field(default_factory=list)  # content stage (MCP): auxiliary style sets -> up
     content_aux_roots: list[str] = field(default_factory=list)  # style stage (MCP): auxiliary content sets -> down
     aux_lr: float = 1.0e-5  # stage 1: lr of the auxiliary projection (official learning_rate_2)
-    routing: str = "separate"  # stage 1: separate (each loss -> its projection) | official (each loss -> both)
+    routing: str = "official"  # stage 1: official (each loss -> both projections) | separate (-> its own only)
     aux_batch_size: int | None = None  # default: data.batch_size
     content_adapter: str | None = None  # merge: the content run's directory or its LoRA file
     style_adapter: str | None = None  # merge: the style run's directory or its LoRA file
@@ -346,7 +344,7 @@ class B4MRecipe(SDFinetuneRecipe):
             ctx.backward(second)
             return {"loss": (main + second).detach(), "loss_style": main.detach(), "loss_content": second.detach()}
         main_proj, aux_proj = ("down", "up") if b.stage == "content" else ("up", "down")
-        if b.routing == "official":  # both losses reach both projections; the lrs of the two groups differ
+        if b.routing == "official":  # both losses reach both projections (the two groups' lrs differ)
             main_proj = aux_proj = None
         with only_projection(model, main_proj):
             main = self._loss(model, batch)
