@@ -66,6 +66,20 @@ def _three_nn_kernel(unknown_ptr, known_ptr, dist_ptr, idx_ptr, N, M, BLOCK: tl.
 
 
 @triton.jit
+def _load_neighbours(idx_ptr, w_ptr, b, n, nm, N):
+    """The three neighbour indices and float32 weights of rows ``n`` (BLOCK_N,) of batch ``b`` (0 where ``~nm``)."""
+    ib = idx_ptr + b * N * 3 + n * 3
+    wb = w_ptr + b * N * 3 + n * 3
+    i0 = tl.load(ib + 0, mask=nm, other=0)
+    i1 = tl.load(ib + 1, mask=nm, other=0)
+    i2 = tl.load(ib + 2, mask=nm, other=0)
+    w0 = tl.load(wb + 0, mask=nm, other=0.0).to(tl.float32)
+    w1 = tl.load(wb + 1, mask=nm, other=0.0).to(tl.float32)
+    w2 = tl.load(wb + 2, mask=nm, other=0.0).to(tl.float32)
+    return i0, i1, i2, w0, w1, w2
+
+
+@triton.jit
 def _three_interpolate_fwd_kernel(feat_ptr, idx_ptr, w_ptr, out_ptr, N, M, C, BLOCK_N: tl.constexpr,
                                   BLOCK_C: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -73,15 +87,8 @@ def _three_interpolate_fwd_kernel(feat_ptr, idx_ptr, w_ptr, out_ptr, N, M, C, BL
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     nm = n < N
     mask = nm[:, None] & (c < C)[None, :]
-    ib = idx_ptr + b * N * 3 + n * 3
-    wb = w_ptr + b * N * 3 + n * 3
+    i0, i1, i2, w0, w1, w2 = _load_neighbours(idx_ptr, w_ptr, b, n, nm, N)
     fb = feat_ptr + b * M * C
-    i0 = tl.load(ib + 0, mask=nm, other=0)
-    i1 = tl.load(ib + 1, mask=nm, other=0)
-    i2 = tl.load(ib + 2, mask=nm, other=0)
-    w0 = tl.load(wb + 0, mask=nm, other=0.0).to(tl.float32)
-    w1 = tl.load(wb + 1, mask=nm, other=0.0).to(tl.float32)
-    w2 = tl.load(wb + 2, mask=nm, other=0.0).to(tl.float32)
     f0 = tl.load(fb + i0[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
     f1 = tl.load(fb + i1[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
     f2 = tl.load(fb + i2[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -108,16 +115,9 @@ def _three_interpolate_bwd_kernel(go_ptr, feat_ptr, idx_ptr, w_ptr, gf_ptr, gw_p
     b = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     nm = n < N
-    ib = idx_ptr + b * N * 3 + n * 3
-    wb = w_ptr + b * N * 3 + n * 3
+    i0, i1, i2, w0, w1, w2 = _load_neighbours(idx_ptr, w_ptr, b, n, nm, N)
     fb = feat_ptr + b * M * C
     gfb = gf_ptr + b * M * C
-    i0 = tl.load(ib + 0, mask=nm, other=0)
-    i1 = tl.load(ib + 1, mask=nm, other=0)
-    i2 = tl.load(ib + 2, mask=nm, other=0)
-    w0 = tl.load(wb + 0, mask=nm, other=0.0).to(tl.float32)
-    w1 = tl.load(wb + 1, mask=nm, other=0.0).to(tl.float32)
-    w2 = tl.load(wb + 2, mask=nm, other=0.0).to(tl.float32)
     g0 = tl.zeros([BLOCK_N], tl.float32)
     g1 = tl.zeros([BLOCK_N], tl.float32)
     g2 = tl.zeros([BLOCK_N], tl.float32)
