@@ -11,7 +11,6 @@ weights for benchmarks.
 from __future__ import annotations
 
 import os
-import string
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,11 @@ MAX_LENGTH = 16
 
 
 def tiny_tokenizer(model_max_length: int = MAX_LENGTH) -> Any:
-    """A CLIP BPE tokenizer over single characters (every word splits into letters): no files, no download."""
-    require_diffusers()
-    from transformers import CLIPTokenizer
+    """A CLIP BPE tokenizer over single characters (every word splits into letters): no files, no download —
+    :func:`zoo.diffusion.captions.word_tokenizer` with no whole-word tokens."""
+    from zoo.diffusion.captions import word_tokenizer
 
-    vocab: dict[str, int] = {}
-    for tok in ["<|startoftext|>", "<|endoftext|>", "<unk>"]:
-        vocab[tok] = len(vocab)
-    for ch in string.ascii_lowercase + string.digits + ",.!?'-":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    try:  # transformers >= 5: the tokenizers-backed class takes the vocab and merges directly
-        return CLIPTokenizer(vocab=vocab, merges=[], unk_token="<unk>", model_max_length=model_max_length)
-    except TypeError:  # transformers 4.x: the slow class needs files
-        import json
-        import tempfile
-
-        tmp = Path(tempfile.mkdtemp(prefix="zoo_tok_"))
-        (tmp / "vocab.json").write_text(json.dumps(vocab))
-        (tmp / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), unk_token="<unk>",
-                             model_max_length=model_max_length)
+    return word_tokenizer(words=(), model_max_length=model_max_length)
 
 
 def sd15_unet_config(width: float = 1.0, sample_size: int = 64) -> dict[str, Any]:
