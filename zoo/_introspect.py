@@ -5,6 +5,7 @@ import inspect
 from typing import Any, Callable
 
 from zoo._registry_base import close_matches
+from zoo.errors import ArgumentError
 
 __all__ = ["accepted_kwargs", "call_with_checked_kwargs"]
 
@@ -21,13 +22,14 @@ def accepted_kwargs(fn: Callable) -> set[str] | None:
 
 
 def call_with_checked_kwargs(fn: Callable, what: str, /, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, but an unknown keyword raises ``TypeError`` naming ``what``, the key and the closest valid ones."""
+    """``fn(*args, **kwargs)``, but an unknown keyword raises :class:`~zoo.errors.ArgumentError` (a ``TypeError``)
+    naming ``what``, the key and the closest valid ones."""
     accepted = accepted_kwargs(fn)
     if accepted is not None:
         for key in kwargs:
             if key not in accepted:
                 hint = close_matches(key, accepted, n=3)
-                raise TypeError(
+                raise ArgumentError(
                     f"{what} got an unexpected argument '{key}'."
                     + (f" Did you mean: {', '.join(hint)}?" if hint else "")
                     + f" Accepted: {', '.join(sorted(accepted))}."

@@ -232,7 +232,9 @@ def _suggest(path: str, root: type) -> str | None:
     return next((k for k in keys if leaves and k.rsplit(".", 1)[-1] == leaves[0]), None)
 
 
-def _check_keys(data: Mapping, schema: type, prefix: str, root: type | None = None) -> None:
+def _check_keys(data: Mapping, schema: type, prefix: str, root: type | None = None, shown: str = "",
+                what: str | None = None) -> None:
+    """Raise for a key of ``data`` that ``schema`` lacks; messages name keys as ``shown + dotted path``."""
     root = root or schema
     hints = typing.get_type_hints(schema)
     fields = {f.name for f in dataclasses.fields(schema)}
@@ -240,14 +242,15 @@ def _check_keys(data: Mapping, schema: type, prefix: str, root: type | None = No
         path = f"{prefix}{key}"
         if key not in fields:
             hint = _suggest(path, root)
+            where = shown + prefix[:-1] if prefix or shown else ""
             raise ConfigError(
-                f"Unknown config key '{path}'."
-                + (f" Did you mean '{hint}'?" if hint else "")
-                + f" Valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(sorted(fields))}"
+                f"Unknown config key '{shown}{path}'{f' for {what}' if what else ''}."
+                + (f" Did you mean '{shown}{hint}'?" if hint else "")
+                + f" Valid keys{' under ' + where.rstrip('.') if where else ''}: {', '.join(sorted(fields))}"
             )
         sub = _dataclass_type(hints[key])
         if sub is not None and isinstance(value, Mapping):
-            _check_keys(value, sub, f"{path}.", root)
+            _check_keys(value, sub, f"{path}.", root, shown, what)
 
 
 def _leaves(tree: Any, prefix: str = ""):
@@ -258,18 +261,20 @@ def _leaves(tree: Any, prefix: str = ""):
         yield prefix[:-1], tree
 
 
-def validate_config(cfg: Mapping | DictConfig, schema: type) -> Any:
+def validate_config(cfg: Mapping | DictConfig, schema: type, *, prefix: str = "", what: str | None = None) -> Any:
     """Check ``cfg`` against the dataclass ``schema`` and return a populated ``schema`` instance.
 
     Unknown keys raise :class:`ConfigError` naming the key and the closest valid one; wrong value types raise
     :class:`ConfigError` naming the key and the expected type. Missing keys take the schema's defaults.
+    ``prefix`` (e.g. ``"adapter."``) is put before every key named in a message, for a config that is one section
+    of a larger one; ``what`` names what the schema describes (e.g. ``"adapter method 'lora'"``).
     """
     data = to_container(cfg)
     missing = [k for k, v in _leaves(data) if v == "???"]
     if missing:
         raise ConfigError(f"config key(s) {', '.join(missing)} must be set (the config marks them '???'): "
                           f"add e.g. {missing[0]}=VALUE to the command line")
-    _check_keys(data, schema, "")
+    _check_keys(data, schema, "", shown=prefix, what=what)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)
         return OmegaConf.to_object(merged)
@@ -281,7 +286,7 @@ def validate_config(cfg: Mapping | DictConfig, schema: type) -> Any:
             raise inner from None
         key = getattr(exc, "full_key", None)
         message = str(getattr(exc, "msg", exc)).splitlines()[0]
-        raise ConfigError(f"Invalid value for config key '{key}': {message}") from None
+        raise ConfigError(f"Invalid value for config key '{prefix}{key}'{f' ({what})' if what else ''}: {message}") from None
 
 
 def dump_config(cfg: Any, path: str | os.PathLike) -> Path:

@@ -19,7 +19,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CorruptFileError", "UnsafeCheckpointError", "read_torch_file", "read_safetensors_file"]
+from zoo.errors import CheckpointError
+
+__all__ = ["CorruptFileError", "UnsafeCheckpointError", "read_torch_file", "read_safetensors_file",
+           "write_safetensors_file"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 # torch.load's words for a file that ends early or whose bytes are damaged (zip and legacy formats)
@@ -27,11 +30,11 @@ _CORRUPT_MARKERS = ("central directory", "PytorchStreamReader failed", "EOF", "t
                     "not a ZIP archive", "file not found in archive")
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(CheckpointError):
     """A weights/checkpoint file exists but is truncated or damaged; the message names it, its size and the fix."""
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(CheckpointError):
     """A torch file holds pickled objects that ``torch.load(weights_only=True)`` refuses to load."""
 
 
@@ -148,7 +151,7 @@ def read_torch_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any
                 "If you trust the file, re-save only its tensors: "
                 "`torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)`, and load new_path."
             ) from exc
-        raise RuntimeError(
+        raise CheckpointError(
             f"Could not read {what} {path} ({_size(path)}) with torch.load(weights_only=True): "
             f"{type(exc).__name__}: {_first_line(str(exc))}. Is it a file written by torch.save?"
         ) from exc
@@ -172,3 +175,25 @@ def read_safetensors_file(path: str | os.PathLike, *, what: str = "weights file"
             f"{what.capitalize()} {path} ({_size(path)}) is truncated or corrupt (or not a safetensors file): "
             f"{exc}. Re-download it or re-export it (e.g. with tools/export_weights.py)."
         ) from exc
+
+
+def write_safetensors_file(tensors: "dict[str, Any]", path: str | os.PathLike,
+                           metadata: "dict[str, str] | None" = None) -> Path:
+    """Write ``{name: tensor}`` to the safetensors file ``path`` atomically (a temporary file renamed over it, so
+    an interrupted write never leaves a partial file where a good one was); parent folders are created and the
+    file gets the usual permissions (0o666 less the umask). Tensors are made contiguous. Returns ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

@@ -24,12 +24,15 @@ import torch
 from torch import nn
 
 from zoo._introspect import call_with_checked_kwargs
+from zoo.errors import CheckpointError
 from zoo.files import read_safetensors_file, read_torch_file
 from zoo.pretrained_cfg import PretrainedCfg, lookup_pretrained_cfg, names_with_weights
 from zoo.resources import checkpoint_dirs
 
 __all__ = [
     "PretrainedCfg",
+    "resolve_checkpoint",
+    "load_checkpoint",
     "build_model_with_cfg",
     "resolve_weights_file",
     "load_state_dict_file",
@@ -157,7 +160,7 @@ def clean_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     while isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
         key = next((k for k in _WRAPPER_KEYS if k in sd and isinstance(sd[k], Mapping)), None)
         if key is None:
-            raise ValueError(f"Checkpoint holds no tensors; top-level keys: {sorted(sd)[:20]}")
+            raise CheckpointError(f"Checkpoint holds no tensors; top-level keys: {sorted(sd)[:20]}")
         sd = sd[key]
     out = {}
     for k, v in sd.items():
@@ -205,7 +208,7 @@ def load_weights(
         name = (cfg.architecture if cfg else None) or type(model).__name__
         ckpt_classes, model_classes = _class_count(sd, reinit), _class_count(model_sd, reinit)
         if not allow_head_reinit:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"'{name}': the checkpoint's classifier has {ckpt_classes} classes but the model was built with "
                 f"{model_classes} (num_classes={model_classes}); loading would leave the head {sorted(reinit)} "
                 f"randomly initialised, which allow_head_reinit=False forbids (evaluating a random head is "
@@ -224,7 +227,7 @@ def load_weights(
     shape_mismatch = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(model_sd[k].shape)}"
                       for k, v in sd.items() if k in model_sd and v.shape != model_sd[k].shape]
     if shape_mismatch:
-        raise RuntimeError("Checkpoint/model shape mismatch:\n  " + "\n  ".join(shape_mismatch))
+        raise CheckpointError("Checkpoint/model shape mismatch:\n  " + "\n  ".join(shape_mismatch))
     result = model.load_state_dict(sd, strict=False)
     missing = [k for k in result.missing_keys if k not in reinit]
     unexpected = list(result.unexpected_keys)
@@ -232,7 +235,7 @@ def load_weights(
         msg = (f"Checkpoint does not match {type(model).__name__}: "
                f"{len(missing)} missing key(s) {missing[:20]}, {len(unexpected)} unexpected key(s) {unexpected[:20]}")
         if strict:
-            raise RuntimeError(msg + "\nPass a checkpoint of this architecture, or convert it with the model's checkpoint_filter_fn.")
+            raise CheckpointError(msg + "\nPass a checkpoint of this architecture, or convert it with the model's checkpoint_filter_fn.")
         _logger.warning(msg)
 
 
@@ -266,6 +269,7 @@ def build_model_with_cfg(
         raise _no_weights_error(cfg)  # before building: the model may be large
     model = call_with_checked_kwargs(model_cls, f"model '{variant}'", **kwargs)
     model.pretrained_cfg = cfg
+    model.checkpoint_filter_fn = checkpoint_filter_fn  # so load_checkpoint(model, official_file) converts it too
     if load:
         overlay_sha = (pretrained_cfg_overlay or {}).get("sha256")
         path = resolve_weights_file(cfg, checkpoint_path, expected_sha256=overlay_sha)
@@ -273,3 +277,33 @@ def build_model_with_cfg(
         load_weights(model, load_state_dict_file(path), cfg, checkpoint_filter_fn, strict=pretrained_strict,
                      allow_head_reinit=allow_head_reinit)
     return model
+
+
+def resolve_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> Path:
+    """The weights file a user means by ``path``: a file as it is (``.safetensors``, a run's ``best.pt`` /
+    ``last.pt``, an official ``.pth``), or a run directory's ``best.pt`` (the checkpoint its run selected), else its
+    ``last.pt``. Raises ``FileNotFoundError`` naming ``what`` and the paths tried."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"{what}: {p} is a folder without best.pt or last.pt; give a run directory or a "
+                                "weights file (.safetensors, .pt, .pth)")
+    raise FileNotFoundError(f"{what} not found: {p}")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, filter_fn: Callable[[dict, nn.Module], dict] | None = None,
+                    strict: bool = True, allow_head_reinit: bool = False, what: str = "checkpoint") -> Path:
+    """Load the weights at ``path`` into ``model`` -- the one way the zoo starts from weights (``model.checkpoint_path``
+    in configs). ``path``: any local file or run directory (:func:`resolve_checkpoint`): our checkpoints (``{"model":
+    ...}`` containers unwrapped), safetensors exports, official layouts converted by ``filter_fn`` (default: the
+    model's own ``checkpoint_filter_fn``, set by ``create_model``). Missing / unexpected keys are errors naming them
+    (``strict``). Returns the file read."""
+    file = resolve_checkpoint(path, what=what)
+    fn = filter_fn if filter_fn is not None else getattr(model, "checkpoint_filter_fn", None)
+    load_weights(model, load_state_dict_file(file), getattr(model, "pretrained_cfg", None), fn, strict=strict,
+                 allow_head_reinit=allow_head_reinit)
+    return file

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from zoo.adapters.adamwr import AdamWr, adamwr_groups, precondition
-from zoo.layers.lora import add_lora, iter_lora_layers
+from zoo.adapters.model import add_lora, iter_lora_layers
 
 
 def _official_steps(p0, p1, grads, lr, wd, reg, betas=(0.9, 0.999), eps=1e-8, masks=None):

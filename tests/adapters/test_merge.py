@@ -13,8 +13,12 @@ from zoo.adapters.merge import (  # noqa: E402
     add_ziplora, compose, load_plp, merge_b4m, ziplora_loss, ziplora_to_lowrank,
 )
 from zoo.adapters.plp import PLPConfig, add_plp, plp_deltas  # noqa: E402
-from zoo.layers.lora import (  # noqa: E402
-    active_adapters, adapter_names, iter_lora_layers, set_active_adapters, set_adapter_scale,
+from zoo.adapters.model import (
+    active_adapters,
+    adapter_names,
+    iter_lora_layers,
+    set_active_adapters,
+    set_adapter_scale,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,7 +17,8 @@ from zoo.adapters.vida import (
     vida_parameters,
     vida_state_dict,
 )
-from zoo.layers.lora import LoRALayer, iter_lora_layers
+from zoo.layers.lora import LoRALayer
+from zoo.adapters.model import iter_lora_layers
 from zoo.registry import create_model
 
 

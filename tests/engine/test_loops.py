@@ -171,6 +171,7 @@ class ToyStream(_StopAt, ClassifyRecipe):
     ``scored`` records, per batch, the weights' checksum at scoring time (to show scoring happens before the update)."""
 
     reset_each_domain = False
+    run_shape = "stream"
 
     def build_stream(self):
         loaders = []
@@ -193,15 +194,28 @@ class ToyStream(_StopAt, ClassifyRecipe):
         self.scored = getattr(self, "scored", [])
         self.scored.append(sum(float(p.detach().sum()) for p in model.parameters()))
         logits = model(x)
-        correct = (logits.argmax(1) == y).sum()
+        ctx.record(wrong=(logits.argmax(1) != y).float())
         probs = logits.softmax(1)
         ctx.backward(-(probs * probs.clamp_min(1e-8).log()).sum(1).mean())
         if self.stop_step is not None and ctx.step + 1 == self.stop_step:
             self.trainer.stop.requested = True
-        return {"correct": correct, "count": len(y)}
+        return {}
+
+    def build_metrics(self, kind="eval"):
+        if kind != "stream":
+            return super().build_metrics(kind)
+        from zoo.metrics.base import Metric, MeanMetric
+
+        class Count(Metric):
+            keys = ("wrong",)
+
+            def compute_from(self, wrong):
+                return {"count": int(wrong.numel())}
+
+        return [MeanMetric("wrong", "error", scale=100.0), Count()]
 
     def stream_metrics(self, per_domain):
-        err = {d: 100.0 * (1 - s["correct"] / s["count"]) for d, s in per_domain.items()}
+        err = {d: m["error"] for d, m in per_domain.items()}
         return {"error": sum(err.values()) / len(err), **{f"error/{d}": e for d, e in err.items()}}
 
 
@@ -214,7 +228,7 @@ def test_stream_loop_scores_online_per_domain(tmp_path):
     assert trainer.loop_name == "stream" and summary["steps"] == 9
     assert set(summary["final"]) == {"error", "error/shift0", "error/shift1", "error/shift2"}
     rows = (tmp_path / "run" / "stream.csv").read_text().splitlines()
-    assert rows[0].startswith("domain,correct,count") and [r.split(",")[0] for r in rows[1:]] == ["shift0", "shift1", "shift2"]
+    assert rows[0].startswith("domain,error,count") and [r.split(",")[0] for r in rows[1:]] == ["shift0", "shift1", "shift2"]
     assert all(float(r.split(",")[2]) == 48 for r in rows[1:])
     scored = trainer.recipe.scored
     assert len(set(scored)) == len(scored), "every batch must be scored with the weights left by the previous update"
@@ -285,6 +299,8 @@ def test_nested_run_leaves_the_outer_run_bitwise_unchanged(tmp_path):
 # ------------------------------------------------------------------------------------------------ own runs
 class Study(ClassifyRecipe):
     """A recipe that drives its own run: two nested trainings with different learning rates, and their best."""
+
+    run_shape = "study"
 
     def run(self, ctx):
         results = {}

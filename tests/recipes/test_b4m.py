@@ -131,7 +131,7 @@ def test_stage_one_routes_each_loss_to_its_projection(data, routing):
     """separate (ours): each loss reaches its own projection; official: both losses reach both projections (as
     ICTMCG/Break-for-make's two optimisers on accumulated gradients); the two lrs are the same either way."""
     from zoo.cli import build_recipe
-    from zoo.layers.lora import named_adapter_parameters
+    from zoo.adapters.model import named_adapter_parameters
 
     for stage, main, aux in (("content", "down", "up"), ("style", "up", "down")):
         recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **{"b4m.stage": stage, "b4m.routing": routing}))

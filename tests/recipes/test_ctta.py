@@ -160,7 +160,7 @@ def test_mixed_domains_count_every_corruption(c_dir, tmp_path):
 def test_hka_variants_in_the_loop(c_dir, tmp_path, hka):
     trainer, _ = run(make_cfg(c_dir, name="vida", hka=hka), tmp_path / "run")
     from zoo.adapters.vida import VIDA_HIGH, VIDA_LOW
-    from zoo.layers.lora import iter_lora_layers
+    from zoo.adapters.model import iter_lora_layers
 
     layers = [l for _, l in iter_lora_layers(trainer.model)]
     assert layers

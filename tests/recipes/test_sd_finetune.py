@@ -138,7 +138,7 @@ def test_lora_baseline_saves_diffusers_format_with_v_prediction(tiny_sd, style, 
     keys = list(load_file(f))
     assert keys and all(k.startswith("unet.") and ".lora" in k for k in keys)
     last = torch.load(tmp_path / "lora" / "last.pt", map_location="cpu", weights_only=True)
-    from zoo.layers.lora import adapter_state_dict, iter_lora_layers
+    from zoo.adapters.model import adapter_state_dict, iter_lora_layers
 
     trained_unet = recipe.components.unet
     assert set(last["model"]) == set(adapter_state_dict(trained_unet, ["lora"]))  # the adapter's tensors only

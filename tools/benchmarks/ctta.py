@@ -69,7 +69,7 @@ def _count_forwards(module: torch.nn.Module) -> list[torch.Tensor]:
 def _check(name: str, args, device, x: torch.Tensor) -> int:
     """Run one adapt call on fresh copies and check it; returns the forwards per batch."""
     from zoo.adapters.vida import VIDA_HIGH, VIDA_LOW, hka_scales
-    from zoo.layers.lora import iter_lora_layers
+    from zoo.adapters.model import iter_lora_layers
     from zoo.recipes.ctta import norm_affine_parameters
 
     method, model = _method(name, args, device)

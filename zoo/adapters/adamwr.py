@@ -117,7 +117,8 @@ def adamwr_groups(model: nn.Module, adapter: str, **options: Any) -> list[dict[s
     """One AdamWr param group per layer of low-rank adapter ``adapter`` with trainable factors:
     ``{"params": [delta.down, delta.up], "down_full": delta.down_weight, "up_full": delta.up_weight, **options}``
     (the full factors include PLP's frozen parts)."""
-    from zoo.layers.lora import LowRankDelta, iter_lora_layers
+    from zoo.layers.lora import LowRankDelta
+    from zoo.adapters.model import iter_lora_layers
 
     groups = []
     for path, layer in iter_lora_layers(model):

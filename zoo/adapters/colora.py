@@ -4,7 +4,7 @@ For a new restoration task: (1) fine-tune the pre-trained model briefly (all par
 layer's change contributes to the task with **FAIG** (Xie et al., NeurIPS 2021; TencentARC/FAIG
 ``analysis/tools/srresnet/faig.py``); (3) give each conv layer a LoRA rank according to its contribution under a
 total trainable-parameter budget; (4) train only those adapters from the *pre-trained* weights; (5) merge them for
-inference (:func:`zoo.layers.lora.remove_adapters`). :func:`uniform_ranks` is the LoRA baseline at the same budget
+inference (:func:`zoo.adapters.model.remove_adapters`). :func:`uniform_ranks` is the LoRA baseline at the same budget
 behind the same interface.
 
 FAIG (:func:`faig`), as the official code computes it: the straight path ``θ(α) = α·θ̄ + (1 - α)·θ`` from the
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from zoo.layers.lora import LoRALayer, add_lora, iter_lora_layers, remove_adapters
+from zoo.layers.lora import LoRALayer
+from zoo.adapters.model import add_lora, iter_lora_layers, remove_adapters
 
 __all__ = ["conv_layers", "lora_cost_per_rank", "max_lora_rank", "lora_param_count", "resolve_budget", "faig",
            "layer_contributions", "colora_ranks", "uniform_ranks", "allocate_ranks", "add_colora", "merge_colora"]

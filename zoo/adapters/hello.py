@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers.lora import add_lora, adapter_state_dict, iter_lora_layers, load_adapter_state_dict
+from zoo.adapters.model import add_lora, adapter_state_dict, iter_lora_layers, load_adapter_state_dict
 
 __all__ = ["ADAPTER_NAME", "HelloProjector", "FeatureEncoder", "class_mean_features", "init_head", "add_projector_adapters",
            "projector_loss", "projector_state", "save_projector", "load_projector", "projector_payload_bytes",
@@ -182,7 +182,7 @@ def add_projector_adapters(projector: HelloProjector, encoder_rank: int = 8, hea
             return None
         if encoder_targets is None:
             return encoder_rank
-        from zoo.layers.lora import match_module_name
+        from zoo.adapters.model import match_module_name
 
         return encoder_rank if match_module_name(name[len("encoder."):], module, encoder_targets) else None
 

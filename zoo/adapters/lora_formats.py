@@ -1,6 +1,6 @@
 """LoRA files of other tools read into (and written from) the zoo's adapter core, :mod:`zoo.layers.lora`.
 
-Our layout (what :func:`~zoo.layers.lora.adapter_state_dict` writes) is, per adapted module path ``P`` and
+Our layout (what :func:`~zoo.adapters.model.adapter_state_dict` writes) is, per adapted module path ``P`` and
 adapter name ``A``: ``P.A.down (r, in[, *k])``, ``P.A.up (out, r)``, optionally ``P.A.alpha`` (a scalar; the
 delta's ``scaling = alpha / rank`` is set from it exactly). The converters map other layouts to it; each is a
 ``convert(state) -> state`` hook for ``load_adapter_state_dict(model, state, convert=...)`` (they also take the
@@ -40,14 +40,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from zoo.layers.lora import (
-    LoRALayer,
-    LowRankDelta,
-    adapter_names,
-    inject_adapter,
-    iter_lora_layers,
-    load_adapter_state_dict,
-)
+from zoo.layers.lora import LoRALayer, LowRankDelta
+from zoo.adapters.model import adapter_names, inject_adapter, iter_lora_layers, load_adapter_state_dict
 
 __all__ = [
     "LORA_WEIGHT_NAME",
@@ -373,7 +367,7 @@ def import_lora(
     if missing:
         raise KeyError(f"import_lora: modules {missing[:10]} are not Linear / Conv layers and cannot hold a LoRA")
     if freeze:
-        from zoo.layers.lora import freeze_base
+        from zoo.adapters.model import freeze_base
 
         freeze_base(model)
     return layers

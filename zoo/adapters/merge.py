@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.layers.lora import Delta, LoRALayer, LowRankDelta, active_adapters, iter_lora_layers, set_active_adapters
+from zoo.layers.lora import Delta, LoRALayer, LowRankDelta
+from zoo.adapters.model import active_adapters, iter_lora_layers, set_active_adapters
 
 __all__ = ["COMPOSITIONS", "BLORA_BLOCKS_SDXL", "compose", "merge_b4m", "weighted_sum", "block_split",
            "ZipLoRADelta", "add_ziplora", "ziplora_loss", "ziplora_to_lowrank", "ziplora_diffusers_state", "load_plp",
@@ -299,7 +300,7 @@ def load_plp(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Te
 
     from zoo.adapters.lora_formats import LORA_WEIGHT_NAME, from_diffusers, read_lora_file
     from zoo.adapters.plp import add_plp
-    from zoo.layers.lora import load_adapter_state_dict, set_adapter_trainable
+    from zoo.adapters.model import load_adapter_state_dict, set_adapter_trainable
 
     layers = add_plp(model, cfg, name=name, freeze=True)
     if isinstance(source, Mapping):

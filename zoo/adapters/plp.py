@@ -52,7 +52,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from zoo.layers.lora import LoRALayer, LowRankDelta, _init_generator, freeze_base, inject_adapter, iter_lora_layers
+from zoo.layers.lora import LoRALayer, LowRankDelta, per_layer_generator
+from zoo.adapters.model import freeze_base, inject_adapter, iter_lora_layers
 
 __all__ = ["PLP", "OFFICIAL_BASIS_ROWS", "SD15_TARGETS", "SDXL_TARGETS", "PLPConfig", "add_plp", "plp_init",
            "plp_deltas", "frozen_parts", "check_shared_frozen", "frozen_overlap", "initial_delta_norms",
@@ -114,7 +115,7 @@ def plp_init(name: str, seed: int, *, orthogonal: bool, basis_rows: int | None =
 
     @torch.no_grad()
     def init(delta: LowRankDelta) -> None:
-        gen = _init_generator(seed, name)
+        gen = per_layer_generator(seed, name)
         r, fd, fu = delta.rank, delta.frozen_down_cols, delta.frozen_up_rows
         down = torch.empty(r, delta.in_features, *delta.kernel_shape, dtype=torch.float32)
         nn.init.normal_(down, std=1.0 / r, generator=gen)

@@ -74,10 +74,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from zoo.layers.lora import (
-    Delta,
-    LoRALayer,
-    SparseDelta,
+from zoo.layers.lora import Delta, LoRALayer, SparseDelta
+from zoo.adapters.model import (
     adapter_state_dict,
     inject_adapter,
     iter_lora_layers,

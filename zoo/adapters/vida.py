@@ -11,7 +11,7 @@ Every target layer gets two parallel low-rank deltas, both ``down`` then ``up`` 
 
 Default targets follow the official code: every ``nn.Linear`` that is a direct child of a module whose class is
 called ``Attention`` / ``CrossAttention`` (timm ViT: ``attn.qkv`` and ``attn.proj``; the MLP is not adapted).
-Module-name patterns (see :func:`zoo.layers.lora.match_module_name`) select other layers, Conv layers included
+Module-name patterns (see :func:`zoo.adapters.model.match_module_name`) select other layers, Conv layers included
 (CNN sources: ``down`` is a conv with the base's kernel, ``up`` a 1×1 conv).
 
 HKA (homeostatic knowledge allotment): :func:`hka_scales` turns the teacher's logits over N augmented views into
@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from zoo.layers.lora import (
-    LoRALayer,
+from zoo.layers.lora import LoRALayer
+from zoo.adapters.model import (
     add_lora,
     adapter_state_dict,
     iter_lora_layers,
@@ -108,7 +108,7 @@ def apply_vida(model: nn.Module, low_rank: int = 1, high_rank: int = 128, target
 
     Args:
         targets: None (official: the Linear layers of attention modules, :func:`default_vida_targets`), or
-            module-name patterns / a callable as :func:`zoo.layers.lora.match_module_name` takes (Conv layers too).
+            module-name patterns / a callable as :func:`zoo.adapters.model.match_module_name` takes (Conv layers too).
         freeze_base: ``requires_grad=False`` for every non-adapter parameter (the adapter warm-up). The official
             test-time code trains the whole model (``collect_params`` returns all parameters); pass False for that,
             which also keeps the wrapped base layers trainable.

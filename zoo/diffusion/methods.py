@@ -4,7 +4,7 @@
 
 * ``sara`` — :mod:`zoo.adapters.sara` (sparse entries ``|w| < threshold``, its own optimiser, nuclear-norm loss);
   file ``sara_weights.safetensors``;
-* ``lora`` — LoRA on the zoo's adapter core (:func:`zoo.layers.lora.add_lora`, adapter name ``"lora"``); file
+* ``lora`` — LoRA on the zoo's adapter core (:func:`zoo.adapters.model.add_lora`, adapter name ``"lora"``); file
   ``pytorch_lora_weights.safetensors`` in diffusers' format (:func:`zoo.adapters.lora_formats.save_diffusers_lora`),
   which ``pipe.load_lora_weights`` and ``tools/sample.py`` read;
 * ``peft_lora`` — the same LoRA through peft (``unet.add_adapter``): the benchmark baseline, same file format;
@@ -129,7 +129,7 @@ class AdapterMethod:
 
     def merge(self, unet: nn.Module) -> nn.Module:
         """A plain UNet (no wrappers) computing what the adapted one computes."""
-        from zoo.layers.lora import remove_adapters
+        from zoo.adapters.model import remove_adapters
 
         return remove_adapters(unet, merge=True)
 
@@ -170,7 +170,7 @@ class SaRAMethod(AdapterMethod):
 
     def trainable_parameters(self, unet):
         from zoo.adapters.sara import SARA
-        from zoo.layers.lora import adapter_parameters
+        from zoo.adapters.model import adapter_parameters
 
         return adapter_parameters(unet, [SARA])
 
@@ -231,7 +231,7 @@ class SaRAMethod(AdapterMethod):
 
     def switch(self, pipe, unet, load_base):
         from zoo.adapters.sara import SARA
-        from zoo.layers.lora import enable_adapter
+        from zoo.adapters.model import enable_adapter
 
         return lambda on: enable_adapter(unet, SARA, on)
 
@@ -251,7 +251,7 @@ class LoRAMethod(AdapterMethod):
     detect_priority = 20
 
     def apply(self, unet, cfg):
-        from zoo.layers.lora import add_lora
+        from zoo.adapters.model import add_lora
 
         self.cfg = cfg
         c = cfg.lora
@@ -261,17 +261,17 @@ class LoRAMethod(AdapterMethod):
         return unet
 
     def trainable_parameters(self, unet):
-        from zoo.layers.lora import adapter_parameters
+        from zoo.adapters.model import adapter_parameters
 
         return adapter_parameters(unet, [self.adapter])
 
     def state_dict(self, unet):
-        from zoo.layers.lora import adapter_state_dict
+        from zoo.adapters.model import adapter_state_dict
 
         return adapter_state_dict(unet, [self.adapter])
 
     def load_state_dict(self, unet, state):
-        from zoo.layers.lora import load_adapter_state_dict
+        from zoo.adapters.model import load_adapter_state_dict
 
         load_adapter_state_dict(unet, state, strict=True)
 
@@ -295,7 +295,7 @@ class LoRAMethod(AdapterMethod):
         p = _file_in(Path(path), LORA_FILE)
         state, _ = read_lora_file(p)
         if all(k.startswith("unet.") for k in state):
-            from zoo.layers.lora import enable_adapter
+            from zoo.adapters.model import enable_adapter
 
             unet = pipe.unet
             import_lora(unet, p, adapter=cls.adapter, freeze=False)
@@ -304,12 +304,12 @@ class LoRAMethod(AdapterMethod):
         return lambda on: pipe.enable_lora() if on else pipe.disable_lora()
 
     def merge(self, unet):
-        from zoo.layers.lora import remove_adapters
+        from zoo.adapters.model import remove_adapters
 
         return remove_adapters(unet, merge=True)
 
     def switch(self, pipe, unet, load_base):
-        from zoo.layers.lora import enable_adapter
+        from zoo.adapters.model import enable_adapter
 
         return lambda on: enable_adapter(unet, self.adapter, on)
 

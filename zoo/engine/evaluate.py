@@ -1,13 +1,52 @@
-"""Evaluate a model with a recipe outside of training (``tools/eval.py``)."""
+"""The one evaluation path: a recipe's per-batch step over a loader into metric objects (also ``tools/eval.py``).
+
+:func:`evaluation_loop` walks the loader, calls ``step(model, batch) -> {name: (B, ...) tensor}`` (per-example
+outputs of the batch on this process) and hands them to a :class:`~zoo.metrics.base.MetricSet`, which gathers them
+across processes once per batch and updates every metric; ``compute`` then gives the same numbers on every process.
+No recipe writes its own evaluation loop: it supplies the step and the metrics (``Recipe.eval_step`` /
+``Recipe.build_metrics``) and, for files written after an evaluation, ``Recipe.after_evaluate``.
+"""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["evaluate_model"]
+from zoo.metrics.base import Metric, MetricSet, as_metric_set
+
+__all__ = ["evaluation_loop", "evaluate_model"]
+
+EvalStep = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+
+
+def evaluation_loop(model: nn.Module, loader: Any, accelerator: Any, step: EvalStep,
+                    metrics: MetricSet | Metric | list[Metric], *, desc: str = "evaluate",
+                    progress: bool | None = None) -> MetricSet:
+    """Run ``step`` over every batch of ``loader`` under ``torch.no_grad`` and update ``metrics`` (gathered across
+    processes, last-batch padding dropped). Returns the updated :class:`MetricSet` (call ``compute()``).
+
+    Args:
+        model: the (prepared) model, in the mode the caller chose (``eval`` for evaluations).
+        loader: a loader prepared by ``accelerator`` (each process sees its shard).
+        accelerator: the run's ``accelerate.Accelerator``.
+        step: ``step(model, batch) -> {name: (B, ...) tensor}``, the batch's per-example outputs on this process.
+        metrics: what to compute from the outputs.
+        desc, progress: the progress bar's label; whether to show it (default: on a TTY, main process only).
+    """
+    from tqdm.auto import tqdm
+
+    from zoo.engine.logging import progress_enabled
+
+    metric_set = as_metric_set(metrics)
+    metric_set.reset()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+               disable=not progress_enabled(progress, accelerator.is_main_process))
+    with torch.no_grad():
+        for batch in bar:
+            metric_set.update(step(model, batch), accelerator)
+    return metric_set
 
 
 def evaluate_model(recipe: Any, model: nn.Module, output_dir: str | os.PathLike | None = None, cpu: bool | None = None) -> dict[str, float]:

@@ -10,9 +10,9 @@ uninterrupted run, so their random streams (augmentations) stay the same.
 * :class:`IterationLoop` — ``trainer.max_steps`` optimiser steps, cycling the loader (each pass is an epoch for
   the sampler's seed); a metrics row every ``log_every`` steps; evaluate every ``eval_every_steps`` and at the end.
 * :class:`StreamLoop` — one pass over ``recipe.build_stream()``'s ordered ``(name, loader)`` domains; no
-  separate evaluation: the recipe's step scores each batch before adapting on it (returns e.g.
-  ``{"correct": k, "count": n}``); sums per domain go to ``stream.csv`` and, through
-  ``recipe.stream_metrics(per_domain)``, to ``metrics.json``.
+  separate evaluation: the recipe's step scores each batch before adapting on it and records the per-example
+  outputs (``ctx.record(correct=...)``); they are gathered across processes into ``recipe.build_metrics("stream")``,
+  computed per domain into ``stream.csv`` and, through ``recipe.stream_metrics(per_domain)``, ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class _Loop:
                 break
             if i < start:  # resumed mid-pass: re-read and discard what was already trained on
                 continue
-            values = t.train_batch(batch, i)
+            values, _ = t.train_batch(batch, i)
             self.running.add(values)
             t.batch_in_epoch = i + 1
             if t.accelerator.sync_gradients:
@@ -182,20 +182,32 @@ class IterationLoop(_Loop):
 
 
 class StreamLoop(_Loop):
-    """One pass over an ordered sequence of domains, scoring online (test-time adaptation)."""
+    """One pass over an ordered sequence of domains, scoring online (test-time adaptation).
+
+    Per domain, the step's recorded per-example outputs (``ctx.record``) are gathered across processes into the
+    recipe's stream metrics (``recipe.build_metrics("stream")``), whose values per domain go to ``stream.csv``; the
+    step's logged scalars are averaged per domain into ``metrics.csv``. Resumes exactly mid-domain (the metrics'
+    state is saved in ``last.pt``).
+    """
 
     def __init__(self, trainer: Any):
         super().__init__(trainer)
+        from zoo.metrics.base import as_metric_set
+
         self.domain_index = 0
         self.per_domain: dict[str, dict[str, float]] = {}
+        self.metrics = as_metric_set(trainer.recipe.build_metrics("stream"))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "domain_index": self.domain_index, "per_domain": self.per_domain}
+        return {**super().state_dict(), "domain_index": self.domain_index, "per_domain": self.per_domain,
+                "metrics": self.metrics.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.domain_index = int(state.get("domain_index", 0))
         self.per_domain = {k: dict(v) for k, v in state.get("per_domain", {}).items()}
+        if "metrics" in state:
+            self.metrics.load_state_dict(state["metrics"])
 
     def _write_csv(self) -> None:
         t = self.trainer
@@ -207,8 +219,8 @@ class StreamLoop(_Loop):
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["domain", *keys])
-            for name, sums in self.per_domain.items():
-                writer.writerow([name, *(sums.get(k, "") for k in keys)])
+            for name, values in self.per_domain.items():
+                writer.writerow([name, *(values.get(k, "") for k in keys)])
         os.replace(tmp, path)
 
     def run(self) -> dict[str, Any]:
@@ -222,21 +234,24 @@ class StreamLoop(_Loop):
                 if t.batch_in_epoch == 0:
                     recipe.on_domain_start(t.accelerator.unwrap_model(t.model), name, d)
                     self.running.reset()
+                    self.metrics.reset()
                 bar.set_description(f"stream {d + 1}/{len(t.stream)} {name}")
                 start = t.batch_in_epoch
                 for i, batch in enumerate(loader):
                     if i < start:
                         continue
-                    values = t.train_batch(batch, i, domain=name, allow_no_backward=True)
+                    values, ctx = t.train_batch(batch, i, domain=name)
+                    self.metrics.update(ctx.recorded, t.accelerator)
                     self.running.add(values)
                     t.batch_in_epoch = i + 1
                     bar.update(1)
                     t.check_stop()
                     if t.cfg.save_every_steps and t.global_step % t.cfg.save_every_steps == 0:
                         t.save_last()
-                self.per_domain[name] = {**self.running.sums, "batches": self.running.count}
-                t.log_row({"domain": name, "step": t.global_step, **self.running.means("")})
+                self.per_domain[name] = self.metrics.compute()
+                t.log_row({"domain": name, "step": t.global_step, **self.running.means(""), **self.per_domain[name]})
                 self.running.reset()
+                self.metrics.reset()
                 self.domain_index = d + 1
                 t.batch_in_epoch = 0
                 self._write_csv()

@@ -372,20 +372,23 @@ class Trainer:
         elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
             loader.sampler.set_epoch(epoch)
 
-    def train_batch(self, batch: Any, batch_index: int, domain: str | None = None,
-                    allow_no_backward: bool = False) -> dict[str, float]:
+    def train_batch(self, batch: Any, batch_index: int, domain: str | None = None) -> tuple[dict[str, float], StepContext]:
         """One micro-step: the recipe's ``train_step`` (its backward passes), then on the last micro-step of an
-        accumulation window clipping, the optimiser and scheduler steps and the EMA update. Returns the step's
-        scalars (returned losses and ``ctx.log`` values) as floats."""
+        accumulation window clipping, the optimiser and scheduler steps and the EMA update. Recipes with
+        ``automatic_optimization = False`` optimise inside their step (the Trainer steps nothing). Returns the
+        step's scalars (returned losses and ``ctx.log`` values) as floats, and the step context (its recorded
+        per-example outputs)."""
         acc, cfg = self.accelerator, self.cfg
+        automatic = getattr(self.recipe, "automatic_optimization", True)
         with acc.accumulate(self.model):
             ctx = StepContext(acc, self.model, self.optimizer, step=self.global_step, epoch=self.epoch,
                               batch_index=batch_index, domain=domain)
             out = self.recipe.train_step(self.model, batch, ctx) or {}
-            stepped = ctx.num_backward > 0 and self.optimizer is not None
-            if ctx.num_backward == 0 and not allow_no_backward:
+            stepped = automatic and ctx.num_backward > 0 and self.optimizer is not None
+            if automatic and ctx.num_backward == 0:
                 raise RuntimeError(f"{type(self.recipe).__name__}.train_step returned without calling ctx.backward "
-                                   "(nothing to train); call ctx.backward(loss) in the step")
+                                   "(nothing to train); call ctx.backward(loss) in the step, or declare "
+                                   "automatic_optimization = False for a step that optimises by itself")
             if stepped:
                 if acc.sync_gradients and cfg.clip_grad_norm:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
@@ -399,7 +402,7 @@ class Trainer:
             self.global_step += 1
             if self.ema is not None and stepped:
                 self.ema.update(acc.unwrap_model(self.model))
-        return values
+        return values, ctx
 
     def evaluate(self, output_dir: str | os.PathLike | None = None) -> dict[str, float]:
         """Evaluate the current (or EMA) weights on the recipe's eval loader; the model is left in train mode."""

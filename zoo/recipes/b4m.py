@@ -64,8 +64,12 @@ from zoo.data.images.style_digits import BACKGROUNDS, STYLES
 from zoo.diffusion.methods import LORA_FILE, AdapterMethod, LoRAMethod, register_adapter_method
 from zoo.diffusion.pretrained import PRETRAINED_PIPELINES, pretrained_pipeline_dir
 from zoo.engine.data import build_loader
-from zoo.layers.lora import (
-    adapter_param_groups, adapter_parameters, adapter_state_dict, enable_adapter, load_adapter_state_dict,
+from zoo.adapters.model import (
+    adapter_param_groups,
+    adapter_parameters,
+    adapter_state_dict,
+    enable_adapter,
+    load_adapter_state_dict,
     set_active_adapters,
 )
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe

@@ -246,7 +246,7 @@ class B4MEvalRecipe(Recipe):
         from zoo.data.images.style_digits import pad_digit
         from zoo.diffusion.captions import prompt
         from zoo.diffusion.sampling import sample_images
-        from zoo.layers.lora import set_active_adapters, set_adapter_scale
+        from zoo.adapters.model import set_active_adapters, set_adapter_scale
         from zoo.metrics.generation import (
             classifier_logits_features, load_digit_classifier, prompt_fidelity, stroke_mask, stroke_style_distance,
             style_distance,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -11,7 +11,12 @@ from zoo._registry_base import Registry
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 
-__all__ = ["RecipeConfig", "Recipe", "RECIPES", "register_recipe", "get_recipe"]
+__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "check_unread_keys"]
+
+#: how a recipe's run goes: ``plain`` (the Trainer trains, then evaluates), ``stream`` (the stream loop: test-time
+#: adaptation over ordered domains, scored online), ``study`` (the recipe drives its whole run: a search, nested
+#: trainings)
+RUN_SHAPES = ("plain", "stream", "study")
 
 RECIPES = Registry("recipe", populate=("zoo.recipes",))
 
@@ -42,24 +47,48 @@ class Recipe:
     """A task: builds model and data from its config, defines one training step and one evaluation.
 
     Subclasses set ``Config`` (a :class:`RecipeConfig` dataclass) and ``main_metric`` (used to keep the best
-    checkpoint), and implement ``build_model``, ``build_dataloaders``, a step and ``evaluate``. Nothing here reads
-    the config file: the recipe gets a validated dataclass.
+    checkpoint), and implement ``build_model``, ``build_dataloaders``, a step and the evaluation step. Nothing here
+    reads the config file: the recipe gets a validated dataclass.
+
+    **Declared, not inferred:**
+
+    * ``run_shape`` — ``"plain"`` (the Trainer trains, then evaluates), ``"stream"`` (implements
+      :meth:`build_stream`: the stream loop, online metrics, no eval loader) or ``"study"`` (implements :meth:`run`:
+      the recipe drives its whole run, e.g. a search or nested trainings, still launched by ``tools/train.py``);
+    * ``automatic_optimization`` — True: the Trainer steps the optimiser after ``train_step``; False: the step does
+      its own optimisation (test-time adaptation, a probe) and still back-propagates through the step context
+      (``ctx.manual_backward(loss)``, ``ctx.optimizer_step(opt)``), so AMP scaling and DDP hooks apply (Lightning's
+      ``automatic_optimization = False`` + ``manual_backward``);
+    * ``unread_keys`` — ``{key: why}`` for shared config keys (``optim``, ``trainer.epochs``...) the recipe does
+      not read: setting one is an error naming the recipe and the reason, instead of being silently ignored.
 
     The step, either of:
 
     * ``training_step(model, batch) -> {"loss": ..., ...}`` — one loss, back-propagated by the Trainer;
     * ``train_step(model, batch, ctx) -> {name: scalar}`` — the recipe calls ``ctx.backward(loss)`` itself, once
       or several times (sandwich rule), and may ``ctx.log(...)`` more scalars (see
-      :class:`zoo.engine.context.StepContext`).
+      :class:`zoo.engine.step.StepContext`).
 
-    Other shapes of run: a recipe that builds a stream (:meth:`build_stream`) is run by the stream loop (test-time
-    adaptation: no eval loader, online metrics); a recipe that overrides :meth:`run` drives its whole run itself
-    (a search, a study of nested trainings) and is still launched by ``tools/train.py CONFIG``.
+    The evaluation: :meth:`eval_step` (a batch's per-example outputs) and :meth:`build_metrics` (the metric
+    objects); :meth:`evaluate` runs them through the one evaluation loop (gathered across processes) and calls
+    :meth:`after_evaluate` for files. :meth:`report` writes what a finished run adds to its directory.
     """
 
     Config: ClassVar[type[RecipeConfig]] = RecipeConfig
     main_metric: ClassVar[str | None] = None
     main_metric_mode: ClassVar[str] = "max"  # "min" for losses; trainer.best_mode overrides
+    run_shape: ClassVar[str] = "plain"
+    automatic_optimization: ClassVar[bool] = True
+    unread_keys: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.run_shape not in RUN_SHAPES:
+            raise TypeError(f"{cls.__name__}.run_shape must be one of {RUN_SHAPES}, got {cls.run_shape!r}")
+        if cls.run_shape == "study" and cls.run is Recipe.run:
+            raise TypeError(f"{cls.__name__} declares run_shape 'study' but does not implement run(ctx)")
+        if cls.run_shape == "stream" and cls.build_stream is Recipe.build_stream:
+            raise TypeError(f"{cls.__name__} declares run_shape 'stream' but does not implement build_stream()")
 
     def __init__(self, cfg: RecipeConfig):
         self.cfg = cfg
@@ -68,18 +97,18 @@ class Recipe:
     # ---------------------------------------------------------------- shape of the run
     @classmethod
     def owns_run(cls) -> bool:
-        """Whether this recipe drives its own run (it overrides :meth:`run`)."""
-        return cls.run is not Recipe.run
+        """Whether this recipe drives its own run (``run_shape == "study"``)."""
+        return cls.run_shape == "study"
 
     def run(self, ctx: Any) -> dict[str, Any]:
         """Drive the whole run (``ctx``: :class:`zoo.engine.context.RunContext`); return its final metrics, which
-        ``tools/train.py`` writes to ``metrics.json``. Only for recipes that are not "train, then evaluate"."""
+        ``tools/train.py`` writes to ``metrics.json``. Only for ``run_shape = "study"``."""
         raise NotImplementedError
 
     @classmethod
     def has_stream(cls) -> bool:
-        """Whether the recipe is run by the stream loop (it overrides :meth:`build_stream`)."""
-        return cls.build_stream is not Recipe.build_stream
+        """Whether the recipe is run by the stream loop (``run_shape == "stream"``)."""
+        return cls.run_shape == "stream"
 
     def build_stream(self) -> list[tuple[str, torch.utils.data.DataLoader]]:
         """The ordered ``(domain name, loader)`` sequence of a stream run (test-time adaptation)."""
@@ -89,15 +118,18 @@ class Recipe:
         """Stream loop: called before the first batch of each domain (e.g. to reset the model per domain)."""
 
     def stream_metrics(self, per_domain: dict[str, dict[str, float]]) -> dict[str, Any]:
-        """Final metrics of a stream from the per-domain sums of the step's scalars (each dict also has
-        ``batches``). Default: each scalar's per-batch mean per domain (``<domain>/<name>``), its mean over domains
-        (``<name>``) and ``domains`` (the per-domain means)."""
-        means = {d: {k: v / max(s["batches"], 1) for k, v in s.items() if k != "batches"} for d, s in per_domain.items()}
-        keys = list(dict.fromkeys(k for m in means.values() for k in m))
-        out: dict[str, Any] = {k: sum(m[k] for m in means.values() if k in m) / len(means) for k in keys}
-        out.update({f"{d}/{k}": v for d, m in means.items() for k, v in m.items()})
-        out["domains"] = means
+        """Final metrics of a stream from each domain's metrics (what :meth:`build_metrics` ``("stream")``
+        computed over the domain's examples). Default: each metric per domain (``<domain>/<name>``), its mean over
+        domains (``<name>``) and ``domains`` (the per-domain values)."""
+        keys = list(dict.fromkeys(k for m in per_domain.values() for k in m))
+        out: dict[str, Any] = {k: sum(m[k] for m in per_domain.values() if k in m) / len(per_domain) for k in keys}
+        out.update({f"{d}/{k}": v for d, m in per_domain.items() for k, v in m.items()})
+        out["domains"] = per_domain
         return out
+
+    def report(self, summary: dict[str, Any], run_dir: Any) -> None:
+        """Write what a finished run adds to ``run_dir`` (tables, figures) from its ``summary`` (what
+        ``metrics.json`` holds). Called once, on the main process, after the run. Default: nothing."""
 
     def recipe_state(self) -> dict[str, Any]:
         """State the recipe keeps outside the model and optimiser (e.g. a teacher), saved in ``last.pt``."""
@@ -112,7 +144,9 @@ class Recipe:
     def build_eval_model(self, model_name: str | None = None, pretrained: bool = False,
                          checkpoint_path: str | None = None) -> nn.Module:
         """The model ``tools/eval.py`` evaluates: the config's (or ``model_name``) with the given weights."""
-        raise NotImplementedError(f"the '{self.cfg.recipe}' recipe does not support tools/eval.py")
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"the '{self.cfg.recipe}' recipe does not support tools/eval.py")
 
     def build_dataloaders(self) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
         """(train loader, eval loader); batch sizes are global."""
@@ -135,9 +169,33 @@ class Recipe:
         ctx.backward(losses["loss"])
         return losses
 
+    def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """One evaluation batch's per-example outputs ``{name: (B, ...) tensor}`` on this process (what the
+        metrics of :meth:`build_metrics` read); called under ``torch.no_grad`` with the model in eval mode."""
+        raise NotImplementedError(f"{type(self).__name__} defines no eval_step")
+
+    def build_metrics(self, kind: str = "eval") -> Any:
+        """The metric objects (:class:`zoo.metrics.base.Metric` list or :class:`~zoo.metrics.base.MetricSet`) of an
+        evaluation (``kind="eval"``) or of one stream domain (``kind="stream"``)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no build_metrics")
+
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
-        """Metrics over the whole ``loader`` (gathered across processes). Writes artefacts to ``output_dir`` if given."""
-        raise NotImplementedError
+        """Metrics over the whole ``loader``, gathered across processes (the one evaluation loop over
+        :meth:`eval_step` and :meth:`build_metrics`); then :meth:`after_evaluate` writes files when
+        ``output_dir`` is given (main process)."""
+        from zoo.engine.evaluate import evaluation_loop
+
+        progress = getattr(getattr(self.cfg, "trainer", None), "progress", None)
+        metrics = evaluation_loop(model, loader, accelerator, self.eval_step, self.build_metrics("eval"),
+                                  progress=progress)
+        values = metrics.compute()
+        if output_dir is not None and accelerator.is_main_process:
+            self.after_evaluate(metrics, values, output_dir)
+        return values
+
+    def after_evaluate(self, metrics: Any, values: dict[str, Any], output_dir: Any) -> None:
+        """Files written after an evaluation into ``output_dir`` (main process), e.g. a confusion matrix;
+        ``metrics``: the :class:`~zoo.metrics.base.MetricSet` (per-example outputs), ``values``: what it computed."""
 
     def before_evaluate(self, model: nn.Module, accelerator: Any) -> None:
         """Called by the Trainer (not by ``tools/eval.py``) before each evaluation, on the unwrapped weights that
@@ -161,3 +219,31 @@ class Recipe:
     def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`checkpoint_state` (strict)."""
         model.load_state_dict(state)
+
+
+def check_unread_keys(recipe_cls: type[Recipe], raw: Mapping[str, Any]) -> None:
+    """Raise :class:`~zoo.errors.ConfigError` when the config ``raw`` (merged, before defaults) sets a key that
+    ``recipe_cls`` declares unread (``unread_keys``: a section such as ``optim`` or a dotted key such as
+    ``trainer.epochs``), naming the key, the recipe and why it is not read."""
+    from zoo.errors import ConfigError
+
+    for key, why in recipe_cls.unread_keys.items():
+        node: Any = raw
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                node = None
+                break
+            node = node[part]
+        if node is None:
+            continue
+        set_keys = sorted(_leaf_keys(node, key)) if isinstance(node, Mapping) else [key]
+        if set_keys:
+            raise ConfigError(f"config key '{set_keys[0]}' is not read by recipe '{raw.get('recipe')}' ({why}); "
+                              f"remove it")
+
+
+def _leaf_keys(tree: Mapping[str, Any], prefix: str) -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _leaf_keys(v, f"{prefix}.{k}") if isinstance(v, Mapping) else [f"{prefix}.{k}"]
+    return out

@@ -99,12 +99,12 @@ class ProjectorRecipe(_DataMixin, ClassifyRecipe):
         return self.projector
 
     def checkpoint_state(self, model):
-        from zoo.layers.lora import adapter_state_dict
+        from zoo.adapters.model import adapter_state_dict
 
         return adapter_state_dict(model)
 
     def load_checkpoint_state(self, model, state):
-        from zoo.layers.lora import load_adapter_state_dict
+        from zoo.adapters.model import load_adapter_state_dict
 
         load_adapter_state_dict(model, state, strict=True)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from zoo.layers import lora
+from zoo.adapters import model as lora
 from zoo.layers.lora import LoRALayer, SparseDelta
 
 
