@@ -33,7 +33,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -143,6 +143,8 @@ class AdapterMethod:
     weights_file: ClassVar[str] = "adapter_model.safetensors"
     #: whether the Trainer's EMA copy of the whole model makes sense (full fine-tuning only)
     supports_ema: ClassVar[bool] = False
+    #: whether :meth:`apply` needs :meth:`calibrate` first (CoLoRA: contributions measured on data set the ranks)
+    needs_calibration: ClassVar[bool] = False
 
     def __init__(self, config: AdapterConfig | None = None):
         self.config = config if config is not None else self.config_class(name=self.name)
@@ -153,6 +155,12 @@ class AdapterMethod:
     # ------------------------------------------------------------------ applying and training
     def check(self) -> None:
         """Raise early (``ImportError`` naming the extra, ``ConfigError`` naming the key) if the method cannot run."""
+
+    def calibrate(self, model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                  backward: Callable[[torch.Tensor], None]) -> None:
+        """Measure on data what :meth:`apply` needs (only for ``needs_calibration``): ``loss_fn(model, batch)`` is
+        the task's loss of one batch and ``backward(loss)`` back-propagates it through the run's accelerator (AMP
+        scaling, DDP hooks). Default: nothing to measure."""
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Make ``model`` adapted this way, in place (wrap layers, freeze the base); returns it."""

@@ -7,7 +7,10 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["topk_accuracy", "confusion_matrix", "per_class_accuracy", "classification_metrics", "save_confusion_matrix"]
+from zoo.metrics.base import Metric
+
+__all__ = ["topk_accuracy", "confusion_matrix", "per_class_accuracy", "classification_metrics", "save_confusion_matrix",
+           "ClassificationMetric"]
 
 
 def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1,)) -> dict[int, float]:
@@ -42,6 +45,36 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor, topk: Seq
     out["mean_class_acc"] = float(pca[~pca.isnan()].mean()) if (~pca.isnan()).any() else float("nan")
     out["num_samples"] = int(target.numel())
     return out
+
+
+class ClassificationMetric(Metric):
+    """Top-k accuracies, mean-class accuracy (percent), ``num_samples`` and the cross-entropy ``loss`` of an
+    evaluation, from the per-example outputs ``logits (N, C)`` and ``target (N,)``
+    (:func:`classification_metrics` over every example of the evaluation).
+
+    Args:
+        topk: the k of the top-k accuracies (``top{k}``).
+        loss: also report the mean cross-entropy as ``loss``.
+    """
+
+    keys = ("logits", "target")
+
+    def __init__(self, topk: Sequence[int] = (1, 5), loss: bool = True):
+        self.topk = tuple(topk)
+        self.loss = loss
+        super().__init__()
+
+    def compute_from(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        logits = logits.float()
+        out = classification_metrics(logits, target, self.topk)
+        if self.loss:
+            out["loss"] = torch.nn.functional.cross_entropy(logits, target.long()).item()
+        return out
+
+    def confusion_matrix(self) -> torch.Tensor:
+        """``(C, C)`` counts over every example seen (rows: true class)."""
+        seen = self.per_example()
+        return confusion_matrix(seen["logits"].argmax(1), seen["target"], seen["logits"].shape[1])
 
 
 def save_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str], out_dir: str | Path, stem: str = "confusion_matrix") -> list[Path]:
