@@ -9,7 +9,7 @@ import pytest
 from zoo.cli import load_run_config
 from zoo.config import load_raw_config
 from zoo.config import stage_scope
-from zoo.engine.pipeline import is_pipeline, load_pipeline
+from zoo.engine.pipeline import is_pipeline, load_pipeline, plan_stage
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "_base_" not in p.parts)
 
@@ -41,8 +41,8 @@ def test_config_validates(path, tmp_path):
     if not is_pipeline(raw):
         _check(path)
         return
-    dirs = {}
-    for stage in load_pipeline(path, raw):
-        with stage_scope(dirs):
-            _check(stage.config, stage.overrides)
-        dirs[stage.name] = tmp_path / stage.name
+    stages = load_pipeline(path, raw)
+    for index, stage in enumerate(stages):
+        for step in plan_stage(stage, stages[:index], tmp_path):  # one per cell of a study stage, none for a summary
+            with stage_scope(step.references):
+                _check(stage.config, step.overrides)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from zoo.errors import USER_ERRORS
+
 __all__ = ["train_main", "eval_main", "build_recipe", "load_run_config"]
 
 _logger = logging.getLogger("zoo")
@@ -17,13 +19,17 @@ _logger = logging.getLogger("zoo")
 def load_run_config(config: str, overrides: Sequence[str] = ()):
     """(recipe class, validated config, merged raw config) from a config file and ``key=value`` overrides."""
     from zoo.config import ConfigError, load_config, validate_config
-    from zoo.recipes.base import get_recipe
+    from zoo.recipes.base import check_unread_keys, get_recipe
 
     raw = load_config(config, overrides)
     name = raw.get("recipe")
     if not name:
         raise ConfigError(f"{config}: the config names no recipe; add e.g. 'recipe: classify'")
-    recipe_cls = get_recipe(name)
+    try:
+        recipe_cls = get_recipe(name)
+    except KeyError as exc:
+        raise ConfigError(f"{config}: recipe: {exc.args[0]}") from None
+    check_unread_keys(recipe_cls, raw)
     return recipe_cls, validate_config(raw, recipe_cls.Config), raw
 
 
@@ -33,17 +39,11 @@ def build_recipe(config: str, overrides: Sequence[str] = ()):
     return recipe_cls(cfg), cfg, raw
 
 
-#: errors that are the user's to fix: printed as one clean ``error:`` line (set ZOO_DEBUG=1 for the traceback)
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError, ImportError, RuntimeError, OSError)
-
-
 def _fail(exc: BaseException) -> int:
+    """Print a user error (one of :data:`zoo.errors.USER_ERRORS`) as one ``error:`` line; ZOO_DEBUG=1 re-raises it."""
     if os.environ.get("ZOO_DEBUG"):
         raise exc
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-    print(f"error: {message}", file=sys.stderr)
-    if not isinstance(exc, (FileNotFoundError, FileExistsError)) and type(exc).__name__ != "ConfigError":
-        print("(set ZOO_DEBUG=1 for the full traceback)", file=sys.stderr)
+    print(f"error: {exc}", file=sys.stderr)
     return 2
 
 
@@ -94,14 +94,19 @@ def run_training(config: str, overrides: Sequence[str] = (), output: str | os.Pa
         ctx = RunContext(output_dir, resume=resume is not None, seed=cfg.seed, config=raw)
         dump_config(raw, output_dir / "config.yaml")
         metrics = recipe.run(ctx) or {}
-        ctx.write_metrics({"final": metrics})
-        return {"final": metrics, "run_dir": str(output_dir)}
+        summary = {"final": metrics}
+        ctx.write_metrics(summary)
+        recipe.report(summary, output_dir)
+        return {**summary, "run_dir": str(output_dir)}
     from zoo.engine.trainer import Trainer
 
     trainer = Trainer(recipe, cfg.trainer, cfg.optim, cfg.schedule, output_dir, seed=cfg.seed, resume=resume,
                       on_start=lambda t: dump_config(raw, output_dir / "config.yaml"),
                       history_note={"overrides": list(overrides), "changes": changes} if resume else None)
-    return {**trainer.fit(), "run_dir": str(output_dir)}
+    summary = trainer.fit()
+    if trainer.is_main:
+        recipe.report(summary, output_dir)
+    return {**summary, "run_dir": str(output_dir)}
 
 
 def _close_process_group() -> None:
@@ -115,11 +120,12 @@ def _close_process_group() -> None:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    """``train.py CONFIG [key=value ...] [--resume [PATH]] [--overwrite] [--output DIR] [--stage NAME]``."""
+    """``train.py CONFIG [key=value ...] [--resume [PATH]] [--overwrite] [--output DIR] [--stage NAME]
+    [--cell STAGE/VARIANT/seedK] [--jobs N] [--list-cells]``."""
     from zoo.config import load_raw_config
     from zoo.engine.interrupt import TrainingInterrupted
     from zoo.engine.logging import setup_console_logging
-    from zoo.engine.pipeline import is_pipeline, run_pipeline
+    from zoo.engine.pipeline import cell_commands, is_pipeline, run_pipeline, summary_lines
 
     parser = argparse.ArgumentParser(description="Train a model (or run a pipeline of stages) from a config file.")
     parser.add_argument("config", help="YAML config or pipeline, or a packaged config name (pointramba/modelnet10_small)")
@@ -129,8 +135,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="delete a run already in --output and start over")
     parser.add_argument("--output", help="run directory (default: output_dir from the config, else runs/<config stem>)")
     parser.add_argument("--stage", help="pipelines: run only this stage (earlier stages must have finished)")
+    parser.add_argument("--cell", help="studies: run only this cell, STAGE/VARIANT/seed<k> (earlier stages must have "
+                        "finished); with --overwrite only this cell is started over")
+    parser.add_argument("--jobs", type=int, default=1, help="studies: run N cells of a stage at once, each a process "
+                        "with 1/N of the CPU threads, its output in <output>/<stage>/<variant>/seed<k>.log")
+    parser.add_argument("--list-cells", action="store_true", help="studies: print the command of every cell (of "
+                        "--stage), one a line (for a SLURM array or torchrun), and run nothing")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     setup_console_logging()
     try:
         raw = load_raw_config(args.config)
@@ -140,22 +154,35 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
             path = find_config(args.config)
             output = Path(args.output or Path("runs") / path.stem)
+            if args.list_cells:
+                print("\n".join(cell_commands(path, raw, args.config, output, args.overrides, only=args.stage)))
+                return 0
             if args.overwrite:
-                prepare_run_dir(output, resume=False, overwrite=True)
+                from zoo.studies.matrix import parse_cell_id
+
+                prepare_run_dir(parse_cell_id(args.cell).run_dir(output) if args.cell else output, resume=False,
+                                overwrite=True)
 
             def run_stage(stage, run_dir, overrides):
                 return run_training(str(stage.config), overrides, run_dir, resume=args.resume and "auto",
                                     print_config=args.print_config) or {}
 
-            summary = run_pipeline(path, raw, output, run_stage, overrides=args.overrides, only=args.stage)
+            def spawn(cell):  # --jobs: the command that runs one cell in a process of its own
+                from zoo.studies.runner import python_entry
+
+                return [*python_entry(), str(path), *args.overrides, "--cell", cell.id, "--output", str(output),
+                        *(["--resume"] if args.resume else [])]
+
+            summary = run_pipeline(path, raw, output, run_stage, overrides=args.overrides, only=args.stage,
+                                   cell=args.cell, jobs=1 if args.print_config else args.jobs, spawn=spawn)
             if not args.print_config:
-                for name, final in summary["stages"].items():
-                    print(f"{name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in final.items() if isinstance(v, (int, float))))
+                print("\n".join(summary_lines(summary)))
                 print(f"pipeline directory: {output}")
             return 0
-        if args.stage:
-            parser.error(f"--stage is for pipeline configs; {args.config} is a single run")
+        for flag, given in (("--stage", args.stage), ("--cell", args.cell), ("--jobs", args.jobs != 1),
+                            ("--list-cells", args.list_cells)):
+            if given:
+                parser.error(f"{flag} is for pipeline configs; {args.config} is a single run")
         summary = run_training(args.config, args.overrides, args.output, resume=args.resume,
                                overwrite=args.overwrite, print_config=args.print_config)
     except TrainingInterrupted as stop:
@@ -198,7 +225,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         recipe, cfg, _ = build_recipe(args.config, args.overrides)
         model = recipe.build_eval_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
         metrics = evaluate_model(recipe, model, output_dir=args.output)
-    except USER_ERRORS as exc:  # NotImplementedError is a RuntimeError
+    except USER_ERRORS as exc:
         return _fail(exc)
     except KeyboardInterrupt:
         print("\nevaluation stopped", file=sys.stderr)

@@ -7,6 +7,7 @@ command and exit code 130.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -28,14 +29,19 @@ class StopRequest:
     """Context manager that catches SIGINT (main thread only; elsewhere it does nothing).
 
     ``requested`` becomes True on the first Ctrl-C; the handler that was installed before is restored on exit.
+    Data-loader worker processes forked while it is installed inherit the handler; there it does nothing (a
+    terminal's Ctrl-C reaches the whole process group: only the training process speaks and stops).
     """
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: Any = None
         self._installed = False
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a forked data-loader worker: the training process handles the stop
+            return
         if self.requested:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.requested = True
@@ -46,6 +52,7 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
         return self

@@ -68,6 +68,9 @@ class TrainerConfig:
     save_every: int = 1  # epochs between writes of last.pt (epoch loop); the last epoch is always saved
     eval_every_steps: int | None = None  # iteration loop (default: only at the end)
     save_every_steps: int | None = None  # iteration loop (default: at each evaluation) and stream loop (batches)
+    # write best.pt (the checkpoint selected on the eval split by best_metric); false when the eval split is the
+    # reported one (selecting on it would be model selection on the test set): the run then reports its last epoch
+    save_best: bool = True
     best_metric: str | None = None  # default: the recipe's main metric
     best_mode: str | None = None  # max | min; default: the recipe's main_metric_mode
     log_every: int = 20  # optimiser steps between progress-bar updates (iteration loop: between metrics.csv rows)
@@ -260,7 +263,10 @@ class Trainer:
                                           total_steps=plan.total_steps) if optimizer is not None else None)
         self.ema = ModelEma(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
         to_prepare = [model] + ([optimizer] if optimizer is not None else [])
-        prepared = acc.prepare(*to_prepare)
+        if any(p.requires_grad for p in model.parameters()):
+            prepared = acc.prepare(*to_prepare)
+        else:  # nothing to train (a frozen model scored on a stream): no DDP wrapper, which torch refuses on CPU
+            prepared = (acc.prepare_model(model, evaluation_mode=True), *(acc.prepare(o) for o in to_prepare[1:]))
         prepared = prepared if isinstance(prepared, (list, tuple)) else (prepared,)
         self.model = prepared[0]
         self.optimizer = prepared[1] if optimizer is not None else None
@@ -348,7 +354,7 @@ class Trainer:
         self.load_state_dict(read_checkpoint(path, what="the run's last.pt (--resume)"))
         note = {"resumed_at_step": self.global_step, "epoch": self.epoch, **(self.history_note or {})}
         self.history.append(note)
-        _logger.info("Resumed from %s at epoch %d (step %d%s)", path, self.epoch, self.global_step,
+        _logger.info("Resumed from %s at epoch %d, step %d%s", path, self.epoch + 1, self.global_step,
                      f", batch {self.batch_in_epoch} of the epoch" if self.batch_in_epoch else "")
 
     def save_last(self) -> None:
@@ -424,7 +430,7 @@ class Trainer:
 
     def save_best(self, metrics: dict[str, float]) -> None:
         """Write ``best.pt`` when ``metrics[best_metric]`` beats the best so far."""
-        if self.best_metric is None or self.best_metric not in metrics:
+        if not self.cfg.save_best or self.best_metric is None or self.best_metric not in metrics:
             return
         value = metrics[self.best_metric]
         if not self._is_better(value):
