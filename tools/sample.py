@@ -7,8 +7,9 @@
 ``--pipeline``: a diffusers folder (Stable Diffusion or SDXL, from its model_index.json) or a single .safetensors/.ckpt
 file (with ``--single-file-config DIR`` offline).
 ``--adapter``: SaRA weights (``sara_weights.safetensors``), a diffusers LoRA (``pytorch_lora_weights.safetensors``),
-a fine-tuned UNet folder, or a run directory holding one of them (``--kind`` names the method of
-zoo.diffusion.methods when detection is not wanted). Rows: prompts; columns: base | adapter.
+a fine-tuned UNet folder, a folder an adapter method's ``save`` wrote (``adapter_config.json``), or a run directory
+holding one of them. ``--kind`` names the method when detection is not wanted: every registered method of
+``zoo.adapters`` (``zoo.adapters.base.adapter_names()``) loads into a pipeline. Rows: prompts; columns: base | adapter.
 """
 import sys
 

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from zoo.adapters import lora_formats as lf
+from zoo.errors import CheckpointError
+from zoo.adapters import model as adapter_model
 from zoo.layers import lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,12 +44,12 @@ def _x():
 def _adapted(seed=3):
     """Ours: per-layer ranks and alphas (alpha != rank everywhere), random non-zero factors."""
     net = _net()
-    lora.add_lora(net, TARGETS, rank=lambda n, m: RANKS[n], alpha=lambda n, m: ALPHAS[n], init="random", seed=seed)
+    adapter_model.add_lora(net, TARGETS, rank=lambda n, m: RANKS[n], alpha=lambda n, m: ALPHAS[n], init="random", seed=seed)
     return net
 
 
 def _factors(net, adapter="default"):
-    return {p: layer.deltas[adapter] for p, layer in lora.iter_lora_layers(net)}
+    return {p: layer.deltas[adapter] for p, layer in adapter_model.iter_lora_layers(net)}
 
 
 # ------------------------------------------------------------------------------------------------ peft
@@ -61,8 +63,8 @@ def test_from_peft_matches_peft_itself_with_rank_and_alpha_patterns():
     state = peft.get_peft_model_state_dict(model)
     assert any(k.startswith("base_model.model.") and ".lora_A.weight" in k for k in state)
     ours = _net()
-    lora.add_lora(ours, TARGETS, rank=lambda n, m: RANKS[n], alpha=1.0)  # wrong alphas: the file must fix them
-    lora.load_adapter_state_dict(ours, state, convert=lambda s: lf.from_peft(s, config=cfg.to_dict()))
+    adapter_model.add_lora(ours, TARGETS, rank=lambda n, m: RANKS[n], alpha=1.0)  # wrong alphas: the file must fix them
+    adapter_model.load_adapter_state_dict(ours, state, convert=lambda s: lf.from_peft(s, config=cfg.to_dict()))
     for p, d in _factors(ours).items():
         assert d.alpha == ALPHAS[p] and d.scaling == ALPHAS[p] / RANKS[p], p
     with torch.no_grad():
@@ -94,8 +96,8 @@ def test_from_diffusers_new_and_old_layouts_alpha_exact():
     new = _diffusers_layout(ref)
     # today's layout has no alpha: diffusers loads it with alpha = rank (scaling 1)
     a = _net()
-    lora.add_lora(a, TARGETS, rank=lambda n, m: RANKS[n])
-    lora.load_adapter_state_dict(a, new, convert=lf.from_diffusers)
+    adapter_model.add_lora(a, TARGETS, rank=lambda n, m: RANKS[n])
+    adapter_model.load_adapter_state_dict(a, new, convert=lf.from_diffusers)
     for p, d in _factors(a).items():
         assert d.scaling == 1.0 and torch.equal(d.up_weight(), _factors(ref)[p].up_weight()), p
     # the older layout, with the network alphas of a kohya conversion: the same model as ours
@@ -104,11 +106,11 @@ def test_from_diffusers_new_and_old_layouts_alpha_exact():
     old |= {f"unet.{p}.alpha": torch.tensor(ALPHAS[p]) for p in TARGETS}
     old["text_encoder.x.lora.down.weight"] = torch.zeros(1)  # other components pass through
     b = _net()
-    lora.add_lora(b, TARGETS, rank=lambda n, m: RANKS[n])
+    adapter_model.add_lora(b, TARGETS, rank=lambda n, m: RANKS[n])
     with pytest.raises(RuntimeError, match=r"unexpected \(1\): text_encoder.x.lora.down.weight"):
-        lora.load_adapter_state_dict(b, old, convert=lf.from_diffusers)
+        adapter_model.load_adapter_state_dict(b, old, convert=lf.from_diffusers)
     del old["text_encoder.x.lora.down.weight"]
-    lora.load_adapter_state_dict(b, old, convert=lf.from_diffusers)
+    adapter_model.load_adapter_state_dict(b, old, convert=lf.from_diffusers)
     for p, d in _factors(b).items():
         assert d.alpha == ALPHAS[p], p
     torch.testing.assert_close(b(_x()), ref(_x()), rtol=0, atol=0)
@@ -126,15 +128,15 @@ def test_from_kohya_resolves_underscores_against_the_model():
         kohya[f"{name}.alpha"] = torch.tensor(ALPHAS[p], dtype=torch.float16)
     assert lf.detect_lora_format(kohya) == "kohya"
     ours = _net()
-    lora.add_lora(ours, TARGETS, rank=lambda n, m: RANKS[n])
-    lora.load_adapter_state_dict(ours, kohya, convert=lf.from_kohya)  # the loader passes model=
+    adapter_model.add_lora(ours, TARGETS, rank=lambda n, m: RANKS[n])
+    adapter_model.load_adapter_state_dict(ours, kohya, convert=lf.from_kohya)  # the loader passes model=
     torch.testing.assert_close(ours(_x()), ref(_x()), rtol=0, atol=0)
     plain = _net()
     lf.import_lora(plain, kohya)
     torch.testing.assert_close(plain(_x()), ref(_x()), rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs the model"):
         lf.from_kohya(kohya)
-    with pytest.raises(KeyError, match="adapt no module.*lora_unet_attn_to_k.lora_down.weight"):
+    with pytest.raises(CheckpointError, match="adapt no module.*lora_unet_attn_to_k.lora_down.weight"):
         lf.import_lora(_net(), kohya | {"lora_unet_attn_to_k.lora_down.weight": torch.zeros(2, 8)}, format="kohya")
 
 
@@ -159,7 +161,7 @@ def _unet_inputs():
 def test_export_is_read_by_diffusers_load_lora_weights(tiny_pipe, tmp_path):
     pipe = copy.deepcopy(tiny_pipe)
     ours = copy.deepcopy(tiny_pipe.unet)
-    lora.add_lora(ours, UNET_TARGETS, rank=4, alpha=3, init="random", seed=0)  # alpha != rank, up non-zero
+    adapter_model.add_lora(ours, UNET_TARGETS, rank=4, alpha=3, init="random", seed=0)  # alpha != rank, up non-zero
     assert all(d.up.abs().sum() > 0 for d in _factors(ours).values())
     f = lf.save_diffusers_lora(ours, tmp_path)
     assert f.name == "pytorch_lora_weights.safetensors"
@@ -174,7 +176,7 @@ def test_export_is_read_by_diffusers_load_lora_weights(tiny_pipe, tmp_path):
     # and back into our core on a plain UNet
     plain = copy.deepcopy(tiny_pipe.unet)
     layers = lf.import_lora(plain, f)
-    assert set(layers) == {p for p, _ in lora.iter_lora_layers(ours)}
+    assert set(layers) == {p for p, _ in adapter_model.iter_lora_layers(ours)}
     with torch.no_grad():
         torch.testing.assert_close(plain(x, t, e).sample, mine, rtol=0, atol=1e-5)
 
@@ -182,7 +184,7 @@ def test_export_is_read_by_diffusers_load_lora_weights(tiny_pipe, tmp_path):
 def test_kohya_file_reads_like_diffusers_reads_it(tiny_pipe):
     """diffusers converts kohya files itself: our converter must give the same UNet (alpha != rank)."""
     src = copy.deepcopy(tiny_pipe.unet)
-    lora.add_lora(src, ["to_q", "to_v", "proj_in", "conv1"], rank=2, alpha=5, init="random", seed=1)
+    adapter_model.add_lora(src, ["to_q", "to_v", "proj_in", "conv1"], rank=2, alpha=5, init="random", seed=1)
     kohya = {}
     for p, d in _factors(src).items():
         name = "lora_unet_" + p.replace(".", "_")
@@ -204,7 +206,7 @@ def test_export_refuses_what_lora_cannot_hold(tmp_path):
     net = _net()
     with pytest.raises(ValueError, match="no adapter named 'default'"):
         lf.to_diffusers(net)
-    lora.inject_adapter(net, ["proj"], lambda n, b: lora.SparseDelta(b, {"weight": torch.arange(3)}), name="sara",
+    adapter_model.inject_adapter(net, ["proj"], lambda n, b: lora.SparseDelta(b, {"weight": torch.arange(3)}), name="sara",
                         layer_types=(nn.Module,))
     with pytest.raises(TypeError, match="'sara' at 'proj' is a SparseDelta"):
         lf.to_diffusers(net, "sara")

@@ -10,9 +10,10 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from zoo.adapters.merge import (  # noqa: E402
-    add_ziplora, compose, load_plp, merge_b4m, ziplora_loss, ziplora_to_lowrank,
+    add_ziplora, compose, merge_b4m, ziplora_loss, ziplora_to_lowrank,
 )
-from zoo.adapters.plp import PLPConfig, add_plp, plp_deltas  # noqa: E402
+from zoo.adapters.plp import PLPConfig, add_plp, load_plp, plp_deltas  # noqa: E402
+from zoo.errors import CheckpointError  # noqa: E402
 from zoo.adapters.model import (
     active_adapters,
     adapter_names,
@@ -96,7 +97,7 @@ def test_b4m_merge_refuses_adapters_with_different_frozen_parts():
     unet = _pipe().unet
     add_plp(unet, CFG, name="content")
     add_plp(unet, PLPConfig(rank=4, seed=3), name="style")
-    with pytest.raises(ValueError, match="model.plp.seed"):
+    with pytest.raises(CheckpointError, match="adapter.seed"):
         merge_b4m(unet, "content", "style")
 
 

@@ -14,7 +14,7 @@ from zoo.adapters.plp import (  # noqa: E402
     PLPConfig, SDXL_TARGETS, add_plp, check_shared_frozen, frozen_overlap, frozen_parts, initial_delta_norms,
     plp_deltas,
 )
-from zoo.config import ConfigError  # noqa: E402
+from zoo.errors import CheckpointError, ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +91,7 @@ def test_frozen_parts_identical_across_runs_whatever_the_global_rng():
     assert all(torch.equal(x, y) for k in fa for x, y in zip(fa[k], fb[k]) if x is not None)
     c = _unet()
     add_plp(c, PLPConfig(rank=4, seed=1), name="other")
-    with pytest.raises(ValueError, match="same model.plp"):
+    with pytest.raises(CheckpointError, match="same adapter section"):
         check_shared_frozen(fa, frozen_parts(c, "other"))
 
 
@@ -135,9 +135,9 @@ def test_basis_too_small_and_bad_config_values_name_the_fix():
     unet = _unet()
     with pytest.raises(ValueError, match="basis_rows"):
         add_plp(unet, PLPConfig(rank=4, basis_rows=64, orth_layers="all"), name="x")
-    with pytest.raises(ConfigError, match="model.plp.frozen"):
+    with pytest.raises(ConfigError, match="adapter.frozen"):
         PLPConfig(frozen=1.0)
-    with pytest.raises(ConfigError, match="model.plp.geometry"):
+    with pytest.raises(ConfigError, match="adapter.geometry"):
         PLPConfig(geometry="nope")
 
 

@@ -79,7 +79,7 @@ def test_prompt_fidelity_of_the_shipped_model(pipe):
 def test_vae_reconstruction_psnr_on_held_out_digits(pipe, shared_data):
     from zoo.data.images.mnist import MNIST
     from zoo.data.images.style_digits import pad_digit
-    from zoo.recipes.t2i_pretrain import psnr
+    from zoo.diffusion.t2i import psnr
 
     if not (shared_data / "mnist").is_dir():
         pytest.skip("no shared MNIST")

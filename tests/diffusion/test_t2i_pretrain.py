@@ -107,3 +107,50 @@ def test_unet_recipe_needs_a_vae_folder(tmp_path):
     cfg.model.vae = str(tmp_path)
     with pytest.raises(ConfigError, match="model.vae"):
         T2IUNetRecipe(cfg)
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_matches_one_process(tmp_path):
+    """t2i_vae, t2i_unet and sd_finetune evaluated by 2 gloo processes give one process's metrics (5 held-out
+    examples in batches of 2: an uneven last batch)."""
+    import os
+    import subprocess
+    import sys
+
+    from zoo.diffusion.t2i import build_vae
+    from zoo.diffusion.tiny import save_tiny_pipeline
+
+    repo = Path(__file__).resolve().parents[2]
+    root = fake_mnist(tmp_path / "mnist")
+    build_vae([8, 8, 8], 1, 4, 4).save_pretrained(str(tmp_path / "vae"))
+    pipe = save_tiny_pipeline(tmp_path / "pipe")
+    style = tmp_path / "style"
+    style.mkdir()
+    from PIL import Image
+
+    for i in range(5):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(style / f"{i}.png")
+    data = [f"data.root={root}", "data.eval_split=test[30:]", "data.eval_images=5", "data.eval_batch_size=2"]
+    cases = {
+        "vae": [str(repo / "configs/t2i/vae.yaml"), data + ["model.block_out_channels=[8,8,8]", "model.norm_num_groups=4"]],
+        "unet": [str(repo / "configs/t2i/unet.yaml"), data + [
+            f"model.vae={tmp_path / 'vae'}", "model.block_out_channels=[16,32]", "model.attention_head_dim=8",
+            "model.norm_num_groups=8", "model.text_hidden=16"]],
+        "sd": [str(repo / "configs/sara/tiny.yaml"), [f"model.pretrained={pipe}", f"data.root={style}",
+                                                     "data.eval_images=5", "data.eval_batch_size=2"]],
+    }
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    worker = Path(__file__).with_name("ddp_eval_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for cmd in ([sys.executable, str(worker), str(tmp_path)],
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+                 str(tmp_path)]):
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "metrics_1.json").read_text())
+    two = json.loads((tmp_path / "metrics_2.json").read_text())
+    assert set(one) == set(two) == {"vae", "unet", "sd"}
+    for case in one:
+        assert one[case].keys() == two[case].keys()
+        for k, v in one[case].items():
+            assert two[case][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (case, k)

@@ -191,9 +191,10 @@ def test_merge_stage_loads_after_init_and_trains_with_adamwr(data, tmp_path):
 
 
 def test_any_content_with_any_style_composes_into_a_grid(data, pipeline_run, tmp_path):
-    from zoo.adapters.merge import COMPOSITIONS, compose, composition_grid, load_plp, ziplora_to_lowrank
-    from zoo.adapters.plp import PLPConfig
+    from zoo.adapters.merge import COMPOSITIONS, compose, ziplora_to_lowrank
+    from zoo.adapters.plp import PLPConfig, load_plp
     from zoo.diffusion.pipeline import load_pipeline
+    from zoo.diffusion.sampling import composition_grid
 
     pipe = load_pipeline(data["model.pretrained"])
     pipe.set_progress_bar_config(disable=True)
@@ -201,10 +202,10 @@ def test_any_content_with_any_style_composes_into_a_grid(data, pipeline_run, tmp
     load_plp(pipe.unet, pipeline_run / "style", PLPConfig(rank=4), name="style")
     rows = {"base": None}
     blocks = {"content": ["down_blocks.1"], "style": ["up_blocks.0"]}
-    for method in COMPOSITIONS:
-        opts = {"blocks": blocks} if method == "blora" else {}
-        name = compose(pipe.unet, method, "content", "style", weights=(1.0, 0.8), **opts)
-        rows[method] = ziplora_to_lowrank(pipe.unet, name) if method == "ziplora" else name
+    for composition in COMPOSITIONS:
+        opts = {"blocks": blocks} if composition == "blora" else {}
+        name = compose(pipe.unet, composition, "content", "style", weights=(1.0, 0.8), **opts)
+        rows[composition] = ziplora_to_lowrank(pipe.unet, name) if composition == "ziplora" else name
     grid = composition_grid(pipe, rows, ["a sks glyph in zzw style", "a dog"], num_inference_steps=2,
                             guidance_scale=3.0, height=16, width=16)
     grid.save(tmp_path / "grid.png")
@@ -279,7 +280,7 @@ def test_joint_baseline_is_one_plain_lora_and_config_errors_name_the_key(data):
     from zoo.adapters.plp import plp_deltas
     from zoo.config import ConfigError
 
-    recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **{"b4m.stage": "joint", "model.plp.frozen": 0.0,
+    recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **{"b4m.stage": "joint", "adapter.frozen": 0.0,
                                                                   "data.root": data["b4m.content_root"]}))
     model = recipe.build_model()
     assert all(d.down_frozen is None and d.up_frozen is None for d in plp_deltas(model, "plp").values())
@@ -291,6 +292,40 @@ def test_joint_baseline_is_one_plain_lora_and_config_errors_name_the_key(data):
         build_recipe(str(TINY), _overrides(data, **{"b4m.stage": "both"}))
     with pytest.raises(ConfigError, match=r"b4m.style_aux_roots\[0\]"):
         build_recipe(str(TINY), _overrides(data, **{"b4m.style_aux_roots": "[/nonexistent/folder]"}))
+    with pytest.raises(ConfigError, match="adapter.name must be 'plp'"):
+        build_recipe(str(TINY), _overrides(data, adapter="{name: lora}"))
+    with pytest.raises(ConfigError, match="'model.plp.rank' .*moved.*adapter.rank"):
+        build_recipe(str(TINY), _overrides(data, **{"model.plp.rank": 4}))
+
+
+def test_old_stage_one_runs_still_load(data, pipeline_run, tmp_path):
+    """A stage-1 run directory (diffusers LoRA file) loads into the PLP method; b4m_eval reads the PLP settings
+    of runs written before the adapter section (model.plp in their config.yaml)."""
+    import shutil
+
+    import yaml
+
+    from zoo.adapters.base import build_adapter
+    from zoo.adapters.plp import plp_deltas
+    from zoo.cli import build_recipe
+    from zoo.diffusion.pipeline import load_pipeline
+
+    unet = build_adapter({"name": "plp", "rank": 4}).load(load_pipeline(data["model.pretrained"]).unet,
+                                                          pipeline_run / "content")
+    files = _lora(pipeline_run / "content")
+    some = next(k for k in files if k.endswith("attn1.to_q.lora_B.weight"))
+    path = some[len("unet."):-len(".lora_B.weight")]
+    d = plp_deltas(unet, "plp")[path]
+    assert d.up.requires_grad and torch.equal(d.up_weight().detach(), files[some])
+    old = tmp_path / "old_content"
+    shutil.copytree(pipeline_run / "content", old)
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    cfg["model"]["plp"] = cfg.pop("adapter")
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg))
+    recipe, _, _ = build_recipe(str(REPO / "configs" / "b4m" / "eval_t2i_mnist.yaml"), [
+        f"eval.content_adapter={old}", f"eval.style_adapter={pipeline_run / 'style'}",
+        f"eval.content_eval_root={data['b4m.content_root']}", f"eval.style_root={data['b4m.style_root']}"])
+    assert recipe._stage1_plp()["rank"] == 4
 
 
 def test_eval_stage_compares_every_composition(data, pipeline_run, tmp_path):
@@ -314,7 +349,7 @@ def test_eval_stage_compares_every_composition(data, pipeline_run, tmp_path):
         "eval.num_seeds=1", "eval.digits=[1,2]", "eval.num_inference_steps=2", "eval.digit_split=test[9900:]",
         "eval.scales=[0.5]"], out)
     methods = summary["final"]["methods"]
-    # the merge before stage 2 (model.plp read from the content run's config.yaml), then the scaled rows
+    # the merge before stage 2 (the adapter section read from the content run's config.yaml), then the scaled rows
     assert list(methods) == ["base", "content", "style", "weighted_sum", "b4m_merge_only", "b4m", "ziplora",
                              "weighted_sum ×0.5", "b4m ×0.5"]
     assert methods["b4m ×0.5"]["scale"] == 0.5 and methods["b4m"]["scale"] == 1.0
@@ -330,7 +365,7 @@ def test_eval_stage_compares_every_composition(data, pipeline_run, tmp_path):
 
 def test_scores_compare_at_equal_prompt_fidelity():
     """The weighted sum's curve is read at B4M's prompt fidelities by linear interpolation, never extrapolated."""
-    from zoo.recipes.b4m_eval import equal_fidelity_comparison, score_at_fidelity
+    from zoo.diffusion.composition_eval import equal_fidelity_comparison, score_at_fidelity
 
     curve = [(20.0, 0.30), (60.0, 0.10), (90.0, 0.02)]
     assert score_at_fidelity(curve, 40.0) == pytest.approx(0.20)

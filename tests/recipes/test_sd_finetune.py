@@ -109,7 +109,7 @@ def test_sara_exact_resume_and_bit_identical_reload(tiny_sd, style, tmp_path):
     from zoo.adapters.sara import load_sara
     from zoo.diffusion.pipeline import load_pipeline
 
-    extra = ["schedule.name=constant", "model.sara.progressive_iter=3", "model.gradient_checkpointing=true",
+    extra = ["schedule.name=constant", "adapter.progressive_iter=3", "model.gradient_checkpointing=true",
              "sample.enabled=false"]
     recipe, _, summary = _fit(tiny_sd, style, tmp_path / "a", *extra, "trainer.epochs=2")
     assert summary["steps"] == 4
@@ -131,7 +131,7 @@ def test_lora_baseline_saves_diffusers_format_with_v_prediction(tiny_sd, style, 
 
     from zoo.diffusion.pipeline import load_pipeline
 
-    recipe, _, _ = _fit(tiny_sd, style, tmp_path / "lora", "model.adapter=lora", "model.lora.init=true",
+    recipe, _, _ = _fit(tiny_sd, style, tmp_path / "lora", "adapter={name: lora, init: 'true'}",
                         "model.prediction_type=v_prediction", "trainer.epochs=1")
     assert recipe.components.noise_scheduler.config.prediction_type == "v_prediction"
     f = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
@@ -156,14 +156,14 @@ def test_lora_baseline_saves_diffusers_format_with_v_prediction(tiny_sd, style, 
 
 def test_peft_lora_baseline_file_reads_into_our_core(tiny_sd, style, tmp_path):
     pytest.importorskip("peft")
+    from zoo.diffusion.adapters import detect_adapter, load_adapter
     from zoo.diffusion.pipeline import load_pipeline
-    from zoo.diffusion.sampling import detect_adapter_kind, load_adapter
 
-    recipe, _, _ = _fit(tiny_sd, style, tmp_path / "peft", "model.adapter=peft_lora", "model.lora.init=true",
+    recipe, _, _ = _fit(tiny_sd, style, tmp_path / "peft", "adapter={name: peft_lora, init: 'true'}",
                         "trainer.epochs=1", "sample.enabled=false")
     last = torch.load(tmp_path / "peft" / "last.pt", map_location="cpu", weights_only=True)
     assert last["model"] and all(".lora_A." in k or ".lora_B." in k for k in last["model"])
-    assert detect_adapter_kind(tmp_path / "peft") == "lora"
+    assert detect_adapter(tmp_path / "peft") == "lora"
     pipe = load_pipeline(tiny_sd)
     set_enabled = load_adapter(pipe, tmp_path / "peft")  # a UNet-only diffusers file: read by our core
     x, t, e = torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 16, 32)
@@ -177,11 +177,11 @@ def test_peft_lora_baseline_file_reads_into_our_core(tiny_sd, style, tmp_path):
 
 
 def test_full_finetune_saves_unet_folder(tiny_sd, style, tmp_path):
-    _fit(tiny_sd, style, tmp_path / "full", "model.adapter=full", "trainer.epochs=1", "sample.enabled=false")
+    _fit(tiny_sd, style, tmp_path / "full", "adapter={name: full}", "trainer.epochs=1", "sample.enabled=false")
     assert (tmp_path / "full" / "unet" / "config.json").is_file()
-    from zoo.diffusion.sampling import detect_adapter_kind
+    from zoo.diffusion.adapters import detect_adapter
 
-    assert detect_adapter_kind(tmp_path / "full") == "full"
+    assert detect_adapter(tmp_path / "full") == "full"
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -201,12 +201,22 @@ def test_config_errors_name_the_fix(tiny_sd, style, tmp_path):
         build_recipe(str(CONFIG), _overrides(tiny_sd, empty))
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         build_recipe(str(CONFIG), _overrides(tiny_sd, tmp_path / "missing"))
-    with pytest.raises(ConfigError, match="model.adapter must be one of"):
-        build_recipe(str(CONFIG), _overrides(tiny_sd, style, "model.adapter=dora"))
+    with pytest.raises(ConfigError, match="adapter.name: .*'dora'"):
+        build_recipe(str(CONFIG), _overrides(tiny_sd, style, "adapter={name: dora}"))
     recipe, cfg, _ = build_recipe(str(CONFIG), _overrides(tiny_sd, style))
     assert type(recipe).main_metric_mode == "min"  # the Trainer keeps the lowest val_loss by default
-    with pytest.raises(ConfigError, match="Unknown config key 'model.sara.treshold'"):
-        build_recipe(str(CONFIG), _overrides(tiny_sd, style, "model.sara.treshold=0.1"))
+    with pytest.raises(ConfigError, match="Unknown config key 'adapter.treshold' for adapter method 'sara'"):
+        build_recipe(str(CONFIG), _overrides(tiny_sd, style, "adapter.treshold=0.1"))
+    # a SaRA key left in the section when switching the method names the method it does not belong to
+    with pytest.raises(ConfigError, match="'adapter.threshold' for adapter method 'lora'"):
+        build_recipe(str(CONFIG), _overrides(tiny_sd, style, "adapter.name=lora"))
+    # the keys of configs written before the adapter section name their replacement
+    for old, new in (("model.adapter=lora", "adapter.name"), ("model.sara.threshold=0.1", "adapter.threshold"),
+                     ("model.lora.rank=8", "adapter.rank")):
+        with pytest.raises(ConfigError, match=f"'{old.split('=')[0]}' .*moved.*{new}"):
+            build_recipe(str(CONFIG), _overrides(tiny_sd, style, old))
+    with pytest.raises(ConfigError, match="trainer.ema_decay is not supported with adapter.name=sara"):
+        build_recipe(str(CONFIG), _overrides(tiny_sd, style, "trainer.ema_decay=0.9"))
 
 
 def test_cli_reports_config_errors(tiny_sd, tmp_path, capsys):
@@ -287,7 +297,7 @@ def test_sdxl_folder_trains_lora_with_two_text_encoders(tiny_sdxl, style, tmp_pa
     from zoo.diffusion.pipeline import load_pipeline
     from zoo.diffusion.sampling import sample_main
 
-    recipe, _, summary = _fit(tiny_sdxl, style, tmp_path / "xl", "model.adapter=lora", "model.lora.init=true",
+    recipe, _, summary = _fit(tiny_sdxl, style, tmp_path / "xl", "adapter={name: lora, init: 'true'}",
                               "trainer.epochs=1")
     c = recipe.components
     assert c.is_sdxl and c.text_encoder_2 is not None and summary["steps"] == 2
@@ -322,3 +332,72 @@ def test_sara_progressive_schedule_follows_the_trainers_plan(tiny_sd, style):
     assert recipe._total_steps() == 7
     recipe.plan = TrainPlan(total_steps=12, steps_per_epoch=None, epochs=None)
     assert recipe._total_steps() == 12
+
+
+# ------------------------------------------------------------------------------------------------ any method
+@pytest.mark.parametrize("section", ["{name: plp, rank: 2, basis_rows: null}", "{name: sara, threshold: 0.02}",
+                                     "{name: lora, target_modules: [conv_in, proj_in, to_q], rank: 2}"])
+def test_any_method_on_the_unet_is_a_config_change(tiny_sd, style, tmp_path, section):
+    """adapter={...} alone switches the method: it trains (the loss moves the adapter), checkpoints and saves."""
+    from zoo.adapters.base import build_adapter
+    from zoo.diffusion.adapters import detect_adapter
+
+    recipe, _, summary = _fit(tiny_sd, style, tmp_path / "m", f"adapter={section}", "trainer.epochs=1",
+                              "sample.enabled=false")
+    name = recipe.method.name
+    assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["final"]["val_loss"]))
+    last = torch.load(tmp_path / "m" / "last.pt", map_location="cpu", weights_only=True)
+    assert set(last["model"]) == set(recipe.method.state_dict(recipe.components.unet))
+    fresh = build_adapter(recipe.method.config)
+    from zoo.diffusion.pipeline import load_pipeline
+
+    untrained = fresh.state_dict(fresh.apply(load_pipeline(tiny_sd).unet))
+    zero_init = [k for k, v in untrained.items() if v.is_floating_point() and not v.any()]  # LoRA up, SaRA changes
+    assert zero_init and any(last["model"][k].any() for k in zero_init)  # the steps trained the adapter
+    assert detect_adapter(tmp_path / "m") == {"plp": "lora"}.get(name, name)
+
+
+def test_methods_that_measure_on_data_are_calibrated_with_the_recipe_loss(tiny_sd, style, tmp_path):
+    """needs_calibration: calibrate() gets data.calibration_batches training batches, this recipe's denoising
+    loss and a backward that fills gradients, before apply()."""
+    from zoo.adapters.base import ADAPTERS, register_adapter
+    from zoo.adapters.lora import LoRAConfig, LoRAMethod
+
+    seen = {}
+
+    class Probe(LoRAMethod):
+        needs_calibration = True
+
+        def calibrate(self, model, batches, loss_fn, backward):
+            batches = list(batches)
+            loss = loss_fn(model, batches[0])
+            backward(loss)
+            seen.update(n=len(batches), loss=loss.item(), keys=set(batches[0]),
+                        grads=sum(p.grad is not None for p in model.parameters()), applied=bool(list(
+                            __import__("zoo.adapters.model", fromlist=["x"]).iter_lora_layers(model))))
+            model.zero_grad(set_to_none=True)
+
+    register_adapter("test_probe", config=LoRAConfig)(Probe)
+    try:
+        _fit(tiny_sd, style, tmp_path / "p", "adapter={name: test_probe}", "data.calibration_batches=2",
+             "trainer.epochs=1", "sample.enabled=false")
+    finally:
+        ADAPTERS._entries.pop("test_probe")
+    assert seen["n"] == 2 and seen["loss"] > 0 and {"pixel_values", "input_ids"} <= seen["keys"]
+    assert seen["grads"] > 0 and not seen["applied"]  # measured on the plain UNet, before apply
+
+
+def test_validation_loss_noise_is_per_example(tiny_sd, style):
+    """The noise of an evaluation image depends on its index only: any split into batches (or processes) gives
+    every image the loss the one-process evaluation gives it."""
+    from zoo.cli import build_recipe
+
+    recipe, _, _ = build_recipe(str(CONFIG), _overrides(tiny_sd, style, "data.eval_images=3", "data.eval_batch_size=2"))
+    model = recipe.build_model().eval()
+    loader = recipe.build_eval_loader()
+    with torch.no_grad():
+        whole = torch.cat([recipe.eval_step(model, b)["val_loss"] for b in loader])
+        items = [loader.collate_fn([loader.dataset[i]]) for i in (2, 0, 1)]
+        single = torch.stack([recipe.eval_step(model, b)["val_loss"][0] for b in items])
+    assert whole.shape == (3,)
+    torch.testing.assert_close(single, whole[[2, 0, 1]], rtol=1e-6, atol=1e-7)

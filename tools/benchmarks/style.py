@@ -85,21 +85,14 @@ def sara_threshold(unet: torch.nn.Module, fraction: float) -> float:
 
 
 def _count(method: str, pipe_dir: Path, **cfg: Any) -> int:
-    """Trainable parameters of ``method`` applied to a fresh copy of the UNet."""
+    """Trainable parameters of ``method`` (``cfg``: its adapter settings) applied to a fresh copy of the UNet."""
     from diffusers import UNet2DConditionModel
 
-    from zoo.diffusion.methods import get_adapter_method
-    from zoo.recipes.sd_finetune import SDModelConfig
+    from zoo.adapters.base import build_adapter
 
     unet = UNet2DConditionModel.from_pretrained(str(pipe_dir / "unet"), **_fp32())
-    m = SDModelConfig(pretrained=str(pipe_dir), adapter=method)
-    if "threshold" in cfg:
-        m.sara.threshold = cfg["threshold"]
-    if "rank" in cfg:
-        m.lora.rank = cfg["rank"]
-    meth = get_adapter_method(method)(m)
-    meth.apply(unet, m)
-    return sum(p.numel() for p in meth.trainable_parameters(unet))
+    adapter = build_adapter({"name": method, **cfg})
+    return adapter.num_trainable(adapter.apply(unet))
 
 
 def _fp32() -> dict:
@@ -201,7 +194,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from zoo.data.images.style_digits import STYLES, build_style_set, style_images_tensor
     from zoo.diffusion.pipeline import load_pipeline
     from zoo.diffusion.pretrained import pretrained_pipeline_dir
-    from zoo.diffusion.sampling import load_adapter
+    from zoo.diffusion.adapters import load_adapter
     from zoo.metrics.generation import classifier_logits_features, load_digit_classifier
 
     bench = "style"
@@ -225,7 +218,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     check_true(abs(n_lora - n_sara) <= max(0.1 * n_sara, per_rank / 2), bench, "lora",
                f"trains {n_lora} parameters at rank {rank}, SaRA {n_sara}")
     print(f"SaRA θ = {threshold:.3g} ({args.fraction:.1%} of the UNet: {n_sara} entries); LoRA rank {rank}: {n_lora}")
-    method_overrides = {"sara": [f"model.sara.threshold={threshold}"], "lora": [f"model.lora.rank={rank}"], "full": []}
+    method_overrides = {"sara": [f"adapter.threshold={threshold}"], "lora": [f"adapter.rank={rank}"], "full": []}
     if args.lr_scale != 1.0:
         from zoo.config import load_config
 

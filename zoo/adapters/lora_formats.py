@@ -40,8 +40,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from zoo.layers.lora import LoRALayer, LowRankDelta
 from zoo.adapters.model import adapter_names, inject_adapter, iter_lora_layers, load_adapter_state_dict
+from zoo.errors import CheckpointError
+from zoo.layers.lora import LoRALayer, LowRankDelta
 
 __all__ = [
     "LORA_WEIGHT_NAME",
@@ -51,6 +52,7 @@ __all__ = [
     "from_kohya",
     "CONVERTERS",
     "read_lora_file",
+    "safetensors_header",
     "import_lora",
     "to_diffusers",
     "save_diffusers_lora",
@@ -287,7 +289,7 @@ def detect_lora_format(state: Mapping[str, Any], prefix: str = "unet.") -> str:
         return "peft"
     if any(k.endswith((".down", ".up")) for k in keys):
         return "zoo"
-    raise ValueError(f"not a LoRA state dict of a known layout (peft, diffusers, kohya, zoo); first keys: {keys[:5]}")
+    raise CheckpointError(f"not a LoRA state dict of a known layout (peft, diffusers, kohya, zoo); first keys: {keys[:5]}")
 
 
 # ====================================================================================================== files
@@ -304,7 +306,17 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
 
         with safe_open(str(p), "pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    return dict(torch.load(p, map_location="cpu", weights_only=True)), {}
+    from zoo.files import read_torch_file
+
+    return dict(read_torch_file(p, what="LoRA file")), {}
+
+
+def safetensors_header(path: str | os.PathLike) -> tuple[dict[str, str], list[str]]:
+    """``(metadata, tensor names)`` of a ``.safetensors`` file, without reading its tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {}), list(f.keys())
 
 
 def import_lora(
@@ -322,7 +334,8 @@ def import_lora(
 
     ``source``: a file / folder (:func:`read_lora_file`) or a state dict; ``format``: ``peft``, ``diffusers``,
     ``kohya`` or ``zoo`` (default: detected); ``convert_kwargs`` go to the converter (``config=`` for peft,
-    ``prefix=``). Keys of the file that adapt nothing in ``model`` raise a ``KeyError`` listing them.
+    ``prefix=``). Keys of the file that adapt nothing in ``model`` raise a
+    :class:`~zoo.errors.CheckpointError` listing them.
     ``freeze``: make the base non-trainable (the new adapter is trainable). ``dtype``: of the new factors.
     """
     metadata: dict[str, str] = {}
@@ -349,7 +362,7 @@ def import_lora(
     unknown = [k for k in ours if k.rpartition(".")[0].rpartition(".")[0] not in factors]
     unknown += [p for p in factors if p not in modules or "down" not in factors[p]]
     if unknown:
-        raise KeyError(f"the LoRA state has {len(unknown)} keys that adapt no module of the model (adapter "
+        raise CheckpointError(f"the LoRA state has {len(unknown)} keys that adapt no module of the model (adapter "
                        f"'{adapter}', format {fmt}): {', '.join(map(str, unknown[:10]))}{' ...' if len(unknown) > 10 else ''}")
 
     def make(name: str, base: nn.Module) -> LowRankDelta | None:
@@ -365,7 +378,7 @@ def import_lora(
                                     and k.rpartition(".")[0].rpartition(".")[2] == adapter}, strict=False)
     missing = [p for p in factors if p not in layers]
     if missing:
-        raise KeyError(f"import_lora: modules {missing[:10]} are not Linear / Conv layers and cannot hold a LoRA")
+        raise CheckpointError(f"import_lora: modules {missing[:10]} are not Linear / Conv layers and cannot hold a LoRA")
     if freeze:
         from zoo.adapters.model import freeze_base
 
@@ -407,18 +420,9 @@ def save_diffusers_lora(model: nn.Module, path: str | os.PathLike, adapter: str 
                         prefix: str = "unet.", dtype: torch.dtype | None = None) -> Path:
     """Write :func:`to_diffusers` as a safetensors file that ``pipe.load_lora_weights`` reads; ``path`` is the
     file, or a folder (then ``pytorch_lora_weights.safetensors`` in it). Written atomically; returns the file."""
-    from safetensors.torch import save_file
+    from zoo.files import write_safetensors_file
 
     p = Path(path)
     if p.suffix != ".safetensors":
         p = p / LORA_WEIGHT_NAME
-    p.parent.mkdir(parents=True, exist_ok=True)
-    state = to_diffusers(model, adapter, prefix, dtype)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+    return write_safetensors_file(to_diffusers(model, adapter, prefix, dtype), p, metadata={"format": "pt"})

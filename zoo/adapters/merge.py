@@ -1,10 +1,12 @@
 """Composition of a content adapter with a style adapter, behind one interface: :func:`compose`.
 
-Both adapters are low-rank deltas already in the model (e.g. loaded with :func:`load_plp` from the files of the
-two stage-1 runs); ``compose(model, method, content, style, weights=(w_c, w_s), name=...)`` adds a new adapter
+Both adapters are low-rank deltas already in the model (e.g. loaded with :func:`zoo.adapters.plp.load_plp` from the
+files of the two stage-1 runs); ``compose(model, composition, content, style, weights=(w_c, w_s), name=...)`` adds
+a new adapter
 ``name`` that computes the composition, as a :class:`~zoo.layers.lora.LowRankDelta` per layer (so it exports to
 diffusers' LoRA format with :func:`zoo.adapters.lora_formats.save_diffusers_lora`) — except ``ziplora``, whose
-learned mergers live in a :class:`ZipLoRADelta` until :func:`ziplora_to_lowrank` folds them in. Methods:
+learned mergers live in a :class:`ZipLoRADelta` until :func:`ziplora_to_lowrank` folds them in. Compositions
+(:data:`COMPOSITIONS`):
 
 ==============  ==============================================================================================
 ``b4m``         Break-for-Make's stage-2 merge (official ``train_second_stage.py``: the style file's ``down``
@@ -29,20 +31,18 @@ sources stay in the model (switched off) unless ``remove_sources=True``.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.adapters.model import iter_lora_layers, set_active_adapters
+from zoo.errors import CheckpointError
 from zoo.layers.lora import Delta, LoRALayer, LowRankDelta
-from zoo.adapters.model import active_adapters, iter_lora_layers, set_active_adapters
 
 __all__ = ["COMPOSITIONS", "BLORA_BLOCKS_SDXL", "compose", "merge_b4m", "weighted_sum", "block_split",
-           "ZipLoRADelta", "add_ziplora", "ziplora_loss", "ziplora_to_lowrank", "ziplora_diffusers_state", "load_plp",
-           "composition_grid"]
+           "ZipLoRADelta", "add_ziplora", "ziplora_loss", "ziplora_to_lowrank", "ziplora_diffusers_state"]
 
 COMPOSITIONS = ("b4m", "weighted_sum", "ziplora", "blora")
 #: B-LoRA's blocks on SDXL (yardenfren1996/B-LoRA ``blora_utils.py``)
@@ -91,24 +91,25 @@ def merge_b4m(model: nn.Module, content: str = "content", style: str = "style", 
               weights: Sequence[float] = (1.0, 1.0), remove_sources: bool = False) -> str:
     """Break-for-Make's merge (see the module doc): a PLP delta ``name`` with the shared frozen parts, the content
     adapter's learnable ``down`` columns (× ``w_c``) and the style adapter's learnable ``up`` rows (× ``w_s``),
-    trainable. Raises ``ValueError`` when a layer lacks one of them, or their shapes, ``alpha`` or frozen parts
-    differ (the two stage-1 runs must use the same ``model.plp``). Returns ``name``."""
+    trainable. Raises :class:`~zoo.errors.CheckpointError` when a layer lacks one of them, or their shapes,
+    ``alpha`` or frozen parts differ (the two stage-1 runs must use the same ``adapter`` section). Returns
+    ``name``."""
     wc, ws = map(float, weights)
     for path, layer, c, s in _pairs(model, content, style):
         if c is None or s is None:
-            raise ValueError(f"merge_b4m: layer '{path}' has only the {'content' if s is None else 'style'} adapter; "
+            raise CheckpointError(f"merge_b4m: layer '{path}' has only the {'content' if s is None else 'style'} adapter; "
                              "train both stage-1 adapters on the same target modules")
         def shape(d):
             return d.rank, d.frozen_down_cols, d.frozen_up_rows, d.alpha
 
         if shape(c) != shape(s):
-            raise ValueError(f"merge_b4m: '{path}': content (rank, frozen cols/rows, alpha) {shape(c)} and style "
-                             f"{shape(s)} adapters differ; train both with the same model.plp")
+            raise CheckpointError(f"merge_b4m: '{path}': content (rank, frozen cols/rows, alpha) {shape(c)} and style "
+                                  f"{shape(s)} adapters differ; train both with the same adapter section")
         for key in ("down_frozen", "up_frozen"):
             a, b = getattr(c, key), getattr(s, key)
             if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
-                raise ValueError(f"merge_b4m: '{path}': the content and style adapters have different {key} (the "
-                                 "frozen PLP parts must be shared): train both with the same model.plp.seed")
+                raise CheckpointError(f"merge_b4m: '{path}': the content and style adapters have different {key} "
+                                      "(the frozen PLP parts must be shared): train both with the same adapter.seed")
         d = _new_delta(layer, c, c.rank, c.alpha, frozen=True)
         d.down.copy_(c.down * wc)
         d.up.copy_(s.up * ws)
@@ -275,73 +276,14 @@ def ziplora_diffusers_state(model: nn.Module, name: str = "ziplora", prefix: str
 
 
 # ====================================================================================================== interface
-def compose(model: nn.Module, method: str, content: str = "content", style: str = "style", *,
+def compose(model: nn.Module, composition: str, content: str = "content", style: str = "style", *,
             name: str | None = None, weights: Sequence[float] = (1.0, 1.0), remove_sources: bool = False,
             **options: Any) -> str:
-    """Add adapter ``name`` (default: ``method``) composing adapters ``content`` and ``style`` with ``weights``
-    by ``method`` (one of :data:`COMPOSITIONS`; ``options``: ``blocks=`` for ``blora``); it becomes the only
-    active adapter. Returns its name."""
+    """Add adapter ``name`` (default: ``composition``) composing adapters ``content`` and ``style`` with
+    ``weights`` by ``composition`` (one of :data:`COMPOSITIONS`; ``options``: ``blocks=`` for ``blora``); it
+    becomes the only active adapter. Returns its name."""
     fns = {"b4m": merge_b4m, "weighted_sum": weighted_sum, "ziplora": add_ziplora, "blora": block_split}
-    if method not in fns:
-        raise ValueError(f"compose: unknown method '{method}'; choose one of {', '.join(COMPOSITIONS)}")
-    return fns[method](model, content, style, name=name or method, weights=weights, remove_sources=remove_sources,
-                       **options)
-
-
-def load_plp(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], cfg: Any = None, *,
-             name: str = "plp", trainable: bool = False) -> dict[str, LoRALayer]:
-    """Add a PLP adapter ``name`` (:func:`zoo.adapters.plp.add_plp` with ``cfg``) and load a saved one into it,
-    *after* its initialisation (the official stage 2 re-initialises square layers after loading; not here).
-
-    ``source``: a stage-1 run directory or file (diffusers LoRA file ``pytorch_lora_weights.safetensors``, full
-    factors: split back into frozen and learnable parts), or a state dict in our layout (``P.<name>.down`` ...,
-    e.g. ``last.pt``'s ``model`` entry with keys of adapter ``plp``; other adapter names are renamed). Strict."""
-    from functools import partial
-
-    from zoo.adapters.lora_formats import LORA_WEIGHT_NAME, from_diffusers, read_lora_file
-    from zoo.adapters.plp import add_plp
-    from zoo.adapters.model import load_adapter_state_dict, set_adapter_trainable
-
-    layers = add_plp(model, cfg, name=name, freeze=True)
-    if isinstance(source, Mapping):
-        state = {}
-        for k, v in source.items():
-            prefix, _, tensor = k.rpartition(".")
-            path, _, _adapter = prefix.rpartition(".")
-            state[f"{path}.{name}.{tensor}"] = v
-        result = load_adapter_state_dict(model, state, strict=False)
-    else:
-        p = Path(source)
-        if p.is_dir():
-            p = p / LORA_WEIGHT_NAME
-        state, meta = read_lora_file(p)
-        result = load_adapter_state_dict(model, state, strict=False,
-                                         convert=partial(from_diffusers, adapter=name, metadata=meta))
-    # strict for this adapter only (the model may hold other adapters, e.g. the content one when loading the style)
-    bad = {k: [x for x in v if x.rpartition(".")[0].rpartition(".")[2] == name or k == "unexpected"]
-           for k, v in result.items()}
-    if bad["missing"] or bad["unexpected"]:
-        raise RuntimeError(f"load_plp({source!s:.200}): the saved adapter does not match model.plp "
-                           f"(rank, frozen, target_modules): missing {bad['missing'][:5]}, unexpected "
-                           f"{bad['unexpected'][:5]}")
-    set_adapter_trainable(model, name, trainable)
-    return layers
-
-
-def composition_grid(pipe: Any, rows: Mapping[str, str | None], prompts: Sequence[str], **sample_kwargs: Any) -> Any:
-    """A PIL grid with one row per entry of ``rows`` (``{label: adapter name}``; ``None``: the base UNet, no
-    adapter) and one column per prompt, every cell rendered with the same seed per prompt
-    (:func:`zoo.diffusion.sampling.sample_images`; ``sample_kwargs``: ``num_inference_steps``, ``guidance_scale``,
-    ``seed``, ``height``, ``width``). The previously active adapters are restored afterwards."""
-    from zoo.diffusion.sampling import make_grid, sample_images
-
-    unet = pipe.unet
-    before = active_adapters(unet)
-    images = []
-    try:
-        for label, adapter in rows.items():
-            set_active_adapters(unet, [] if adapter is None else [adapter])
-            images.append(sample_images(pipe, list(prompts), **sample_kwargs))
-    finally:
-        set_active_adapters(unet, before)
-    return make_grid(images, list(rows), list(prompts))
+    if composition not in fns:
+        raise ValueError(f"compose: unknown composition '{composition}'; choose one of {', '.join(COMPOSITIONS)}")
+    return fns[composition](model, content, style, name=name or composition, weights=weights,
+                            remove_sources=remove_sources, **options)

@@ -45,19 +45,24 @@ in SD 1.5 and SDXL, whose ``mid_block`` and deeper transformer stacks are matche
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from zoo.layers.lora import LoRALayer, LowRankDelta, per_layer_generator
+from zoo.adapters.base import AdapterConfig, AdapterMethod, register_adapter
 from zoo.adapters.model import freeze_base, inject_adapter, iter_lora_layers
+from zoo.errors import CheckpointError, ConfigError
+from zoo.layers.lora import LoRALayer, LowRankDelta, per_layer_generator
 
-__all__ = ["PLP", "OFFICIAL_BASIS_ROWS", "SD15_TARGETS", "SDXL_TARGETS", "PLPConfig", "add_plp", "plp_init",
-           "plp_deltas", "frozen_parts", "check_shared_frozen", "frozen_overlap", "initial_delta_norms",
-           "projection_tensors"]
+__all__ = ["PLP", "OFFICIAL_BASIS_ROWS", "SD15_TARGETS", "SDXL_TARGETS", "PLPConfig", "PLPMethod", "add_plp",
+           "load_plp", "plp_init", "plp_deltas", "frozen_parts", "check_shared_frozen", "frozen_overlap",
+           "initial_delta_norms", "projection_tensors", "only_projection"]
 
 PLP = "plp"
 OFFICIAL_BASIS_ROWS = 1280  # the official orthogonal basis: 1280 x r for every layer (SDXL's widest attention)
@@ -68,12 +73,13 @@ GEOMETRIES = ("official", "split_rank")
 
 
 @dataclass
-class PLPConfig:
-    """Config section ``model.plp`` (defaults: the official ``train_*.sh``: rank 64, no alpha scaling)."""
+class PLPConfig(AdapterConfig):
+    """``adapter:`` section of ``plp`` (defaults: the official ``train_*.sh``: rank 64, no alpha scaling)."""
 
+    name: str = "plp"
+    target_modules: Any = field(default_factory=lambda: list(SD15_TARGETS))
     rank: int = 64
     alpha: float | None = None  # default: rank (scaling 1; the official network_alpha is None)
-    target_modules: list[str] = field(default_factory=lambda: list(SD15_TARGETS))
     frozen: float = 0.5  # fraction of down's input columns / up's output rows that is frozen
     basis_rows: int | None = OFFICIAL_BASIS_ROWS  # None: fd + fu rows per layer
     orth_layers: str = "official"  # official (square to_q/k/v) | all
@@ -81,18 +87,16 @@ class PLPConfig:
     seed: int = 0  # of the per-layer generators of the frozen parts: the same in the content and style runs
 
     def __post_init__(self) -> None:
-        from zoo.config import ConfigError
-
         if int(self.rank) < 1:
-            raise ConfigError(f"model.plp.rank must be >= 1, got {self.rank}")
+            raise ConfigError(f"adapter.rank must be >= 1, got {self.rank}")
         if not 0.0 <= float(self.frozen) < 1.0:
-            raise ConfigError(f"model.plp.frozen must be in [0, 1), got {self.frozen}")
+            raise ConfigError(f"adapter.frozen must be in [0, 1), got {self.frozen}")
         if self.orth_layers not in ("official", "all"):
-            raise ConfigError(f"model.plp.orth_layers must be 'official' or 'all', got '{self.orth_layers}'")
+            raise ConfigError(f"adapter.orth_layers must be 'official' or 'all', got '{self.orth_layers}'")
         if self.geometry not in GEOMETRIES:
-            raise ConfigError(f"model.plp.geometry must be one of {', '.join(GEOMETRIES)}, got '{self.geometry}'")
+            raise ConfigError(f"adapter.geometry must be one of {', '.join(GEOMETRIES)}, got '{self.geometry}'")
         if self.basis_rows is not None and int(self.basis_rows) < 1:
-            raise ConfigError(f"model.plp.basis_rows must be >= 1 or null, got {self.basis_rows}")
+            raise ConfigError(f"adapter.basis_rows must be >= 1 or null, got {self.basis_rows}")
 
 
 def _is_orth_layer(name: str, base: nn.Module, orth_layers: str) -> bool:
@@ -125,7 +129,7 @@ def plp_init(name: str, seed: int, *, orthogonal: bool, basis_rows: int | None =
             ref = fd + fu if basis_rows is None else int(basis_rows)  # entries at the scale of a ref-row basis
             if geometry == "split_rank":
                 if r < 2:
-                    raise ValueError(f"{name}: geometry='split_rank' needs rank >= 2, got {r}")
+                    raise ConfigError(f"{name}: adapter.geometry='split_rank' needs adapter.rank >= 2, got {r}")
                 h = r // 2
                 qa = torch.empty(max(fu, h), h)
                 nn.init.orthogonal_(qa, generator=gen)
@@ -138,9 +142,9 @@ def plp_init(name: str, seed: int, *, orthogonal: bool, basis_rows: int | None =
             else:
                 n = ref
                 if n < fd + fu:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{name}: the PLP basis has {n} rows but the frozen parts need {fd} + {fu} disjoint rows "
-                        f"(in={delta.in_features}, out={delta.out_features}); raise model.plp.basis_rows to >= "
+                        f"(in={delta.in_features}, out={delta.out_features}); raise adapter.basis_rows to >= "
                         f"{fd + fu} or set it to null (fd + fu rows per layer)")
                 basis = torch.empty(n, r)
                 nn.init.orthogonal_(basis, generator=gen)
@@ -170,7 +174,7 @@ def add_plp(model: nn.Module, cfg: PLPConfig | Mapping[str, Any] | None = None, 
     if cfg is None:
         cfg = PLPConfig()
     elif isinstance(cfg, Mapping):
-        cfg = PLPConfig(**dict(cfg))
+        cfg = PLPConfig(**{k: v for k, v in dict(cfg).items() if k != "name"})
 
     def make(mod_name: str, base: nn.Module) -> LowRankDelta | None:
         if not isinstance(base, nn.Linear):
@@ -182,7 +186,8 @@ def add_plp(model: nn.Module, cfg: PLPConfig | Mapping[str, Any] | None = None, 
         return LowRankDelta(base, cfg.rank, cfg.alpha if cfg.alpha is not None else cfg.rank, init=init,
                             frozen_down_cols=fd, frozen_up_rows=fu, dtype=dtype)
 
-    layers = inject_adapter(model, list(cfg.target_modules), make, name=name, layer_types=(nn.Linear,))
+    targets = list(cfg.target_modules) if isinstance(cfg.target_modules, (list, tuple)) else cfg.target_modules
+    layers = inject_adapter(model, targets, make, name=name, layer_types=(nn.Linear,))
     if freeze:
         freeze_base(model)
     return layers
@@ -206,9 +211,9 @@ def frozen_parts(model: nn.Module, name: str = PLP) -> dict[str, tuple[torch.Ten
 
 
 def check_shared_frozen(a: Mapping[str, tuple], b: Mapping[str, tuple], what: str = "content/style") -> None:
-    """Raise ``ValueError`` (naming the layers) unless two :func:`frozen_parts` results are bitwise equal."""
+    """Raise :class:`~zoo.errors.CheckpointError` (naming the layers) unless two :func:`frozen_parts` results are bitwise equal."""
     if set(a) != set(b):
-        raise ValueError(f"{what} PLP adapters cover different layers: only in the first "
+        raise CheckpointError(f"{what} PLP adapters cover different layers: only in the first "
                          f"{sorted(set(a) - set(b))[:5]}, only in the second {sorted(set(b) - set(a))[:5]}")
     def same(x, y):
         return (x is None and y is None) or (x is not None and y is not None and x.shape == y.shape
@@ -216,8 +221,9 @@ def check_shared_frozen(a: Mapping[str, tuple], b: Mapping[str, tuple], what: st
 
     bad = [k for k in a if not all(same(x, y) for x, y in zip(a[k], b[k]))]
     if bad:
-        raise ValueError(f"{what} PLP adapters have different frozen parts in {len(bad)} layer(s), e.g. {bad[:3]}: "
-                         "train both with the same model.plp (seed, rank, frozen, basis_rows, orth_layers, geometry)")
+        raise CheckpointError(f"{what} PLP adapters have different frozen parts in {len(bad)} layer(s), e.g. "
+                              f"{bad[:3]}: train both with the same adapter section (seed, rank, frozen, basis_rows, "
+                              "orth_layers, geometry)")
 
 
 def frozen_overlap(delta: LowRankDelta) -> float:
@@ -244,3 +250,112 @@ def projection_tensors(model: nn.Module, name: str, which: str) -> list[nn.Param
     if which not in ("down", "up"):
         raise ValueError(f"which must be 'down' or 'up', got '{which}'")
     return [getattr(d, which) for d in plp_deltas(model, name).values()]
+
+
+@contextlib.contextmanager
+def only_projection(model: nn.Module, which: str | None, name: str = PLP) -> Iterator[None]:
+    """Within the block only the ``which`` (``"down"`` / ``"up"``) tensors of PLP adapter ``name`` require grad,
+    so a loss back-propagated there reaches that projection only (Break-for-Make's MCP routing); the flags are
+    restored after. ``which=None``: no change (both projections)."""
+    if which is None:
+        yield
+        return
+    deltas = list(plp_deltas(model, name).values())
+    other = "up" if which == "down" else "down"
+    saved = [(getattr(d, other), getattr(d, other).requires_grad) for d in deltas]
+    try:
+        for p, _ in saved:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def load_plp(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], cfg: Any = None, *,
+             name: str = PLP, trainable: bool = False) -> dict[str, LoRALayer]:
+    """Add a PLP adapter ``name`` (:func:`add_plp` with ``cfg``) and load a saved one into it, *after* its
+    initialisation (the official stage 2 re-initialises square layers after loading; not here).
+
+    ``source``: a stage-1 run directory or file (diffusers LoRA file ``pytorch_lora_weights.safetensors``, full
+    factors: split back into frozen and learnable parts), or a state dict in our layout (``P.<name>.down`` ...,
+    e.g. ``last.pt``'s ``model`` entry with keys of adapter ``plp``; other adapter names are renamed). Strict:
+    raises :class:`~zoo.errors.CheckpointError` naming missing / unexpected keys."""
+    from functools import partial
+
+    from zoo.adapters.lora_formats import LORA_WEIGHT_NAME, from_diffusers, read_lora_file
+    from zoo.adapters.model import load_adapter_state_dict, set_adapter_trainable
+
+    layers = add_plp(model, cfg, name=name, freeze=True)
+    if isinstance(source, Mapping):
+        state = {}
+        for k, v in source.items():
+            prefix, _, tensor = k.rpartition(".")
+            path, _, _adapter = prefix.rpartition(".")
+            state[f"{path}.{name}.{tensor}"] = v
+        result = load_adapter_state_dict(model, state, strict=False)
+    else:
+        p = Path(source)
+        if p.is_dir():
+            p = p / LORA_WEIGHT_NAME
+        state, meta = read_lora_file(p)
+        result = load_adapter_state_dict(model, state, strict=False,
+                                         convert=partial(from_diffusers, adapter=name, metadata=meta))
+    # strict for this adapter only (the model may hold other adapters, e.g. the content one when loading the style)
+    bad = {k: [x for x in v if x.rpartition(".")[0].rpartition(".")[2] == name or k == "unexpected"]
+           for k, v in result.items()}
+    if bad["missing"] or bad["unexpected"]:
+        raise CheckpointError(f"load_plp({source!s:.200}): the saved adapter does not match the adapter section "
+                              f"(rank, frozen, target_modules): missing {bad['missing'][:5]}, unexpected "
+                              f"{bad['unexpected'][:5]}")
+    set_adapter_trainable(model, name, trainable)
+    return layers
+
+
+# ====================================================================================================== method
+@register_adapter("plp", config=PLPConfig)
+class PLPMethod(AdapterMethod):
+    """Break-for-Make's PLP adapter as an adapter method (``adapter.name=plp``): :func:`add_plp` on the matched
+    ``nn.Linear`` layers (deltas named ``"plp"``), the base and the frozen halves fixed, ``B`` and ``D`` trained.
+
+    :meth:`load` also reads a stage-1 run directory / diffusers LoRA file (:func:`load_plp`). Pipeline hooks:
+    :meth:`save_pipeline_file` writes diffusers' ``pytorch_lora_weights.safetensors`` (full factors, frozen parts
+    included), which :class:`~zoo.adapters.lora.LoRAMethod` loads into a pipeline. Break-for-Make's stages
+    (which adapters a stage builds and trains, their optimisers) are :mod:`zoo.diffusion.b4m`.
+    """
+
+    delta_names = (PLP,)
+    pipeline_file = "pytorch_lora_weights.safetensors"
+    detect_priority = 1000  # its files are plain diffusers LoRA files (LoRAMethod reads them)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        try:
+            add_plp(model, self.config, name=self.delta_names[0])
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"adapter.target_modules: {exc}") from None
+        return model
+
+    def load(self, model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+        """Apply and load what :meth:`save` wrote, or a diffusers LoRA file / stage-1 run directory
+        (:func:`load_plp`, trainable)."""
+        p = Path(directory)
+        if (p / self.weights_file).is_file():
+            return super().load(model, p)
+        load_plp(model, p, self.config, name=self.delta_names[0], trainable=True)
+        return model
+
+    # ------------------------------------------------------------------ pipeline hooks
+    def save_pipeline_file(self, unet: nn.Module, directory: str | os.PathLike) -> Path:
+        """diffusers' LoRA file of the PLP adapter in ``directory``; returns it."""
+        from zoo.adapters.lora_formats import save_diffusers_lora
+
+        return save_diffusers_lora(unet, Path(directory) / self.pipeline_file, self.delta_names[0])
+
+    @classmethod
+    def load_into_pipeline(cls, pipe: Any, path: str | os.PathLike) -> Callable[[bool], None]:
+        """As :meth:`zoo.adapters.lora.LoRAMethod.load_into_pipeline` (a plain diffusers LoRA file)."""
+        from zoo.adapters.lora import LoRAMethod
+
+        return LoRAMethod.load_into_pipeline(pipe, path)

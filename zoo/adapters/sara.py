@@ -39,6 +39,9 @@ Where this deviates from / fixes the official code (each is also noted at the pl
 * ``clip_grad_norm_(unet.parameters())`` was a no-op in the official UB mode (the model's tensors had no
   ``.grad``); here the trainable values are ordinary parameters of the model, so clipping works.
 
+As an adapter method (``adapter.name=sara``, :class:`SaRAMethod` with :class:`SaRAConfig`): the same
+selection, optimiser and loss behind :class:`zoo.adapters.base.AdapterMethod`'s interface.
+
 Saving: :func:`save_sara` writes a compact safetensors file with, for each changed parameter ``name``, the keys
 ``name.index`` (int32 flat positions) and ``name.values`` (float32 changes), plus metadata (threshold). It is
 loaded by :func:`load_sara` into a SaRA-wrapped model, or merged straight into a plain model's weights for
@@ -66,14 +69,18 @@ the module are kept up to date but get no gradient.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
+from zoo.adapters.base import AdapterConfig, AdapterMethod, register_adapter
+from zoo.errors import CheckpointError, ConfigError
 from zoo.layers.lora import Delta, LoRALayer, SparseDelta
 from zoo.adapters.model import (
     adapter_state_dict,
@@ -99,11 +106,17 @@ __all__ = [
     "load_sara",
     "SaRAPatch",
     "SaRAOptimizer",
+    "SARA_FILE",
+    "SaRAConfig",
+    "SaRAMethod",
 ]
+
+_logger = logging.getLogger("zoo")
 
 DEFAULT_THRESHOLD = 2e-3
 SARA = "sara"  # adapter name of the sparse deltas
 FORMAT = "zoo.sara"
+SARA_FILE = "sara_weights.safetensors"  # what save_sara writes in a run directory
 
 
 def sara_lr(threshold: float) -> float:
@@ -231,7 +244,7 @@ def _compact(model: nn.Module, name: str = SARA) -> dict[str, torch.Tensor]:
 def save_sara(model: nn.Module, path: str | os.PathLike, *, threshold: float | None = None, name: str = SARA,
               metadata: Mapping[str, str] | None = None) -> Path:
     """Write the learned changes as ``{param}.index`` / ``{param}.values`` pairs to a safetensors file (atomic)."""
-    from safetensors.torch import save_file
+    from zoo.files import write_safetensors_file
 
     state = _compact(model, name)
     if not state:
@@ -241,19 +254,7 @@ def save_sara(model: nn.Module, path: str | os.PathLike, *, threshold: float | N
     meta = {"format": FORMAT, "version": "1", "threshold": json.dumps(threshold),
             "num_values": str(sum(v.numel() for k, v in state.items() if k.endswith(".values")))}
     meta.update(metadata or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_safetensors_file(state, path, metadata=meta)
 
 
 def _read_compact(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -263,20 +264,19 @@ def _read_compact(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dic
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"SaRA weights file not found: {path}")
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from zoo.adapters.lora_formats import safetensors_header
+        from zoo.files import read_safetensors_file
 
-        with safe_open(str(path), "pt") as f:
-            fmt = (f.metadata() or {}).get("format")
+        fmt = safetensors_header(path)[0].get("format")
         if fmt != FORMAT:
-            raise ValueError(f"{path} is not a SaRA weights file (metadata format={fmt!r}, expected {FORMAT!r})")
-        state = load_file(str(path))
+            raise CheckpointError(f"{path} is not a SaRA weights file (metadata format={fmt!r}, expected {FORMAT!r})")
+        state = read_safetensors_file(path, what="SaRA weights file")
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key in state:
         if key.endswith(".index"):
             param = key[: -len(".index")]
             if f"{param}.values" not in state:
-                raise ValueError(f"SaRA weights: '{key}' has no matching '{param}.values'")
+                raise CheckpointError(f"SaRA weights: '{key}' has no matching '{param}.values'")
             pairs[param] = (state[key], state[f"{param}.values"])
     return pairs
 
@@ -307,13 +307,14 @@ class SaRAPatch:
         params = _plain_named_parameters(model)
         missing = [k for k in pairs if k not in params]
         if missing:
-            raise KeyError(f"SaRA weights name {len(missing)} parameters the model does not have: {', '.join(missing[:10])}")
+            raise CheckpointError(f"SaRA weights name {len(missing)} parameters the model does not have: "
+                                  f"{', '.join(missing[:10])}")
         self.entries = []
         for key, (idx, vals) in pairs.items():
             module, p = params[key]
             w = getattr(module, p)
             if idx.numel() and int(idx.max()) >= w.numel():
-                raise ValueError(f"SaRA weights for {key}: index {int(idx.max())} out of range for shape {tuple(w.shape)}")
+                raise CheckpointError(f"SaRA weights for {key}: index {int(idx.max())} out of range for shape {tuple(w.shape)}")
             ix = idx.to(w.device).long()
             self.entries.append((w, ix, vals.to(w.device), w.detach().reshape(-1)[ix].clone()))
         self.applied = False
@@ -350,7 +351,8 @@ def load_sara(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.T
     params = _plain_named_parameters(model)
     missing = [k for k in pairs if k not in params]
     if missing:
-        raise KeyError(f"SaRA weights name {len(missing)} parameters the model does not have: {', '.join(missing[:10])}")
+        raise CheckpointError(f"SaRA weights name {len(missing)} parameters the model does not have: "
+                              f"{', '.join(missing[:10])}")
     layers = dict(iter_lora_layers(model))
     for key, (idx, vals) in pairs.items():
         mod_name, _, p = key.rpartition(".")
@@ -435,7 +437,8 @@ class SaRAOptimizer(torch.optim.AdamW):
         self._entries = sara_entries(model)
         params = [delta.values(p) for _, _, delta, p in self._entries]
         if not params:
-            raise ValueError(f"no entry of the model is below the threshold {threshold}; raise the threshold")
+            raise ConfigError(f"no entry of the model is below the SaRA threshold {threshold}; raise the threshold "
+                              "(adapter.threshold)")
         super().__init__(params, lr=sara_lr(threshold) if lr is None else lr, betas=betas, eps=eps,
                          weight_decay=0.0, foreach=foreach)
         for group in self.param_groups:
@@ -534,3 +537,94 @@ class SaRAOptimizer(torch.optim.AdamW):
         super().load_state_dict(state_dict)
         self.sara_step = int(extra.get("step", 0))
         self.reselected = bool(extra.get("reselected", False))
+
+
+# ====================================================================================================== method
+@dataclass
+class SaRAConfig(AdapterConfig):
+    """``adapter:`` section of ``sara`` (defaults: the official repository's ``finetune.sh``); ``target_modules``
+    None adapts every module with parameters."""
+
+    name: str = "sara"
+    threshold: float = DEFAULT_THRESHOLD  # train the entries with |w| < threshold (2e-3 ≈ 50M of SD 1.5's UNet)
+    lambda_rank: float = 5e-4  # nuclear-norm loss weight (0: off)
+    progressive_iter: float | None = 0.5  # re-select after this many optimiser steps; < 1: fraction of all steps
+    lr_rule: bool = False  # lr = 1e-3 · exp(-350 · threshold) instead of optim.lr
+    kernel: bool = True  # sparse weight-gradient kernel for Linear / 1×1 conv weights (False: dense-then-gather)
+    decay_to: str = "zero"  # weight decay pulls the full weight to 0 (official) or only the change ("pretrained")
+    reselect_reset_state: bool = False  # reset Adam moments at re-selection (official) instead of keeping them
+
+    def __post_init__(self) -> None:
+        if not float(self.threshold) > 0:
+            raise ConfigError(f"adapter.threshold must be > 0, got {self.threshold}")
+        if self.decay_to not in ("zero", "pretrained"):
+            raise ConfigError(f"adapter.decay_to must be 'zero' or 'pretrained', got '{self.decay_to}'")
+
+
+@register_adapter("sara", config=SaRAConfig)
+class SaRAMethod(AdapterMethod):
+    """SaRA as an adapter method: :func:`apply_sara`, its own optimiser (:class:`SaRAOptimizer`: AdamW over the
+    sparse values, decoupled decay, progressive re-selection) and the nuclear-norm loss as an extra loss term.
+
+    Pipeline hooks: :meth:`save_pipeline_file` writes :data:`SARA_FILE` (:func:`save_sara`: only the changed
+    entries, readable into a plain model), :meth:`load_into_pipeline` applies it to a pipeline's UNet with an
+    exact on/off switch (:class:`SaRAPatch`).
+    """
+
+    delta_names = (SARA,)
+    pipeline_file = SARA_FILE
+    detect_priority = 30
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from zoo.adapters.lora import target_list
+
+        c = self.config
+        apply_sara(model, c.threshold, targets=target_list(c.target_modules), kernel=c.kernel)
+        _logger.info("SaRA: %d trainable entries (|w| < %g) of %d weights", num_sara_parameters(model), c.threshold,
+                     sum(p.numel() for n, p in model.named_parameters() if ".deltas." not in n))
+        return model
+
+    def configure_optimizer(self, model: nn.Module, optim_cfg: Any, total_steps: Callable[[], int]) -> torch.optim.Optimizer:
+        """:class:`SaRAOptimizer` with the ``optim`` section's AdamW settings (``lr_rule``: the paper's lr);
+        ``progressive_iter < 1`` is a fraction of ``total_steps()``. The nuclear-norm loss is not applied in the
+        step (``lambda_rank=0`` there): :meth:`extra_losses` adds it to the training loss instead (logged, and
+        correct under fp16 loss scaling and gradient accumulation)."""
+        c = self.config
+        if optim_cfg.name.lower() != "adamw":
+            raise ConfigError(f"adapter.name=sara trains with its own AdamW; optim.name must be adamw, got "
+                              f"'{optim_cfg.name}'")
+        prog = c.progressive_iter
+        if prog is not None and 0 < prog < 1:
+            prog = round(prog * total_steps())
+        return SaRAOptimizer(model, c.threshold, lr=None if c.lr_rule else optim_cfg.lr, betas=tuple(optim_cfg.betas),
+                             eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay, decay_to=c.decay_to,
+                             progressive_iter=int(prog) if prog else None, lambda_rank=0.0,
+                             reselect_reset_state=c.reselect_reset_state, kernel=c.kernel)
+
+    def extra_losses(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``{"rank": λ · ||P ⊙ M||_*}`` (:func:`sara_rank_loss`) when ``lambda_rank`` is set."""
+        if not self.config.lambda_rank:
+            return {}
+        return {"rank": sara_rank_loss(model, self.config.lambda_rank)}
+
+    # ------------------------------------------------------------------ pipeline hooks
+    def save_pipeline_file(self, model: nn.Module, directory: str | os.PathLike) -> Path:
+        """:func:`save_sara` into ``directory/sara_weights.safetensors``; returns the file."""
+        return save_sara(model, Path(directory) / SARA_FILE, threshold=self.config.threshold)
+
+    @classmethod
+    def detect_pipeline_file(cls, path: Path) -> bool:
+        """Whether ``path`` is (a folder holding) a SaRA weights file."""
+        from zoo.adapters.lora_formats import safetensors_header
+
+        if path.is_dir():
+            return (path / SARA_FILE).is_file()
+        return path.suffix == ".safetensors" and safetensors_header(path)[0].get("format") == FORMAT
+
+    @classmethod
+    def load_into_pipeline(cls, pipe: Any, path: str | os.PathLike) -> Callable[[bool], None]:
+        """Apply a SaRA file (or its folder) to ``pipe.unet`` (on); returns ``set_enabled(bool)``."""
+        p = Path(path)
+        patch = SaRAPatch(pipe.unet, p / SARA_FILE if p.is_dir() else p)
+        patch.apply()
+        return patch.set_enabled

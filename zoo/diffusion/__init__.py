@@ -3,9 +3,12 @@ folder or a single ``.safetensors``/``.ckpt`` file, a tiny real-format pipeline 
 grids with / without an adapter, and the shipped MNIST text-to-image model
 (``load_pretrained_pipeline("tiny_t2i_mnist")``).
 
-Importing this package does not import diffusers; the functions do, and raise an ImportError naming
-``pip install -e .[diffusion]`` when it is missing. Submodules: ``pipeline``, ``tiny``, ``sampling``, ``generate``,
-``captions``, ``pretrained``.
+Importing this package does not import diffusers; the functions do, and raise a MissingDependencyError naming
+``pip install 'zoo[diffusion]'`` when it is missing. Submodules: ``pipeline`` (loading, components, encoding a
+batch), ``adapters`` (the adaptation methods of :mod:`zoo.adapters` on pipelines: files, detection, loading with an
+on/off switch), ``denoising`` (the training objective and the fixed-noise validation loss), ``sampling`` (grids,
+``tools/sample.py``), ``generate``, ``captions``, ``tiny``, ``pretrained``, ``t2i`` (the tiny MNIST model's parts),
+``b4m`` (Break-for-Make's stages), ``composition_eval`` (scoring content + style compositions).
 """
 from zoo.diffusion.pretrained import load_pretrained_pipeline, pretrained_pipeline_dir
 

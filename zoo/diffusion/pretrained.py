@@ -62,6 +62,7 @@ def pretrained_pipeline_dir(name: str) -> Path:
 
 
 def _verify(folder: Path, entry: dict[str, Any]) -> None:
+    from zoo.errors import CheckpointError
     from zoo.hub import sha256sum
 
     for rel, digest in (entry.get("files") or {}).items():
@@ -69,7 +70,7 @@ def _verify(folder: Path, entry: dict[str, Any]) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"{path} (listed in checkpoints/manifest.yaml for {entry['name']}) is missing")
         if sha256sum(path) != digest:
-            raise RuntimeError(f"{path}: sha256 differs from checkpoints/manifest.yaml ({entry['name']}); the file is "
+            raise CheckpointError(f"{path}: sha256 differs from checkpoints/manifest.yaml ({entry['name']}); the file is "
                                "corrupt or not the shipped one")
 
 

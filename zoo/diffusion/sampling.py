@@ -1,43 +1,26 @@
-"""Sample grids: each prompt rendered without and with an adapter, from the same noise, side by side.
+"""Sample grids: each prompt rendered without and with an adapter, from the same noise, side by side; and a
+grid of several adapters of one UNet (:func:`composition_grid`).
 
-Adapters (detected from the path, or named; the methods of :mod:`zoo.diffusion.methods`): ``sara`` — a
-:func:`zoo.adapters.sara.save_sara` file (``sara_weights.safetensors``); ``lora`` — a diffusers LoRA file
-(``pytorch_lora_weights.safetensors``, or its folder; UNet-only files load into the zoo's adapter core, others
-through ``pipe.load_lora_weights``); ``full`` — a fine-tuned UNet folder (``config.json`` + weights).
-``python tools/sample.py --help``.
+Adapters are loaded by :func:`zoo.diffusion.adapters.load_adapter` (any registered method; detected from the
+path or named): ``sara`` — a :func:`zoo.adapters.sara.save_sara` file (``sara_weights.safetensors``); ``lora`` —
+a diffusers LoRA file (``pytorch_lora_weights.safetensors``, or its folder; UNet-only files load into the zoo's
+adapter core, others through ``pipe.load_lora_weights``); ``full`` — a fine-tuned UNet folder (``config.json`` +
+weights); any method — the folder its ``save`` wrote (``adapter_config.json``). ``python tools/sample.py --help``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
+import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from zoo.diffusion.methods import LORA_FILE, SARA_FILE, adapter_method_names, detect_adapter_method, get_adapter_method  # noqa: F401
 from zoo.diffusion.pipeline import require_diffusers
 
-__all__ = ["detect_adapter_kind", "load_adapter", "sample_images", "make_grid", "comparison_grid", "sample_main"]
-
-
-def detect_adapter_kind(path: str | os.PathLike) -> str:
-    """The adapter method (``"sara"``, ``"lora"``, ``"full"``, ...) whose output ``path`` holds; raises naming what
-    was expected. Asks each registered method of :mod:`zoo.diffusion.methods` (``detect``)."""
-    return detect_adapter_method(path)
-
-
-def load_adapter(pipe: Any, path: str | os.PathLike, kind: str | None = None) -> Callable[[bool], None]:
-    """Load the adapter at ``path`` into ``pipe`` and return ``set_enabled(bool)`` switching it on/off (the method's
-    ``load``; ``kind`` names the method, default: detected)."""
-    kind = kind or detect_adapter_kind(path)
-    try:
-        method = get_adapter_method(kind)
-    except KeyError:
-        raise ValueError(f"unknown adapter kind '{kind}'; choose one of {', '.join(adapter_method_names())}") from None
-    return method.load(pipe, path)
+__all__ = ["sample_images", "make_grid", "comparison_grid", "composition_grid", "sample_parser", "sample_main"]
 
 
 @torch.no_grad()
@@ -113,13 +96,36 @@ def comparison_grid(
     return make_grid([[a, b] for a, b in zip(base, tuned)], prompts, ["base", "adapter"])
 
 
-def sample_main(argv: Sequence[str] | None = None) -> int:
-    """``tools/sample.py --pipeline PATH --adapter FILE --prompts P [P ...] --output grid.png``."""
+def composition_grid(pipe: Any, rows: Mapping[str, str | None], prompts: Sequence[str], **sample_kwargs: Any) -> Any:
+    """A PIL grid with one row per entry of ``rows`` (``{label: adapter name}``; ``None``: the base UNet, no
+    adapter) and one column per prompt, every cell rendered with the same seed per prompt (:func:`sample_images`;
+    ``sample_kwargs``: ``num_inference_steps``, ``guidance_scale``, ``seed``, ``height``, ``width``). The
+    previously active adapters are restored afterwards."""
+    from zoo.adapters.model import active_adapters, set_active_adapters
+
+    unet = pipe.unet
+    before = active_adapters(unet)
+    images = []
+    try:
+        for label, adapter in rows.items():
+            set_active_adapters(unet, [] if adapter is None else [adapter])
+            images.append(sample_images(pipe, list(prompts), **sample_kwargs))
+    finally:
+        set_active_adapters(unet, before)
+    return make_grid(images, list(rows), list(prompts))
+
+
+def sample_parser() -> argparse.ArgumentParser:
+    """The command line of ``tools/sample.py``; ``--kind`` offers every registered adapter method (all of them load
+    into a pipeline: see :func:`zoo.diffusion.adapters.load_adapter`)."""
+    from zoo.adapters.base import adapter_names
+
     parser = argparse.ArgumentParser(description="Render prompts with and without an adapter into one PNG grid.")
     parser.add_argument("--pipeline", required=True, help="diffusers folder or single .safetensors/.ckpt checkpoint")
     parser.add_argument("--single-file-config", help="local diffusers folder with the configs of a single-file model")
-    parser.add_argument("--adapter", help="sara_weights.safetensors, pytorch_lora_weights.safetensors, a run dir or a UNet folder")
-    parser.add_argument("--kind", choices=adapter_method_names(), help="adapter method (default: detected)")
+    parser.add_argument("--adapter", help="sara_weights.safetensors, pytorch_lora_weights.safetensors, a run dir, a "
+                        "UNet folder or a folder an adapter method's save() wrote")
+    parser.add_argument("--kind", choices=adapter_names(), help="adapter method (default: detected)")
     parser.add_argument("--prompts", nargs="+", required=True)
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--steps", type=int, default=25)
@@ -130,16 +136,25 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--negative-prompt")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
-    args = parser.parse_args(argv)
-    require_diffusers()
-    from zoo.diffusion.pipeline import dtype_from_precision, load_pipeline
+    return parser
 
-    dtype = dtype_from_precision(args.dtype)
+
+def sample_main(argv: Sequence[str] | None = None) -> int:
+    """``tools/sample.py --pipeline PATH --adapter FILE --prompts P [P ...] --output grid.png`` (see
+    :func:`sample_parser`)."""
+    parser = sample_parser()
+    args = parser.parse_args(argv)
+    from zoo.diffusion.adapters import load_adapter
+    from zoo.diffusion.pipeline import dtype_from_precision, load_pipeline
+    from zoo.errors import USER_ERRORS
+
     try:
+        require_diffusers()
+        dtype = dtype_from_precision(args.dtype)
         pipe = load_pipeline(args.pipeline, single_file_config=args.single_file_config, torch_dtype=dtype, key="--pipeline")
         set_enabled = load_adapter(pipe, args.adapter, args.kind) if args.adapter else None
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=__import__("sys").stderr)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)

@@ -4,7 +4,7 @@ MCP stage 1 and the merged stage 2 with AdamWr.
 One recipe, three stages (``b4m.stage``), each an ordinary resumable run (``configs/b4m/pipeline_*.yaml`` chains
 them with ``${stage:NAME}``):
 
-* ``content`` — a PLP adapter (:mod:`zoo.adapters.plp`, adapter ``"plp"``) on the UNet attention projections;
+* ``content`` — a PLP adapter (:mod:`zoo.adapters.plp`, ``adapter.name=plp``) on the UNet attention projections;
   every step back-propagates the **content** loss (``b4m.content_root``: the subject's images and captions) and
   the mean loss over the **auxiliary style sets** (``b4m.style_aux_roots``; MCP). One AdamW with two groups:
   the learnable columns ``D`` of ``down`` at ``optim.lr`` (official 1e-4), the learnable rows ``B`` of ``up`` at
@@ -25,7 +25,7 @@ Two baselines run as stages of the same recipe: ``ziplora`` (ZipLoRA's learned p
 frozen stage-1 adapters, :func:`zoo.adapters.merge.add_ziplora`: the merged UNet matches the content adapter on
 the content images and the style adapter on the style images, plus ``b4m.similarity_lambda`` times the merger
 similarity) and ``joint`` (one adapter trained on ``data.root`` holding content and style images together; set
-``model.plp.frozen=0`` for a plain LoRA).
+``adapter.frozen=0`` for a plain LoRA). What each stage builds, trains and saves is :mod:`zoo.diffusion.b4m`.
 
 Each stage saves ``pytorch_lora_weights.safetensors`` (diffusers' format: ``pipe.load_lora_weights`` and
 ``tools/sample.py`` read it) and ``samples.png`` (the ``sample.prompts`` without / with the adapter).
@@ -41,47 +41,27 @@ Deviations from the official code (ICTMCG/Break-for-make ``code/train_*.py``), o
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from zoo.adapters.adamwr import AdamWr, adamwr_groups
-from zoo.adapters.lora_formats import save_diffusers_lora
-from zoo.adapters.merge import add_ziplora, load_plp, merge_b4m, ziplora_diffusers_state, ziplora_loss
-from zoo.adapters.plp import PLP, PLPConfig, add_plp, plp_deltas
 from zoo.config import ConfigError
 from zoo.data.images.folder import CaptionedImageFolder, find_captioned_images
 from zoo.data.images.glyphs import GLYPHS, build_b4m_sets
 from zoo.data.images.style_digits import BACKGROUNDS, STYLES
-from zoo.diffusion.methods import LORA_FILE, AdapterMethod, LoRAMethod, register_adapter_method
-from zoo.diffusion.pretrained import PRETRAINED_PIPELINES, pretrained_pipeline_dir
+from zoo.diffusion.b4m import CONTENT, ROUTINGS, STAGES, STYLE, B4MStage, ziplora_distill_loss
 from zoo.engine.data import build_loader
-from zoo.adapters.model import (
-    adapter_param_groups,
-    adapter_parameters,
-    adapter_state_dict,
-    enable_adapter,
-    load_adapter_state_dict,
-    set_active_adapters,
-)
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
-from zoo.recipes.sd_finetune import SDFinetuneConfig, SDFinetuneRecipe, SDModelConfig
+from zoo.recipes.sd_finetune import SDFinetuneConfig, SDFinetuneRecipe
 
-__all__ = ["B4MSection", "B4MModelConfig", "B4MConfig", "PLPMethod", "B4MRecipe", "STAGES", "B4MDataSection",
-           "B4MDataConfig", "B4MDataRecipe"]
+__all__ = ["B4MSection", "B4MConfig", "B4MRecipe", "B4MDataSection", "B4MDataConfig", "B4MDataRecipe"]
 
 _logger = logging.getLogger("zoo")
-CONTENT, STYLE, ZIPLORA = "b4m_content", "b4m_style", "ziplora"  # adapter names of the loaded stage-1 adapters
-STAGES = ("content", "style", "merge", "ziplora", "joint")
-ROUTINGS = ("separate", "official")  # stage 1: which projections each loss's gradient reaches
+LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 @dataclass
@@ -89,7 +69,7 @@ class B4MSection:
     """Config section ``b4m``. The image folders of all stages live here, so that one set of command-line
     overrides serves the whole pipeline; each stage picks its own (``data.root``, when set, wins as the main set)."""
 
-    stage: str = "content"  # content | style | merge
+    stage: str = "content"  # content | style | merge | ziplora | joint
     content_root: str | None = None  # the subject's images (content stage: main set; merge: second set)
     style_root: str | None = None  # the style's images (style stage and merge: main set)
     style_aux_roots: list[str] = field(default_factory=list)  # content stage (MCP): auxiliary style sets -> up
@@ -128,118 +108,10 @@ class B4MSection:
 
 
 @dataclass
-class B4MModelConfig(SDModelConfig):
-    """Config section ``model``: ``sd_finetune``'s, with ``adapter: plp`` and the ``plp`` sub-section."""
-
-    adapter: str = "plp"
-    plp: PLPConfig = field(default_factory=PLPConfig)
-
-
-@dataclass
 class B4MConfig(SDFinetuneConfig):
     recipe: str = "b4m"
-    model: B4MModelConfig = field(default_factory=B4MModelConfig)
+    adapter: dict[str, Any] = field(default_factory=lambda: {"name": "plp"})  # adapter.name=plp + PLP's config
     b4m: B4MSection = field(default_factory=B4MSection)
-
-
-# ====================================================================================================== method
-@register_adapter_method("plp")
-class PLPMethod(AdapterMethod):
-    """Break-for-Make's PLP adapter as an ``sd_finetune`` adapter method (``model.adapter=plp``): applies the
-    adapter of the recipe's stage, builds its optimiser, saves the diffusers LoRA file. ``self.b4m`` (the ``b4m``
-    section) is set by :class:`B4MRecipe`; without it the method trains a plain stage-1 content adapter."""
-
-    artefact = LORA_FILE
-    detect_priority = 1000  # its files are plain diffusers LoRA files (LoRAMethod reads them)
-
-    def __init__(self, cfg: Any = None) -> None:
-        super().__init__(cfg)
-        self.b4m: B4MSection = B4MSection()
-
-    def apply(self, unet, cfg):
-        self.cfg = cfg
-        b = self.b4m
-        plp_cfg = getattr(cfg, "plp", None) or PLPConfig()  # sd_finetune's model section has no plp: defaults
-        if b.stage in ("merge", "ziplora"):
-            load_plp(unet, b.content_adapter, plp_cfg, name=CONTENT)
-            load_plp(unet, b.style_adapter, plp_cfg, name=STYLE)
-        if b.stage == "merge":
-            merge_b4m(unet, CONTENT, STYLE, name=PLP, weights=(b.content_weight, b.style_weight), remove_sources=True)
-        elif b.stage == "ziplora":
-            add_ziplora(unet, CONTENT, STYLE, name=ZIPLORA, weights=(b.content_weight, b.style_weight))
-        else:
-            add_plp(unet, plp_cfg, name=PLP)
-        return unet
-
-    @property
-    def adapter(self) -> str:
-        """The trained adapter: ``plp``, or ``ziplora`` (the mergers) in the ziplora stage."""
-        return ZIPLORA if self.b4m.stage == "ziplora" else PLP
-
-    def trainable_parameters(self, unet):
-        return adapter_parameters(unet, [self.adapter])
-
-    def configure_optimizer(self, unet, optim_cfg, total_steps):
-        b = self.b4m
-        if b.stage == "ziplora":
-            return torch.optim.AdamW(adapter_parameters(unet, [ZIPLORA]), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
-                                     eps=optim_cfg.eps, weight_decay=0.0)
-        if b.stage == "joint":  # one LoRA on content + style images (model.plp.frozen: 0 for a plain LoRA)
-            return torch.optim.AdamW(adapter_parameters(unet, [PLP]), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas),
-                                     eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
-        if b.stage == "merge":
-            return AdamWr(adamwr_groups(unet, PLP), lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
-                          weight_decay=optim_cfg.weight_decay, reg=b.reg)
-        main, aux = ("down", "up") if b.stage == "content" else ("up", "down")
-        groups = adapter_param_groups(unet, {f"{PLP}.{main}": {"lr": optim_cfg.lr}, f"{PLP}.{aux}": {"lr": b.aux_lr}})
-        return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
-                                 weight_decay=optim_cfg.weight_decay)
-
-    def state_dict(self, unet):
-        return adapter_state_dict(unet, [self.adapter])
-
-    def load_state_dict(self, unet, state):
-        result = load_adapter_state_dict(unet, state, strict=False)  # the frozen stage-1 adapters are not saved
-        bad = [k for k in result["missing"] if f".{self.adapter}." in k] + result["unexpected"]
-        if bad:
-            raise RuntimeError(f"checkpoint does not match the {self.adapter} adapter: {bad[:10]}")
-
-    def save(self, unet, output_dir):
-        path = Path(output_dir) / LORA_FILE
-        if self.adapter == ZIPLORA:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            save_file(ziplora_diffusers_state(unet, ZIPLORA), str(tmp), metadata={"format": "pt"})
-            os.replace(tmp, path)
-            return path
-        return save_diffusers_lora(unet, path, PLP)
-
-    @classmethod
-    def load(cls, pipe, path):
-        return LoRAMethod.load(pipe, path)
-
-    def switch(self, pipe, unet, load_base):
-        return lambda on: enable_adapter(unet, self.adapter, on)
-
-
-@contextlib.contextmanager
-def only_projection(model: nn.Module, which: str | None) -> Iterator[None]:
-    """Within the block only the ``which`` (``"down"`` / ``"up"``) tensors of the PLP adapter require grad, so a
-    loss back-propagated there reaches that projection only; the flags are restored after. ``which=None``: no
-    change (both projections)."""
-    if which is None:
-        yield
-        return
-    deltas = list(plp_deltas(model, PLP).values())
-    other = "up" if which == "down" else "down"
-    saved = [(getattr(d, other), getattr(d, other).requires_grad) for d in deltas]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
@@ -258,13 +130,16 @@ class B4MRecipe(SDFinetuneRecipe):
     """Break-for-Make's stages on ``sd_finetune`` (see the module doc)."""
 
     Config = B4MConfig
+    unread_keys = {**SDFinetuneRecipe.unread_keys,
+                   "model.plp": "moved: the PLP settings are the adapter section, e.g. adapter.rank"}
 
     def __init__(self, cfg: B4MConfig):
-        if cfg.model.adapter != "plp":
-            raise ConfigError(f"the b4m recipe trains PLP adapters: model.adapter must be 'plp', got "
-                              f"'{cfg.model.adapter}'")
-        b, d = cfg.b4m, cfg.data
+        from zoo.diffusion.pretrained import PRETRAINED_PIPELINES, pretrained_pipeline_dir
 
+        if cfg.adapter.get("name") != "plp":
+            raise ConfigError(f"the b4m recipe trains PLP adapters: adapter.name must be 'plp', got "
+                              f"'{cfg.adapter.get('name')}'")
+        b, d = cfg.b4m, cfg.data
         if cfg.model.pretrained in PRETRAINED_PIPELINES:  # a shipped pipeline by name, e.g. tiny_t2i_mnist
             try:
                 cfg.model.pretrained = str(pretrained_pipeline_dir(cfg.model.pretrained))
@@ -278,8 +153,9 @@ class B4MRecipe(SDFinetuneRecipe):
                                   "(metadata.jsonl or same-name .txt files)")
             d.root = b.main_root()
         super().__init__(cfg)
-        self.method.b4m = b
-
+        self.method = B4MStage(self.method.config, b.stage, content_adapter=b.content_adapter,
+                               style_adapter=b.style_adapter, weights=(b.content_weight, b.style_weight),
+                               aux_lr=b.aux_lr, reg=b.reg)
         if b.stage in ("merge", "ziplora"):
             for key in ("content_root", "content_adapter", "style_adapter"):
                 if not getattr(b, key):
@@ -310,33 +186,30 @@ class B4MRecipe(SDFinetuneRecipe):
                                     prefix=d.prefix, default_caption=d.default_caption, caption_column=d.caption_column,
                                     image_column=d.image_column, repeats=d.repeats)
 
-    def aux_roots(self) -> list[str]:
-        """The folders of the second loss: auxiliary sets (stage 1) or the content images (stage 2)."""
-        return self.cfg.b4m.second_roots()
-
-    def _aux(self) -> list[Iterator[Any]]:
+    def _aux_batch(self, i: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The next batch of the ``i``-th second set (auxiliary sets in stage 1, the content images in stage 2)."""
         if self._aux_iters is None:
             b, d = self.cfg.b4m, self.cfg.data
-            bs = b.aux_batch_size or d.batch_size
             self._aux_iters = [
-                _cycle(build_loader(self._folder(root), bs, shuffle=True, seed=self.cfg.seed + 1 + i,
-                                    num_workers=d.num_workers, drop_last=False, collate_fn=self._collate()))
-                for i, root in enumerate(self.aux_roots())
+                _cycle(build_loader(self._folder(root), b.aux_batch_size or d.batch_size, shuffle=True,
+                                    seed=self.cfg.seed + 1 + k, num_workers=d.num_workers, drop_last=False,
+                                    collate_fn=self.components.collate()))
+                for k, root in enumerate(self.cfg.b4m.second_roots())
             ]
-        return self._aux_iters
-
-    def _aux_batch(self, i: int, device: torch.device) -> dict[str, torch.Tensor]:
-        return {k: v.to(device) for k, v in next(self._aux()[i]).items()}
+        return {k: v.to(device) for k, v in next(self._aux_iters[i]).items()}
 
     # ---------------------------------------------------------------- step
     def _loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        return super().training_step(model, batch)["loss"]
+        return self._denoising_loss(model, batch)[0]
 
     def train_step(self, model: nn.Module, batch: Any, ctx: Any) -> dict[str, torch.Tensor]:
-        """Stage 1: main loss -> main projection, mean auxiliary loss -> the other one (two backward passes).
-        Stage 2: both losses -> the merged adapter (AdamWr steps once after)."""
+        """Stage 1: main loss -> main projection, mean auxiliary loss -> the other one (two backward passes;
+        ``b4m.routing=official``: both reach both). Stage 2: both losses -> the merged adapter (AdamWr steps
+        once after). ziplora: the two distillation terms and the merger similarity."""
+        from zoo.adapters.plp import only_projection
+
         b = self.cfg.b4m
-        n_aux = len(self.aux_roots())
+        n_aux = len(b.second_roots())
         if b.stage == "ziplora":
             return self._ziplora_step(model, batch, ctx)
         if b.stage == "joint":
@@ -365,32 +238,25 @@ class B4MRecipe(SDFinetuneRecipe):
         out["loss"] = sum(out.values())
         return out
 
-
     def _distill_loss(self, model: nn.Module, batch: Any, teacher: str) -> torch.Tensor:
-        """MSE between the ZipLoRA-merged UNet's prediction and the ``teacher`` adapter's (no grad) on the same
-        noisy latents, timesteps and captions of ``batch``."""
-        sched = self.components.noise_scheduler
+        """:func:`~zoo.diffusion.b4m.ziplora_distill_loss` on ``batch`` noised at random timesteps."""
+        from zoo.diffusion.denoising import add_training_noise
+
         latents, text, cond = self._encode(batch, sample=True)
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
-        noisy = sched.add_noise(latents, noise, t)
-        try:
-            set_active_adapters(model, [teacher])
-            with torch.no_grad():
-                target = model(noisy, t, text, added_cond_kwargs=cond, return_dict=False)[0]
-        finally:
-            set_active_adapters(model, [ZIPLORA])
-        pred = model(noisy, t, text, added_cond_kwargs=cond, return_dict=False)[0]
-        return F.mse_loss(pred.float(), target.float())
+        noisy, _, t = add_training_noise(self.components.noise_scheduler, latents)
+        return ziplora_distill_loss(model, lambda: model(noisy, t, text, added_cond_kwargs=cond, return_dict=False)[0],
+                                    teacher)
 
     def _ziplora_step(self, model: nn.Module, batch: Any, ctx: Any) -> dict[str, torch.Tensor]:
         """ZipLoRA (mkshing/ziplora-pytorch): the merged UNet matches the style adapter on the style images and the
         content adapter on the content images; plus ``similarity_lambda · Σ mean|m_c ⊙ m_s|``."""
+        from zoo.adapters.merge import ziplora_loss
+
         style = self._distill_loss(model, batch, STYLE)
         ctx.backward(style)
         content = self._distill_loss(model, self._aux_batch(0, ctx.device), CONTENT)
         ctx.backward(content)
-        sim = self.cfg.b4m.similarity_lambda * ziplora_loss(model, ZIPLORA)
+        sim = self.cfg.b4m.similarity_lambda * ziplora_loss(model, self.method.adapter)
         ctx.backward(sim)
         return {"loss": (style + content + sim).detach(), "loss_style": style.detach(),
                 "loss_content": content.detach(), "loss_similarity": sim.detach()}
@@ -428,8 +294,10 @@ class B4MDataSection:
 class B4MDataConfig(RecipeConfig):
     recipe: str = "b4m_data"
     sets: B4MDataSection = field(default_factory=B4MDataSection)
-    # not used here: lets one command line (model.pretrained=..., b4m.routing=...) serve every stage of the pipeline
+    # not used here: lets one command line (model.pretrained=..., adapter.rank=..., b4m.routing=...) serve every
+    # stage of the pipeline
     model: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] = field(default_factory=dict)
     b4m: dict[str, Any] = field(default_factory=dict)
 
 
@@ -440,6 +308,7 @@ class B4MDataRecipe(Recipe):
     ``joint/``; see :mod:`zoo.data.images.glyphs`), which the later stages read through ``${stage:data}``."""
 
     Config = B4MDataConfig
+    run_shape = "study"
 
     def run(self, ctx: Any) -> dict[str, Any]:
         s = self.cfg.sets

@@ -4,10 +4,11 @@ composition of the content and style adapters, the same prompts and seeds, three
 Rows (each an adapter in the pipeline's UNet, switched on alone): ``base`` (no adapter), ``content`` and
 ``style`` (the stage-1 adapters alone), ``weighted_sum`` (:func:`zoo.adapters.merge.weighted_sum` of the two,
 ``eval.weights``), ``b4m_merge_only`` (:func:`zoo.adapters.merge.merge_b4m` of the two, before stage 2; the
-stage-1 runs' ``model.plp`` is read from the content run's ``config.yaml`` unless ``model.plp`` is set), and the trained compositions given as run directories: ``b4m`` (the merge
-stage), ``ziplora`` and ``joint`` (baselines). The rows of ``eval.scaled_rows`` are measured again with the
+stage-1 runs' ``adapter`` section is read from the content run's ``config.yaml`` unless ``adapter`` is set), and
+the trained compositions given as run directories: ``b4m`` (the merge stage), ``ziplora`` and ``joint``
+(baselines). The rows of ``eval.scaled_rows`` are measured again with the
 whole adapter scaled by each of ``eval.scales`` (the ``lora_scale`` knob, e.g. ``b4m ×0.5``): the trade-off
-curve that compares methods at equal prompt fidelity. Scores on 32×32 images (generated images are resized to
+curve that compares compositions at equal prompt fidelity. Scores on 32×32 images (generated images are resized to
 32 if smaller):
 
 * **content fidelity** (%) — images of ``eval.content_prompt + eval.style_suffix`` ("a handwritten glyph sks in
@@ -26,8 +27,10 @@ curve that compares methods at equal prompt fidelity. Scores on 32×32 images (g
   ``eval.digits`` with the composition active (the prior kept; stroke masks as above);
 
 and ``score = content_fidelity/100 × style_gain`` (the issue's "content fidelity × style score"); B4M's score at
-each scale against the weighted sum's at the same prompt fidelity (:func:`equal_fidelity_comparison`). Writes
-``grid.png`` (rows: methods, columns: the composite, content-only and one digit prompt), ``results.md`` (a table)
+each scale against the weighted sum's at the same prompt fidelity
+(:func:`zoo.diffusion.composition_eval.equal_fidelity_comparison`). Each row is scored by the one evaluation loop
+over what to generate (:mod:`zoo.diffusion.composition_eval`: generation steps and metric objects). Writes
+``grid.png`` (rows: compositions, columns: the composite, content-only and one digit prompt), ``results.md`` (a table)
 and the metrics.
 """
 from __future__ import annotations
@@ -38,13 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from zoo.config import ConfigError
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 
-__all__ = ["B4MEvalSection", "B4MEvalModel", "B4MEvalConfig", "B4MEvalRecipe", "nearest_centroid_fidelity",
-           "score_at_fidelity", "equal_fidelity_comparison"]
+__all__ = ["B4MEvalModel", "B4MEvalSection", "B4MEvalConfig", "B4MEvalRecipe"]
 
 _logger = logging.getLogger("zoo")
 
@@ -54,8 +55,6 @@ class B4MEvalModel:
     """Config section ``model``."""
 
     pretrained: str | None = None  # diffusers folder or a shipped pipeline name (tiny_t2i_mnist)
-    plp: dict[str, Any] = field(default_factory=dict)  # the stage-1 runs' model.plp (b4m_merge_only); default:
-    # the content run's config.yaml
 
 
 @dataclass
@@ -85,6 +84,7 @@ class B4MEvalSection:
     num_inference_steps: int = 25
     guidance_scale: float = 4.0
     seed: int = 0
+    batch_size: int = 8  # images generated per evaluation step
 
     def __post_init__(self) -> None:
         if len(self.weights) != 2:
@@ -102,65 +102,10 @@ class B4MEvalSection:
 class B4MEvalConfig(RecipeConfig):
     recipe: str = "b4m_eval"
     model: B4MEvalModel = field(default_factory=B4MEvalModel)
+    # the stage-1 runs' adapter section (for the b4m_merge_only row); default: the content run's config.yaml
+    adapter: dict[str, Any] = field(default_factory=dict)
     eval: B4MEvalSection = field(default_factory=B4MEvalSection)
     b4m: dict[str, Any] = field(default_factory=dict)  # not used (one command line serves every stage)
-
-
-def nearest_centroid_fidelity(features: torch.Tensor, centroids: torch.Tensor, target: int) -> float:
-    """% of ``features (N, D)`` whose nearest (Euclidean) row of ``centroids (C, D)`` is row ``target``."""
-    return 100.0 * (torch.cdist(features.double(), centroids.double()).argmin(1) == target).double().mean().item()
-
-
-def score_at_fidelity(points: list[tuple[float, float]], fidelity: float) -> float | None:
-    """A method's ``score`` at prompt fidelity ``fidelity``, read off its measured trade-off curve ``points``
-    (``(prompt fidelity, score)`` pairs, e.g. one per adapter scale) by piecewise-linear interpolation between
-    the two nearest measured fidelities; ``None`` outside their range (no extrapolation). Equal fidelities keep
-    the best score."""
-    by_pf: dict[float, float] = {}
-    for pf, score in points:
-        by_pf[pf] = max(score, by_pf.get(pf, score))
-    xs = sorted(by_pf)
-    if not xs or not xs[0] <= fidelity <= xs[-1]:
-        return None
-    for lo, hi in zip(xs, xs[1:] + xs[-1:]):
-        if lo <= fidelity <= hi:
-            if hi == lo:
-                return by_pf[lo]
-            t = (fidelity - lo) / (hi - lo)
-            return (1 - t) * by_pf[lo] + t * by_pf[hi]
-    return None
-
-
-def equal_fidelity_comparison(results: dict[str, dict[str, float]], method: str, baseline: str
-                              ) -> list[dict[str, float | str | None]]:
-    """For every measured scale of ``method`` (rows ``method`` and ``method ×s``): its prompt fidelity and
-    score, and ``baseline``'s score at that prompt fidelity (:func:`score_at_fidelity` on ``baseline``'s rows;
-    ``None`` where the baseline's curve does not reach it)."""
-    def rows(name):
-        return [(label, r) for label, r in results.items() if label == name or label.startswith(f"{name} ×")]
-
-    curve = [(r["prompt_fidelity"], r["score"]) for _, r in rows(baseline)]
-    return [{"row": label, "prompt_fidelity": r["prompt_fidelity"], "score": r["score"],
-             "baseline_score": score_at_fidelity(curve, r["prompt_fidelity"])} for label, r in rows(method)]
-
-
-def _to_tensor(images: list[Any], size: int = 32) -> torch.Tensor:
-    import numpy as np
-
-    x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-                     for im in images])
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-    return x.clamp(0, 1)
-
-
-def _folder_images(root: str | Path) -> torch.Tensor:
-    from PIL import Image
-
-    files = sorted(p for p in Path(root).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not files:
-        raise FileNotFoundError(f"no images in {root}")
-    return _to_tensor([Image.open(p) for p in files])
 
 
 @register_recipe("b4m_eval")
@@ -168,6 +113,8 @@ class B4MEvalRecipe(Recipe):
     """Compare the compositions (see the module doc); owns its run."""
 
     Config = B4MEvalConfig
+    run_shape = "study"
+    unread_keys = {"model.plp": "moved: the stage-1 runs' PLP settings are the adapter section, e.g. adapter.rank"}
 
     def __init__(self, cfg: B4MEvalConfig):
         super().__init__(cfg)
@@ -193,127 +140,79 @@ class B4MEvalRecipe(Recipe):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def _add_adapters(self, unet: Any) -> dict[str, str | None]:
-        from zoo.adapters.lora_formats import import_lora
-        from zoo.adapters.merge import load_plp, merge_b4m, weighted_sum
-
-        e = self.cfg.eval
-        rows: dict[str, str | None] = {"base": None}
-        for label, path in (("content", e.content_adapter), ("style", e.style_adapter)):
-            import_lora(unet, path, adapter=label, freeze=True)
-            rows[label] = label
-        rows["weighted_sum"] = weighted_sum(unet, "content", "style", name="weighted_sum", weights=e.weights)
-        plp_cfg = self._stage1_plp() if e.merge_only else None
-        if plp_cfg is not None:  # the PLP split needs the stage-1 runs' model.plp
-            load_plp(unet, e.content_adapter, plp_cfg, name="plp_content")
-            load_plp(unet, e.style_adapter, plp_cfg, name="plp_style")
-            rows["b4m_merge_only"] = merge_b4m(unet, "plp_content", "plp_style", name="b4m_merge_only",
-                                               weights=e.weights, remove_sources=True)
-        for label, path in (("b4m", e.b4m_adapter), ("ziplora", e.ziplora_adapter), ("joint", e.joint_adapter)):
-            if path:
-                import_lora(unet, path, adapter=label, freeze=True)
-                rows[label] = label
-        return rows
-
     def _stage1_plp(self) -> dict[str, Any] | None:
-        """The stage-1 runs' ``model.plp``: ``model.plp`` when set, else the content run's ``config.yaml``'s;
-        ``None`` (the merge-only row is skipped, with a warning) when neither is there."""
-        if self.cfg.model.plp:
-            return dict(self.cfg.model.plp)
+        """The stage-1 runs' PLP settings: ``adapter`` when set, else the content run's ``config.yaml``'s
+        (``adapter``, or ``model.plp`` of runs made before the ``adapter`` section); ``None`` (the merge-only row
+        is skipped, with a warning) when neither is there."""
+        if self.cfg.adapter:
+            return dict(self.cfg.adapter)
         saved = Path(self.cfg.eval.content_adapter) / "config.yaml"
         if saved.is_file():
             import yaml
 
-            plp = (yaml.safe_load(saved.read_text()) or {}).get("model", {}).get("plp")
+            run = yaml.safe_load(saved.read_text()) or {}
+            plp = run.get("adapter") or run.get("model", {}).get("plp")
             if plp:
                 return plp
-        _logger.warning("b4m_eval: no model.plp and no config.yaml in %s: the b4m_merge_only row is skipped (set "
-                        "model.plp to the stage-1 runs')", self.cfg.eval.content_adapter)
+        _logger.warning("b4m_eval: no adapter section and no config.yaml in %s: the b4m_merge_only row is skipped "
+                        "(set adapter to the stage-1 runs')", self.cfg.eval.content_adapter)
         return None
 
-    def _measured_rows(self, rows: dict[str, str | None]) -> list[tuple[str, str | None, float]]:
-        """``(label, adapter, scale)``: every row at scale 1, then the ``eval.scaled_rows`` at each extra scale."""
-        e = self.cfg.eval
-        out = [(label, adapter, 1.0) for label, adapter in rows.items()]
-        for s in e.scales:
-            out += [(f"{label} ×{s:g}", rows[label], float(s)) for label in e.scaled_rows
-                    if label in rows and rows[label] is not None and s != 1.0]
-        return out
-
     def run(self, ctx: Any) -> dict[str, Any]:
-        from zoo.adapters.merge import composition_grid
-        from zoo.data.images.mnist import MNIST
-        from zoo.data.images.style_digits import pad_digit
-        from zoo.diffusion.captions import prompt
-        from zoo.diffusion.sampling import sample_images
         from zoo.adapters.model import set_active_adapters, set_adapter_scale
-        from zoo.metrics.generation import (
-            classifier_logits_features, load_digit_classifier, prompt_fidelity, stroke_mask, stroke_style_distance,
-            style_distance,
-        )
+        from zoo.diffusion import composition_eval as ce
+        from zoo.diffusion.captions import prompt
+        from zoo.diffusion.sampling import composition_grid
+        from zoo.engine.accel import RunAccelerator
+        from zoo.engine.data import build_loader
+        from zoo.engine.evaluate import evaluation_loop
+        from zoo.metrics.generation import load_digit_classifier, stroke_mask
 
         torch.manual_seed(self.cfg.seed)
         e = self.cfg.eval
         pipe = self._pipeline()
-        rows = self._add_adapters(pipe.unet)
+        rows = ce.add_composition_rows(pipe.unet, e.content_adapter, e.style_adapter, e.weights,
+                                       plp=self._stage1_plp() if e.merge_only else None,
+                                       trained={"b4m": e.b4m_adapter, "ziplora": e.ziplora_adapter,
+                                                "joint": e.joint_adapter})
         classifier = load_digit_classifier(e.classifier)
         shape = stroke_mask if e.stroke_masks else (lambda x: x)  # what the classifier sees
-        # centroids: 10 digits (held-out split) + the subject (held-out glyph variants)
-        ds = MNIST(root=e.mnist_root, split=e.digit_split)
-        digits_img = pad_digit(ds.data.float().div(255.0)[:, None]).expand(-1, 3, -1, -1)
-        feats = classifier_logits_features(classifier, shape(digits_img))[1]
-        centroids = [feats[ds.targets == d].mean(0) for d in range(10)]
-        centroids.append(classifier_logits_features(classifier, shape(_folder_images(e.content_eval_root)))[1].mean(0))
-        centroids = torch.stack(centroids)
-        style_images = _folder_images(e.style_root)
-        kw = dict(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale)
         composite = e.content_prompt + e.style_suffix
+        centroids = ce.digit_and_subject_centroids(classifier, shape, e.digit_split, e.mnist_root, e.content_eval_root)
+        composite_metrics = ce.CompositeMetrics(classifier, shape, centroids, 10, ce.folder_images(e.style_root))
+        fidelity_metric = ce.PromptFidelityMetric(classifier, shape)
+        kw = dict(num_inference_steps=e.num_inference_steps, guidance_scale=e.guidance_scale)
+        step = ce.generate_step(**kw)
+
+        def loader(items: list[dict[str, Any]]) -> Any:
+            return build_loader(items, e.batch_size, shuffle=False, collate_fn=ce.collate_items)
+
+        handle = RunAccelerator(cpu=True)  # the pipeline and the classifier stay on the CPU
         results: dict[str, dict[str, float]] = {}
-        for label, adapter, scale in self._measured_rows(rows):
-            set_active_adapters(pipe.unet, [] if adapter is None else [adapter])
-            if adapter is not None:
-                set_adapter_scale(pipe.unet, adapter, scale)
-            imgs = _to_tensor([im for s in range(e.content_seeds or e.num_seeds)
-                               for im in sample_images(pipe, [composite], seed=e.seed + 1000 * s, **kw)])
-            f = classifier_logits_features(classifier, shape(imgs))[1]
-            digit_imgs, labels = [], []
-            for s in range(e.num_seeds):
-                digit_imgs += sample_images(pipe, [prompt(d) for d in e.digits], seed=e.seed + 1000 * s, **kw)
-                labels += list(e.digits)
-            if adapter is not None:
-                set_adapter_scale(pipe.unet, adapter, 1.0)
-            sd = style_distance(imgs, style_images)
-            pf = prompt_fidelity(classifier, shape(_to_tensor(digit_imgs)), labels)["fidelity"]
-            results[label] = {"content_fidelity": nearest_centroid_fidelity(f, centroids, 10),
-                              "style_stroke": stroke_style_distance(imgs, style_images),
-                              "style_gram": sd["gram"], "style_colour": sd["colour"], "prompt_fidelity": pf,
-                              "scale": scale}
-            _logger.info("b4m_eval %s: %s", label, results[label])
+        with handle.active() as accelerator:
+            composite_loader = accelerator.prepare(loader(ce.generation_items([composite], e.content_seeds or e.num_seeds,
+                                                                              e.seed)))
+            digit_loader = accelerator.prepare(loader(ce.generation_items([prompt(d) for d in e.digits], e.num_seeds,
+                                                                          e.seed, labels=e.digits)))
+            for label, adapter, scale in ce.measured_rows(rows, e.scales, e.scaled_rows):
+                set_active_adapters(pipe.unet, [] if adapter is None else [adapter])
+                if adapter is not None:
+                    set_adapter_scale(pipe.unet, adapter, scale)
+                r = evaluation_loop(pipe, composite_loader, accelerator, step, composite_metrics, desc=label).compute()
+                r.update(evaluation_loop(pipe, digit_loader, accelerator, step, fidelity_metric, desc=label).compute())
+                if adapter is not None:
+                    set_adapter_scale(pipe.unet, adapter, 1.0)
+                results[label] = {**r, "scale": scale}
+                _logger.info("b4m_eval %s: %s", label, results[label])
         base_style = results["base"]["style_stroke"]
         for r in results.values():
             r["style_gain"] = 1.0 - r["style_stroke"] / base_style if base_style > 0 else 0.0
             r["score"] = r["content_fidelity"] / 100.0 * r["style_gain"]
         grid = composition_grid(pipe, rows, [composite, e.content_prompt, prompt(e.digits[0])], seed=e.seed, **kw)
         grid.save(ctx.output_dir / "grid.png")
-        equal = equal_fidelity_comparison(results, "b4m", "weighted_sum") if "b4m" in results else []
-        (ctx.output_dir / "results.md").write_text(self._table(results, equal))
+        equal = ce.equal_fidelity_comparison(results, "b4m", "weighted_sum") if "b4m" in results else []
+        header = (f"prompt: '{composite}', {e.content_seeds or e.num_seeds} seeds from {e.seed}; prompt fidelity on "
+                  f"digits {e.digits}, {e.num_seeds} seeds")
+        (ctx.output_dir / "results.md").write_text(ce.results_table(results, equal, header))
+        # "methods": the rows (base, the adapters alone and the compositions), under the key earlier runs wrote
         return {"methods": results, "equal_fidelity": equal, "grid": str(ctx.output_dir / "grid.png")}
-
-    def _table(self, results: dict[str, dict[str, float]], equal: list[dict[str, Any]]) -> str:
-        e = self.cfg.eval
-        lines = [f"prompt: '{e.content_prompt}{e.style_suffix}', {e.content_seeds or e.num_seeds} seeds from {e.seed}; "
-                 f"prompt fidelity on digits {e.digits}, {e.num_seeds} seeds",
-                 "", "| method | content fidelity % | stroke style (lower) | style gain | content × style | "
-                 "prompt fidelity % | image gram (lower) | image colour (lower) |", "|---|---|---|---|---|---|---|---|"]
-        for label, r in results.items():
-            lines.append(f"| {label} | {r['content_fidelity']:.1f} | {r['style_stroke']:.4f} | {r['style_gain']:.3f} | "
-                         f"{r['score']:.3f} | {r['prompt_fidelity']:.1f} | {r['style_gram']:.4f} | "
-                         f"{r['style_colour']:.4f} |")
-        if equal:
-            lines += ["", "At equal prompt fidelity (the weighted sum's content × style interpolated on its scale curve):",
-                      "", "| B4M row | prompt fidelity % | B4M content × style | weighted sum at that fidelity |",
-                      "|---|---|---|---|"]
-            for q in equal:
-                base = "out of its range" if q["baseline_score"] is None else f"{q['baseline_score']:.3f}"
-                lines.append(f"| {q['row']} | {q['prompt_fidelity']:.1f} | {q['score']:.3f} | {base} |")
-        return "\n".join(lines) + "\n"
