@@ -240,7 +240,7 @@ class Trainer:
 
         acc = self.accelerator
         set_seed(self.seed)
-        model = self.recipe.build_model()
+        model = self.recipe.calibrate(self.recipe.build_model(), acc)
         if self.loop_name == "stream":
             self.stream = [(name, acc.prepare(loader)) for name, loader in self.recipe.build_stream()]
             if not self.stream:

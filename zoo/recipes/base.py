@@ -11,7 +11,8 @@ from zoo._registry_base import Registry
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 
-__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "check_unread_keys"]
+__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "check_unread_keys",
+           "calibrate_adapter"]
 
 #: how a recipe's run goes: ``plain`` (the Trainer trains, then evaluates), ``stream`` (the stream loop: test-time
 #: adaptation over ordered domains, scored online), ``study`` (the recipe drives its whole run: a search, nested
@@ -141,6 +142,12 @@ class Recipe:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
+    def calibrate(self, model: nn.Module, accelerator: Any) -> nn.Module:
+        """Data-driven set-up of the built model before the optimiser exists, with the run's ``accelerator`` (called
+        by the Trainer right after :meth:`build_model`): e.g. an adapter method that measures contributions on a few
+        batches before it is applied (:func:`calibrate_adapter`). Default: the model as built."""
+        return model
+
     def build_eval_model(self, model_name: str | None = None, pretrained: bool = False,
                          checkpoint_path: str | None = None) -> nn.Module:
         """The model ``tools/eval.py`` evaluates: the config's (or ``model_name``) with the given weights."""
@@ -247,3 +254,18 @@ def _leaf_keys(tree: Mapping[str, Any], prefix: str) -> list[str]:
     for k, v in tree.items():
         out += _leaf_keys(v, f"{prefix}.{k}") if isinstance(v, Mapping) else [f"{prefix}.{k}"]
     return out
+
+
+def calibrate_adapter(method: Any, model: nn.Module, batches: Any, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                      accelerator: Any, **calibrate_kwargs: Any) -> nn.Module:
+    """Run a data-driven adapter method's ``calibrate`` on ``batches`` with the task's ``loss_fn(model, batch)``,
+    on the run's device under its autocast, back-propagating through ``accelerator.backward`` (loss scaling), then
+    ``apply`` it; a method without ``needs_calibration`` is applied at once. Every process measures on the same
+    batches, so all ranks build the same adapter. ``calibrate_kwargs``: the method's own options of ``calibrate``
+    (CoLoRA's ``attribution_loss_fn``, ``optimizer_step``). Returns the model."""
+    if method.needs_calibration:
+        model.to(accelerator.device)
+        with accelerator.autocast():
+            method.calibrate(model, batches, loss_fn, accelerator.backward, **calibrate_kwargs)
+        model.zero_grad(set_to_none=True)
+    return method.apply(model)

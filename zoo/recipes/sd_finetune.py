@@ -164,29 +164,27 @@ class SDFinetuneRecipe(Recipe):
         unet = self.components.unet
         if self.cfg.model.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        if self.method.needs_calibration:
-            self._calibrate(unet)
-        self.method.apply(unet)
+        if not self.method.needs_calibration:  # else applied by calibrate(), after measuring on data
+            self.method.apply(unet)
         unet.train()
         return unet
 
-    def _calibrate(self, unet: nn.Module) -> None:
-        """``method.calibrate`` on ``data.calibration_batches`` training batches with the denoising loss, on the
-        run's device. The model is not prepared yet (no DDP wrapper, no autocast): the loss is back-propagated
-        with ``loss.backward()``."""
-        from accelerate.state import PartialState
+    def calibrate(self, unet: nn.Module, accelerator: Any) -> nn.Module:
+        """A data-driven method (``needs_calibration``) measures on ``data.calibration_batches`` training batches
+        with the denoising loss (backward through the run's accelerator), then is applied."""
+        if not self.method.needs_calibration:
+            return unet
+        from zoo.recipes.base import calibrate_adapter
 
-        device = PartialState().device
-        unet.to(device)
         loader = build_loader(self._dataset(True), self.cfg.data.batch_size, shuffle=True, seed=self.cfg.seed,
                               collate_fn=self.components.collate())
         batches = []
         for batch in loader:
             if len(batches) == self.cfg.data.calibration_batches:
                 break
-            batches.append({k: v.to(device) for k, v in batch.items()})
-        self.method.calibrate(unet, batches, lambda model, batch: self._denoising_loss(model, batch)[0],
-                              lambda loss: loss.backward())
+            batches.append({k: v.to(accelerator.device) for k, v in batch.items()})
+        return calibrate_adapter(self.method, unet, batches,
+                                 lambda model, batch: self._denoising_loss(model, batch)[0], accelerator)
 
     def _total_steps(self) -> int:
         """Optimiser steps of the whole run (SaRA's progressive schedule as a fraction of it): the Trainer's plan,
