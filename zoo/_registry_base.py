@@ -84,6 +84,43 @@ class Registry:
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    # ---------------------------------------------------------------- pairs (config class, implementation)
+    def register_with_config(self, name: str, config: type, *, base: type, config_base: type) -> Callable[[type], type]:
+        """Class decorator of a registry of (config class, implementation) pairs (peft's ``register_peft_method``):
+        registers a subclass of ``base`` as ``name`` with ``config`` (a dataclass subclassing ``config_base``) as
+        its ``config_class``, and sets ``cls.name``. ``TypeError`` for a config or a class of the wrong kind."""
+        import dataclasses
+
+        if not (isinstance(config, type) and issubclass(config, config_base) and dataclasses.is_dataclass(config)):
+            raise TypeError(f"{self.kind} '{name}': config must be a {config_base.__name__} dataclass, got {config!r}")
+
+        def deco(cls: type) -> type:
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise TypeError(f"{self.kind} '{name}': {getattr(cls, '__name__', cls)} must subclass {base.__name__}")
+            cls.name = name
+            cls.config_class = config
+            return self.register(name)(cls)
+
+        return deco
+
+    def in_order(self) -> list[str]:
+        """Every registered name, in registration order."""
+        self._ensure_populated()
+        return list(self._entries)
+
+    def get_for_section(self, section: object, where: str) -> Callable:
+        """The entry named by a config section's ``name`` (``section``: a mapping such as ``adapter:`` or ``tta:``);
+        :class:`~zoo.errors.ConfigError` naming ``<where>.name`` when it is missing or unknown."""
+        from zoo.errors import ConfigError
+
+        name = (section or {}).get("name")
+        if not name:
+            raise ConfigError(f"{where}: set {where}.name, the {self.kind} (registered: {', '.join(self.in_order())})")
+        try:
+            return self.get(str(name))
+        except KeyError as exc:
+            raise ConfigError(f"{where}.name: {exc.args[0]}") from None
+
     def names(self, filter: str | Iterable[str] = "", exclude: str | Iterable[str] = ()) -> list[str]:
         """Registered names matching any of the fnmatch patterns ``filter`` and none of ``exclude``, naturally sorted."""
         self._ensure_populated()

@@ -1,24 +1,28 @@
-"""ViDA adapters on the low-rank core: zero-init, scales, trainable sets, state dicts (ours and the official layout), HKA."""
+"""ViDA adapters on the low-rank core: zero-init, scales, trainable sets, state dicts (ours and the official layout),
+and the adaptation method ``vida`` (config, apply / save / load, which weights hold an adapted model)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
+from tta.official_vida import OfficialViDALinear, official_vida_model
+from zoo.adapters.base import ADAPTER_CONFIG_FILE, AdapterMethod, build_adapter
+from zoo.adapters.model import iter_lora_layers
 from zoo.adapters.vida import (
     VIDA_HIGH,
     VIDA_LOW,
+    ViDAMethod,
     apply_vida,
     default_vida_targets,
-    hka_scales,
-    hka_uncertainty,
     load_vida_state_dict,
     set_vida_scales,
     vida_parameters,
     vida_state_dict,
 )
+from zoo.config import ConfigError
+from zoo.errors import CheckpointError
 from zoo.layers.lora import LoRALayer
-from zoo.adapters.model import iter_lora_layers
 from zoo.registry import create_model
 
 
@@ -89,31 +93,8 @@ def test_only_adapters_train_when_the_base_is_frozen_and_all_otherwise():
     assert all(p.requires_grad for p in full.parameters())  # the official test-time setting: whole model
 
 
-class OfficialViDALinear(nn.Module):
-    """The official ``ViDAInjectedLinear`` key layout and forward (written here for the test)."""
-
-    def __init__(self, linear: nn.Linear, r: int, r2: int):
-        super().__init__()
-        self.linear_vida = linear
-        self.vida_down = nn.Linear(linear.in_features, r, bias=False)
-        self.vida_up = nn.Linear(r, linear.out_features, bias=False)
-        self.vida_down2 = nn.Linear(linear.in_features, r2, bias=False)
-        self.vida_up2 = nn.Linear(r2, linear.out_features, bias=False)
-        for m in (self.vida_down, self.vida_up, self.vida_down2, self.vida_up2):
-            nn.init.normal_(m.weight, std=0.3)
-        self.scale1, self.scale2 = 1.0, 1.0
-
-    def forward(self, x):
-        return (self.linear_vida(x) + self.vida_up(self.vida_down(x)) * self.scale1
-                + self.vida_up2(self.vida_down2(x)) * self.scale2)
-
-
 def _official_model(seed: int, r: int, r2: int) -> nn.Module:
-    model = tiny_vit(seed)
-    for block in model.blocks:
-        block.attn.qkv = OfficialViDALinear(block.attn.qkv, r, r2)
-        block.attn.proj = OfficialViDALinear(block.attn.proj, r, r2)
-    return model
+    return official_vida_model(tiny_vit(seed), r, r2)
 
 
 @pytest.mark.parametrize("wrap", ["model_module", "bare"])
@@ -169,31 +150,39 @@ def test_apply_vida_on_a_cnn_needs_targets_and_adapts_convs():
     assert torch.allclose(y[1], plain[1], atol=1e-5) and not torch.allclose(y[0], plain[0], atol=1e-3)
 
 
-# ------------------------------------------------------------------------------------------------ HKA
-def _views(deltas: torch.Tensor) -> torch.Tensor:
-    """Two views per (sample, class): 0 and ``deltas`` -> unbiased variance ``deltas² / 2``."""
-    return torch.stack([torch.zeros_like(deltas), deltas])
+# ------------------------------------------------------------------------------------------------ the method
+def test_vida_is_a_registered_adaptation_method_with_its_config():
+    method = build_adapter({"name": "vida", "low_rank": 2, "high_rank": 4})
+    assert isinstance(method, ViDAMethod) and (method.config.low_rank, method.config.high_rank) == (2, 4)
+    with pytest.raises(ConfigError, match="adapter.high_rank"):
+        build_adapter({"name": "vida", "high_rank": 0})
+    with pytest.raises(ConfigError, match="adapter.rank"):
+        build_adapter({"name": "vida", "rank": 4})  # LoRA's key: unknown for vida
 
 
-def test_hka_uncertainty_is_a_tenth_of_the_mean_variance():
-    d = torch.tensor([[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]])  # variances 0.5 and 4.5
-    assert hka_uncertainty(_views(d)).item() == pytest.approx(0.1 * 2.5)
-    assert torch.allclose(hka_uncertainty(_views(d), per_sample=True), torch.tensor([0.05, 0.45]))
-    with pytest.raises(ValueError, match="views"):
-        hka_uncertainty(torch.zeros(1, 2, 3))
+def test_method_apply_trains_only_the_adapters_and_save_load_round_trips(tmp_path):
+    method = build_adapter({"name": "vida", "high_rank": 4})
+    model = method.apply(tiny_vit())
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in method.trainable_parameters(model)} and len(trainable) == 4 * 2 * 2
+    _randomise_adapters(model, seed=4)
+    method.save(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / ADAPTER_CONFIG_FILE).is_file()
+    loaded = AdapterMethod.from_saved(tmp_path / "adapter")
+    assert isinstance(loaded, ViDAMethod) and loaded.config.high_rank == 4
+    other = loaded.load(tiny_vit(), tmp_path / "adapter")
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(other(x), model(x), atol=1e-6)
+    method.set_scales(model, 0.0, 0.0)  # scales 0: the base model again
+    assert torch.allclose(model(x), tiny_vit()(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["paper", "official"])
-def test_hka_scales_follow_the_formula(variant):
-    d = torch.full((4, 3), 2.0)  # variance 2 -> u = 0.2
-    low, high, u = hka_scales(_views(d), threshold=0.1, variant=variant)  # uncertain: high up, low down
-    assert u.item() == pytest.approx(0.2)
-    assert low.item() == pytest.approx(0.8)
-    assert high.item() == pytest.approx(1.2 if variant == "paper" else 1.0)
-    low, high, _ = hka_scales(_views(d), threshold=0.5, variant=variant)  # certain: low up, high down
-    assert low.item() == pytest.approx(1.2)
-    assert high.item() == pytest.approx(0.8 if variant == "paper" else 1.0)
-    per = torch.tensor([[1.0] * 3, [3.0] * 3])  # u = 0.05, 0.45; threshold 0.1
-    low, high, u = hka_scales(_views(per), threshold=0.1, variant=variant, per_sample=True)
-    assert torch.allclose(low, torch.tensor([1.05, 0.55]))
-    assert torch.allclose(high, torch.tensor([0.95, 1.45]) if variant == "paper" else torch.ones(2))
+def test_which_weights_hold_an_adapted_model():
+    method = build_adapter({"name": "vida", "high_rank": 6})
+    assert not method.holds_adapted_model(tiny_vit().state_dict())  # a source model: loaded before apply
+    assert method.holds_adapted_model(apply_vida(tiny_vit(), 1, 6).state_dict())  # our warm-up model
+    assert method.holds_adapted_model(_official_model(3, 1, 6).state_dict())  # the official layout
+    with pytest.raises(CheckpointError, match="only ViDA adapter"):
+        method.holds_adapted_model(vida_state_dict(apply_vida(tiny_vit(), 1, 6)))
+
+

@@ -1,21 +1,27 @@
-"""The CTTA recipe on a tiny ViT and a tiny -C directory: online scoring before each update, protocols, resume,
-HKA variants in the loop, the run report and config errors."""
+"""The CTTA recipes on a tiny ViT and a tiny -C directory: online scoring before each update, protocols, resume,
+HKA variants in the loop, starting weights (source, our ViDA warm-up, the official layout), the warm-up as a
+``ctta_source`` run with ``adapter: {name: vida}``, bf16 autocast, the run report and config errors."""
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from zoo.config import ConfigError, validate_config
-from zoo.engine.context import RunContext
 from zoo.engine.interrupt import TrainingInterrupted
 from zoo.engine.trainer import Trainer
-from zoo.recipes.ctta import CTTAConfig, CTTARecipe
+from zoo.errors import CheckpointError
+from zoo.recipes.ctta import CTTAConfig, CTTARecipe, CTTASourceConfig, CTTASourceRecipe
 
+REPO = Path(__file__).resolve().parents[2]
 DOMAINS = ["gaussian_noise", "fog", "contrast"]
 N = 16  # images per severity block
+VIT = {"name": "timm/vit_tiny_patch16_224", "img_size": 32, "patch_size": 16, "embed_dim": 16, "depth": 1,
+       "num_heads": 2, "num_classes": 3}
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +37,30 @@ def c_dir(tmp_path_factory):
     return root
 
 
-def make_cfg(root, **method) -> CTTAConfig:
+def _vit():
+    from zoo.registry import create_model
+
+    return create_model(VIT["name"], **{k: v for k, v in VIT.items() if k != "name"})
+
+
+def make_raw(root, name="vida", *, protocol="continual", adapter=None, model=None, trainer=None, **tta) -> dict:
+    if name in ("cotta", "vida"):
+        tta.setdefault("num_aug", 2)
     raw = {
         "recipe": "ctta",
-        "model": {"name": "timm/vit_tiny_patch16_224", "img_size": 32, "patch_size": 16, "embed_dim": 16, "depth": 1,
-                  "num_heads": 2, "num_classes": 3},
+        "model": {**VIT, **(model or {})},
         "data": {"name": "cifar10_c", "root": str(root), "corruptions": DOMAINS, "batch_size": 8},
-        "method": {"num_aug": 2, "high_rank": 8, **method},
-        "trainer": {"tensorboard": False, "cpu": True},
+        "protocol": protocol,
+        "tta": {"name": name, **tta},
+        "trainer": {"tensorboard": False, "cpu": True, **(trainer or {})},
     }
-    return validate_config(raw, CTTAConfig)
+    if name == "vida":
+        raw["adapter"] = {"name": "vida", "high_rank": 8, **(adapter or {})}
+    return raw
+
+
+def make_cfg(root, name="vida", **kwargs) -> CTTAConfig:
+    return validate_config(make_raw(root, name, **kwargs), CTTAConfig)
 
 
 def run(cfg, out, recipe=None, resume=None):
@@ -51,55 +71,61 @@ def run(cfg, out, recipe=None, resume=None):
 
 
 class Recording(CTTARecipe):
-    """Keeps, per batch, copies of the student and teacher taken before the method adapts, the batch and the
+    """Keeps, per batch, copies of the student and teacher taken before the algorithm adapts, the batch and the
     logits it was scored with."""
 
     def train_step(self, model, batch, ctx):
-        self._ensure_ready(model)
+        self._ensure_ready(ctx.accelerator.unwrap_model(model))
         self.log = getattr(self, "log", [])
-        teacher = getattr(self.method, "teacher", None)
+        teacher = getattr(self.algorithm, "teacher", None)
         self.log.append({"student": copy.deepcopy(model), "teacher": copy.deepcopy(teacher), "x": batch[0]})
-        original = self.method.adapt
+        original = self.algorithm.adapt
 
-        def adapt(m, x):
-            out = original(m, x)
+        def adapt(m, x, step):
+            out = original(m, x, step)
             self.log[-1]["scored"] = out.detach().clone()
             return out
 
-        self.method.adapt = adapt
+        self.algorithm.adapt = adapt
         try:
             return super().train_step(model, batch, ctx)
         finally:
-            self.method.adapt = original
+            self.algorithm.adapt = original
 
 
 def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_source_errors_equal_a_plain_evaluation(c_dir, tmp_path):
-    cfg = make_cfg(c_dir, name="source")
-    trainer, summary = run(cfg, tmp_path / "run")
-    model = trainer.model.eval()
+def _plain_errors(model, recipe):
+    errors = {}
     for name in DOMAINS:
-        data = trainer.recipe._domain_dataset(name)
+        data = recipe._domain_dataset(name)
         x = torch.stack([data[i][0] for i in range(len(data))])
         y = torch.tensor([data[i][1] for i in range(len(data))])
         with torch.no_grad():
-            err = 100.0 * (model(x).argmax(1) != y).float().mean().item()
+            errors[name] = 100.0 * (model(x).argmax(1) != y).float().mean().item()
+    return errors
+
+
+def test_source_errors_equal_a_plain_evaluation(c_dir, tmp_path):
+    trainer, summary = run(make_cfg(c_dir, "source"), tmp_path / "run")
+    for name, err in _plain_errors(trainer.model.eval(), trainer.recipe).items():
         assert summary["final"][f"error/{name}"] == pytest.approx(err)
     assert summary["final"]["error"] == pytest.approx(np.mean([summary["final"][f"error/{d}"] for d in DOMAINS]))
-    assert (tmp_path / "run" / "stream.csv").is_file()
+    rows = (tmp_path / "run" / "stream.csv").read_text().splitlines()
+    assert rows[0] == "domain,error,correct,count" and [r.split(",")[0] for r in rows[1:]] == DOMAINS
+    assert all(int(r.split(",")[3]) == N for r in rows[1:])
 
 
-@pytest.mark.parametrize("method", ["tent", "cotta"])
-def test_each_batch_is_scored_before_its_update(c_dir, tmp_path, method):
-    cfg = make_cfg(c_dir, name=method, aug_threshold=0.0)  # cotta: plain teacher prediction (no augmentation)
+@pytest.mark.parametrize("name", ["tent", "cotta"])
+def test_each_batch_is_scored_before_its_update(c_dir, tmp_path, name):
+    cfg = make_cfg(c_dir, name, **({"aug_threshold": 0.0} if name == "cotta" else {}))  # cotta: no augmentation
     recipe = Recording(cfg)
     run(cfg, tmp_path / "run", recipe)
     assert len(recipe.log) == 3 * (N // 8)
     for i, entry in enumerate(recipe.log):
-        scorer = entry["student"] if method == "tent" else entry["teacher"]
+        scorer = entry["student"] if name == "tent" else entry["teacher"]
         with torch.no_grad():
             expected = scorer(entry["x"])
         assert torch.allclose(entry["scored"], expected, atol=1e-5), f"batch {i} was not scored before its update"
@@ -108,10 +134,10 @@ def test_each_batch_is_scored_before_its_update(c_dir, tmp_path, method):
 
 
 def test_continual_and_reset_each_shift_differ_as_they_should(c_dir, tmp_path):
-    continual = Recording(make_cfg(c_dir, name="tent", lr=0.05))
+    continual = Recording(make_cfg(c_dir, "tent", lr=0.05))
     run(continual.cfg, tmp_path / "a", continual)
-    episodic = Recording(make_cfg(c_dir, name="tent", lr=0.05, protocol="reset_each_shift"))
-    _, ep = run(episodic.cfg, tmp_path / "b", episodic)
+    episodic = Recording(make_cfg(c_dir, "tent", lr=0.05, protocol="reset_each_shift"))
+    run(episodic.cfg, tmp_path / "b", episodic)
     per_domain = N // 8
     source = _params(episodic.log[0]["student"])
     for d in range(len(DOMAINS)):  # every domain starts from the source weights when reset each shift
@@ -132,9 +158,10 @@ class StopAt(CTTARecipe):
         return out
 
 
-@pytest.mark.parametrize("method", ["vida", "cotta"])
-def test_an_interrupted_stream_resumes_where_it_stopped(c_dir, tmp_path, method):
-    cfg = make_cfg(c_dir, name=method, aug_threshold=1.0, per_sample_uncertainty=method == "vida")
+@pytest.mark.parametrize("name", ["vida", "cotta"])
+def test_an_interrupted_stream_resumes_where_it_stopped(c_dir, tmp_path, name):
+    extra = {"per_sample_uncertainty": True} if name == "vida" else {"aug_threshold": 1.0}
+    cfg = make_cfg(c_dir, name, **extra)
     full, expected = run(cfg, tmp_path / "full")
     cut_recipe = StopAt(cfg)
     torch.manual_seed(0)
@@ -145,55 +172,174 @@ def test_an_interrupted_stream_resumes_where_it_stopped(c_dir, tmp_path, method)
     resumed, got = run(cfg, tmp_path / "cut", resume="auto")
     assert got["final"] == expected["final"]
     assert torch.equal(_params(full.model), _params(resumed.model))
-    assert torch.equal(_params(full.recipe.method.teacher), _params(resumed.recipe.method.teacher))
+    assert torch.equal(_params(full.recipe.algorithm.teacher), _params(resumed.recipe.algorithm.teacher))
 
 
 def test_mixed_domains_count_every_corruption(c_dir, tmp_path):
-    _, summary = run(make_cfg(c_dir, name="tent", protocol="mixed_domains"), tmp_path / "run")
+    _, summary = run(make_cfg(c_dir, "tent", protocol="mixed_domains"), tmp_path / "run")
     final = summary["final"]
     assert set(f"error/{d}" for d in DOMAINS) <= set(final)
     assert final["error"] == pytest.approx(np.mean([final[f"error/{d}"] for d in DOMAINS]))
     assert summary["steps"] == 3 * N // 8
+    row = dict(zip(*[r.split(",") for r in (tmp_path / "run" / "stream.csv").read_text().splitlines()]))
+    assert row["domain"] == "mixed" and int(row["count"]) == 3 * N
+    assert all(int(row[f"count/{d}"]) == N for d in DOMAINS)
 
 
 @pytest.mark.parametrize("hka", ["paper", "official"])
 def test_hka_variants_in_the_loop(c_dir, tmp_path, hka):
-    trainer, _ = run(make_cfg(c_dir, name="vida", hka=hka), tmp_path / "run")
-    from zoo.adapters.vida import VIDA_HIGH, VIDA_LOW
     from zoo.adapters.model import iter_lora_layers
+    from zoo.adapters.vida import VIDA_HIGH, VIDA_LOW
 
+    trainer, _ = run(make_cfg(c_dir, "vida", hka=hka), tmp_path / "run")
     layers = [l for _, l in iter_lora_layers(trainer.model)]
     assert layers
     highs = {float(l.deltas[VIDA_HIGH].scale) for l in layers}
     lows = {float(l.deltas[VIDA_LOW].scale) for l in layers}
     assert lows != {1.0}
     assert highs == ({1.0} if hka == "official" else {2.0 - next(iter(lows))})
+    assert "uncertainty" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")  # logged
 
 
-def test_run_writes_the_report(c_dir, tmp_path):
-    recipe = CTTARecipe(make_cfg(c_dir, name="bn_adapt"))
-    final = recipe.run(RunContext(tmp_path / "run"))
+def test_report_writes_errors_csv_and_png(c_dir, tmp_path):
+    recipe = CTTARecipe(make_cfg(c_dir, "bn_adapt"))
+    _, summary = run(recipe.cfg, tmp_path / "run", recipe)
+    recipe.report(summary, tmp_path / "run")
     rows = (tmp_path / "run" / "errors.csv").read_text().splitlines()
     assert rows[0] == "domain,error" and [r.split(",")[0] for r in rows[1:]] == DOMAINS + ["mean"]
-    assert float(rows[-1].split(",")[1]) == pytest.approx(final["error"], abs=0.01)
+    assert float(rows[-1].split(",")[1]) == pytest.approx(summary["final"]["error"], abs=0.01)
     assert (tmp_path / "run" / "errors.png").stat().st_size > 1000
-    assert (tmp_path / "run" / "stream" / "metrics.json").is_file()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["loop"] == "stream"
 
 
-@pytest.mark.parametrize("key,value,match", [("name", "memo", "method.name"), ("protocol", "episodic", "method.protocol"),
-                                             ("hka", "both", "method.hka"), ("num_aug", 1, "method.num_aug")])
-def test_bad_method_settings_name_the_key(c_dir, key, value, match):
+def test_a_stream_step_under_bf16_autocast(c_dir, tmp_path):
+    """trainer.mixed_precision=bf16: the student's forward runs under autocast (bf16 Linear outputs), the algorithms
+    back-propagate through the accelerator and still update the weights."""
+    for name in ("tent", "vida"):
+        cfg = make_cfg(c_dir, name, trainer={"mixed_precision": "bf16"})
+        recipe = CTTARecipe(cfg)
+        dtypes = []
+        torch.manual_seed(0)
+        trainer = Trainer(recipe, cfg.trainer, cfg.optim, cfg.schedule, tmp_path / name, seed=cfg.seed)
+        original = recipe.build_model
+
+        def build_model():
+            model = original()
+            before.append(_params(model).clone())
+            model.head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+            return model
+
+        before = []
+        recipe.build_model = build_model
+        summary = trainer.fit()
+        assert torch.bfloat16 in dtypes, f"{name}: no forward ran under bf16 autocast ({set(dtypes)})"
+        assert not torch.equal(before[0], _params(trainer.accelerator.unwrap_model(trainer.model))), name
+        assert all(np.isfinite(summary["final"][f"error/{d}"]) for d in DOMAINS)
+
+
+# ------------------------------------------------------------------------------------------------ starting weights
+def test_model_checkpoint_path_loads_the_source_weights(c_dir, tmp_path):
+    torch.manual_seed(5)
+    source = _vit()
+    torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "best.pt")  # a run's checkpoint
+    trainer, summary = run(make_cfg(c_dir, "source", model={"checkpoint_path": str(tmp_path)}), tmp_path / "run")
+    assert torch.equal(_params(trainer.model), _params(source))  # a run directory: its best.pt
+    assert summary["final"]["error/fog"] == pytest.approx(_plain_errors(source.eval(), trainer.recipe)["fog"])
+
+
+def test_vida_warm_up_is_a_ctta_source_run_whose_weights_the_stream_loads(c_dir, tmp_path):
+    """The warm-up: ``ctta_source`` with ``adapter: {name: vida}`` trains only the adapters on top of
+    ``model.checkpoint_path``; its best.pt (the whole model) is ``ctta``'s ``model.checkpoint_path`` for vida."""
+    from zoo.adapters.vida import vida_parameters
+
+    torch.manual_seed(5)
+    torch.save({"model": _vit().state_dict()}, tmp_path / "source.pt")
+    raw = {"recipe": "ctta_source", "model": {**VIT, "checkpoint_path": str(tmp_path / "source.pt")},
+           "data": {"name": "cifar10_c", "root": str(c_dir), "train_split": "fog", "eval_split": "contrast",
+                    "batch_size": 8, "kwargs": {"severity": 5}},
+           "adapter": {"name": "vida", "high_rank": 8}, "augment": {"tta": True, "flip": False},
+           "optim": {"lr": 0.05}, "eval": {"topk": [1]},
+           "trainer": {"epochs": 1, "tensorboard": False, "cpu": True}}
+    cfg = validate_config(raw, CTTASourceConfig)
+    recipe = CTTASourceRecipe(cfg)
+    torch.manual_seed(0)
+    warm = Trainer(recipe, cfg.trainer, cfg.optim, cfg.schedule, tmp_path / "warmup", seed=0)
+    warm.fit()
+    warmed = warm.accelerator.unwrap_model(warm.model)
+    trained = {id(p) for p in warmed.parameters() if p.requires_grad}
+    assert trained == {id(p) for _, p in vida_parameters(warmed)}  # only the adapters trained
+    source = _vit()
+    source.load_state_dict(torch.load(tmp_path / "source.pt", weights_only=True)["model"])
+    assert torch.equal(warmed.blocks[0].attn.qkv.base.weight, source.blocks[0].attn.qkv.weight)  # backbone frozen
+    assert warmed.blocks[0].attn.qkv.deltas["vida_low"].up.abs().sum() > 0  # adapters moved
+
+    stream = CTTARecipe(make_cfg(c_dir, "vida", lr=0.0, adapter_lr=0.0, restore_prob=0.0,
+                                 model={"checkpoint_path": str(tmp_path / "warmup" / "best.pt")}))
+    model = stream.build_model()
+    best = torch.load(tmp_path / "warmup" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())
+
+
+def test_official_vida_layout_is_a_starting_point(c_dir, tmp_path):
+    from tta.official_vida import official_vida_model
+
+    torch.manual_seed(3)
+    official = official_vida_model(_vit(), 1, 8)
+    state = {"model": {f"module.{k}": v for k, v in official.state_dict().items()}}
+    torch.save(state, tmp_path / "vit_1_8_vida.t7")
+    recipe = CTTARecipe(make_cfg(c_dir, "vida", model={"checkpoint_path": str(tmp_path / "vit_1_8_vida.t7")}))
+    model = recipe.build_model().eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), official.eval()(x), atol=1e-5)
+
+
+def test_a_vida_model_is_refused_as_a_plain_source(c_dir, tmp_path):
+    from zoo.adapters.vida import apply_vida
+
+    torch.save({"model": apply_vida(_vit(), 1, 8).state_dict()}, tmp_path / "warm.pt")
+    recipe = CTTARecipe(make_cfg(c_dir, "tent", model={"checkpoint_path": str(tmp_path / "warm.pt")}))
+    with pytest.raises(CheckpointError, match="adapter"):
+        recipe.build_model()
+
+
+# ------------------------------------------------------------------------------------------------ config errors
+@pytest.mark.parametrize("change,match", [
+    ({"tta": {"name": "memo"}}, "tta.name"),
+    ({"protocol": "episodic"}, "protocol"),
+    ({"tta": {"name": "vida", "hka": "both"}}, "tta.hka"),
+    ({"tta": {"name": "vida", "num_aug": 1}}, "tta.num_aug"),
+    ({"tta": {"name": "tent", "ema": 0.9}}, "tta.ema"),  # a teacher setting for an algorithm without a teacher
+    ({"tta": {"name": "tent"}, "adapter": {"name": "vida"}}, "adapter"),
+    ({"adapter": {"name": "lora"}}, "adapter.name"),
+    ({"adapter": {"name": "vida", "low_rank": 0}}, "adapter.low_rank"),
+    ({"source_checkpoint": "x.pt"}, "model.checkpoint_path"),
+    ({"method": {"name": "tent"}}, "'tta'"),
+])
+def test_bad_settings_name_the_key(c_dir, change, match):
     with pytest.raises(ConfigError, match=match):
-        make_cfg(c_dir, **{key: value})
+        CTTARecipe(validate_config({**make_raw(c_dir), **change}, CTTAConfig))
+
+
+@pytest.mark.parametrize("override", ["optim.lr=0.5", "schedule.warmup_epochs=1", "trainer.epochs=3"])
+def test_keys_ctta_does_not_read_are_errors(tmp_path, override):
+    from zoo.cli import load_run_config
+
+    with pytest.raises(ConfigError, match=f"{override.split('=')[0]}.*not read by recipe 'ctta'"):
+        load_run_config(str(REPO / "configs" / "vida" / "mnist_c.yaml"), ["model.checkpoint_path=x.pt", override])
+
+
+def test_the_old_warm_up_section_names_the_new_keys():
+    with pytest.raises(ConfigError, match="adapter"):
+        validate_config({"recipe": "ctta_source", "vida": {"low_rank": 1}}, CTTASourceConfig)
 
 
 # ------------------------------------------------------------------------------------------------ the benchmark
 def _bench_args(*argv):
     import argparse
     import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+    sys.path.insert(0, str(REPO / "tools"))
     from benchmarks import ctta as bench
 
     parser = argparse.ArgumentParser()
@@ -205,23 +351,23 @@ def _bench_args(*argv):
 
 
 def test_benchmark_times_checked_rows(capsys):
-    bench, args = _bench_args("--methods", "tent", "vida")
+    bench, args = _bench_args("--algorithms", "tent", "vida")
     bench.run(args)
     out = capsys.readouterr().out
     assert "checked: every row" in out and "vida" in out.split("ratios vs 'tent'")[1]
 
 
-def test_benchmark_refuses_a_method_that_scores_after_its_update(monkeypatch):
+def test_benchmark_refuses_an_algorithm_that_scores_after_its_update(monkeypatch):
     from benchmarks._common import BenchmarkCheckError
 
-    from zoo.recipes.ctta import TentMethod
+    from zoo.tta.tent import TentAlgorithm
 
-    def late(self, model, x):  # updates, then scores with the new weights
+    def late(self, model, x, ctx):  # updates, then scores with the new weights
         with torch.enable_grad():
-            self._step(model(x).logsumexp(1).mean())
+            self.update(ctx.model(x).logsumexp(1).mean(), ctx)
         return model(x).detach()
 
-    bench, args = _bench_args("--methods", "tent")
-    monkeypatch.setattr(TentMethod, "adapt", late)
+    bench, args = _bench_args("--algorithms", "tent")
+    monkeypatch.setattr(TentAlgorithm, "adapt", late)
     with pytest.raises(BenchmarkCheckError, match="before the update"):
         bench.run(args)

@@ -1,5 +1,6 @@
 """ViDA adapters (Liu et al., "ViDA: Homeostatic Visual Domain Adapter for Continual Test Time Adaptation",
-ICLR 2024) on the zoo's low-rank core (:mod:`zoo.layers.lora`).
+ICLR 2024): the adaptation method ``vida`` (``adapter: {name: vida, low_rank: 1, high_rank: 128}``) on the zoo's
+low-rank core (:mod:`zoo.layers.lora`).
 
 Every target layer gets two parallel low-rank deltas, both ``down`` then ``up`` with ``up`` zero-initialised and
 ``down ~ N(0, 1/r²)`` (init ``"vida"``), as the official ``cifar/inject_vida.py`` (``ViDAInjectedLinear``)::
@@ -11,20 +12,24 @@ Every target layer gets two parallel low-rank deltas, both ``down`` then ``up`` 
 
 Default targets follow the official code: every ``nn.Linear`` that is a direct child of a module whose class is
 called ``Attention`` / ``CrossAttention`` (timm ViT: ``attn.qkv`` and ``attn.proj``; the MLP is not adapted).
-Module-name patterns (see :func:`zoo.adapters.model.match_module_name`) select other layers, Conv layers included
-(CNN sources: ``down`` is a conv with the base's kernel, ``up`` a 1×1 conv).
+Module-name patterns (``adapter.target_modules``, see :func:`zoo.adapters.model.match_module_name`) select other
+layers, Conv layers included (CNN sources: ``down`` is a conv with the base's kernel, ``up`` a 1×1 conv).
 
-HKA (homeostatic knowledge allotment): :func:`hka_scales` turns the teacher's logits over N augmented views into
-the two scales (the paper's rule, or the official code's, which only ever sets the low adapter's scale).
+The scales are set per batch by the test-time algorithm (:mod:`zoo.tta.vida`: HKA from the teacher's uncertainty),
+per sample if wanted (:class:`PerSampleScale`). Weights load in three layouts (:func:`load_vida_state_dict`): our
+adapter-only state, a whole ViDA model of ours (an adapter warm-up run), and the official checkpoint layout.
+
+Reference: Yangsenqiao/vida ``cifar/inject_vida.py``, ``cifar/vida.py`` (``set_scale``, ``collect_params``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from zoo.layers.lora import LoRALayer
+from zoo.adapters.base import AdapterConfig, AdapterMethod, register_adapter
 from zoo.adapters.model import (
     add_lora,
     adapter_state_dict,
@@ -33,10 +38,14 @@ from zoo.adapters.model import (
     named_adapter_parameters,
     set_adapter_scale,
 )
+from zoo.errors import CheckpointError, ConfigError
+from zoo.layers.lora import LoRALayer
 
 __all__ = [
     "VIDA_LOW",
     "VIDA_HIGH",
+    "ViDAConfig",
+    "ViDAMethod",
     "PerSampleScale",
     "default_vida_targets",
     "apply_vida",
@@ -45,8 +54,7 @@ __all__ = [
     "vida_state_dict",
     "load_vida_state_dict",
     "convert_official_vida_state",
-    "hka_uncertainty",
-    "hka_scales",
+    "is_official_vida_layout",
 ]
 
 VIDA_LOW = "vida_low"
@@ -114,13 +122,14 @@ def apply_vida(model: nn.Module, low_rank: int = 1, high_rank: int = 128, target
             which also keeps the wrapped base layers trainable.
         seed: draw each layer's ``down`` from a generator seeded by ``(seed, layer name)`` (else the global RNG).
 
-    Raises ``ValueError`` when no layer matches (e.g. a model without ``Attention`` modules and no ``targets``).
+    Raises :class:`~zoo.errors.ConfigError` (a ``ValueError``) when no layer matches (e.g. a model without
+    ``Attention`` modules and no ``targets``).
     """
     if targets is None:
         names = default_vida_targets(model)
         if not names:
-            raise ValueError(f"apply_vida: {type(model).__name__} has no Linear layer inside an Attention module; "
-                             "pass targets=[module name patterns] (e.g. ['*conv*'] for a CNN)")
+            raise ConfigError(f"apply_vida: {type(model).__name__} has no Linear layer inside an Attention module; "
+                              "pass targets (adapter.target_modules) = module name patterns, e.g. ['*conv*'] for a CNN")
         chosen = set(names)
         targets = lambda name, module: name in chosen  # noqa: E731
     trainable = {id(p): p.requires_grad for p in model.parameters()}
@@ -167,23 +176,29 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, t
     return dict(state)
 
 
+def is_official_vida_layout(state: Mapping[str, Any]) -> bool:
+    """Whether the state dict ``state`` (containers unwrapped) is in the official layout (``linear_vida`` /
+    ``vida_down`` keys)."""
+    return any(k.endswith(".linear_vida.weight") or ".vida_down" in k for k in state)
+
+
 def convert_official_vida_state(state: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The official ViDA checkpoint layout -> our model's ``state_dict`` keys.
 
-    Accepts ``{'model': state_dict}`` or a bare state dict, keys possibly prefixed by ``module.`` (DataParallel)
-    and/or ``model.`` (a wrapper around the timm ViT); per adapted layer ``<path>.linear_vida.weight/bias`` (the
-    original Linear), ``<path>.vida_down/vida_up.weight`` (low, rank r) and ``<path>.vida_down2/vida_up2.weight``
-    (high, rank r2). Other keys (the rest of the ViT) are kept as they are. With ``model`` given, a wrapper prefix
-    is dropped only if the model's own keys do not have it.
+    Accepts ``{'model': state_dict}`` or a bare state dict (unwrapped by :func:`zoo.hub.clean_state_dict`, which
+    also drops ``module.`` prefixes of DataParallel), keys possibly prefixed by ``model.`` (a wrapper around the timm
+    ViT, possibly around a DataParallel one); per adapted layer ``<path>.linear_vida.weight/bias`` (the original
+    Linear), ``<path>.vida_down/vida_up.weight`` (low, rank r) and ``<path>.vida_down2/vida_up2.weight`` (high, rank
+    r2). Other keys (the rest of the ViT) are kept as they are. With ``model`` given, a wrapper prefix is dropped
+    only if the model's own keys do not have it.
     """
-    if "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    state = _strip_prefix(state, "module.")
-    own = set(model.state_dict()) if model is not None else None
-    for prefix in ("model.", "module."):
-        if own is not None and any(k.startswith(prefix) for k in own):
-            continue
-        state = _strip_prefix(state, prefix)
+    from zoo.hub import clean_state_dict
+
+    state = clean_state_dict(state)
+    own = set(model.state_dict()) if model is not None else set()
+    for prefix in ("model.", "module."):  # a wrapper's prefix, in either order
+        if not any(k.startswith(prefix) for k in own):
+            state = _strip_prefix(state, prefix)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         for official, ours in _OFFICIAL_KEYS.items():
@@ -194,67 +209,101 @@ def convert_official_vida_state(state: Mapping[str, Any], model: nn.Module | Non
     return out
 
 
-def _is_official_layout(state: Mapping[str, Any]) -> bool:
-    if "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    return any(k.endswith(".linear_vida.weight") or ".vida_down" in k for k in state)
-
-
 def load_vida_state_dict(model: nn.Module, state: Mapping[str, Any], strict: bool = True) -> dict[str, list[str]]:
     """Load ViDA weights into a model prepared with :func:`apply_vida` (same ranks).
 
     * **official layout** (a warm-up "source ViDA model" ``.t7``/``.pt``, see :func:`convert_official_vida_state`):
       the whole model is loaded (it holds the backbone too), ``model.load_state_dict(converted, strict)``;
     * **our adapter layout** (:func:`vida_state_dict`): only the adapters are loaded;
-    * **our full layout** (``model.state_dict()`` of a ViDA model): loaded as a whole.
+    * **our full layout** (``model.state_dict()`` of a ViDA model, e.g. a ``ctta_source`` warm-up run's
+      ``best.pt``): loaded as a whole.
 
-    Returns ``{"missing": [...], "unexpected": [...]}``; with ``strict`` any mismatch raises a ``RuntimeError``
-    naming the keys (a rank mismatch raises naming the tensor and both shapes).
+    ``{"model": ...}`` containers are unwrapped. Returns ``{"missing": [...], "unexpected": [...]}``; with
+    ``strict`` any mismatch raises :class:`~zoo.errors.CheckpointError` (a ``RuntimeError``) naming the keys (a rank
+    mismatch names the tensor and both shapes).
     """
-    if "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    if _is_official_layout(state):
+    from zoo.hub import clean_state_dict
+
+    state = clean_state_dict(state)
+    if is_official_vida_layout(state) or _is_whole_vida_model(state):
         converted = convert_official_vida_state(state, model)
-        result = model.load_state_dict(converted, strict=False)
+        try:
+            result = model.load_state_dict(converted, strict=False)
+        except RuntimeError as exc:  # size mismatch: another rank
+            raise CheckpointError(f"ViDA checkpoint does not match the model (built with the same ranks?): "
+                                  f"{exc}") from None
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
         if strict and (missing or unexpected):
-            raise RuntimeError(f"official ViDA checkpoint does not match the model (built with the same ranks?): "
-                               f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-                               f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+            raise CheckpointError(f"ViDA checkpoint does not match the model (built with the same ranks?): "
+                                  f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+                                  f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
         return {"missing": missing, "unexpected": unexpected}
-    if any(".deltas." in k for k in state):  # our full model state dict
-        result = model.load_state_dict(dict(state), strict=strict)
-        return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
-    return load_adapter_state_dict(model, state, strict=strict)
+    try:
+        return load_adapter_state_dict(model, state, strict=strict)
+    except RuntimeError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
-# ============================================================================================ HKA
-def hka_uncertainty(view_logits: torch.Tensor, per_sample: bool = False, factor: float = 0.1) -> torch.Tensor:
-    """ViDA's uncertainty from the teacher's logits over ``N`` augmented views ``(N, B, C)``:
-    ``factor · mean(var_N(logits))`` (unbiased variance over the views, as ``torch.var`` in the official
-    ``forward_and_adapt``), one scalar per batch (official; shape ``()``) or per sample (``(B,)``: mean over classes)."""
-    if view_logits.dim() != 3 or view_logits.shape[0] < 2:
-        raise ValueError(f"hka_uncertainty expects teacher logits (N>=2 views, B, C), got {tuple(view_logits.shape)}")
-    var = torch.var(view_logits.float(), dim=0)
-    return factor * (var.mean(dim=1) if per_sample else var.mean())
+def _is_whole_vida_model(state: Mapping[str, Any]) -> bool:
+    """Our ``model.state_dict()`` of a ViDA model: delta tensors under ``.deltas.vida_*`` beside the base's."""
+    return any(f".deltas.{VIDA_LOW}." in k for k in state)
 
 
-def hka_scales(view_logits: torch.Tensor, threshold: float, variant: str = "paper", per_sample: bool = False,
-               factor: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """HKA: ``(low_scale, high_scale, uncertainty)`` from the teacher's logits ``(N, B, C)``.
+# ============================================================================================ the method
+@dataclass
+class ViDAConfig(AdapterConfig):
+    """``adapter:`` section of ``vida``. ``target_modules``: ``None`` for the official targets (the Linear layers of
+    attention modules, :func:`default_vida_targets`), else module-name patterns (Conv layers too)."""
 
-    With ``u`` = :func:`hka_uncertainty` (scalar or ``(B,)``):
+    name: str = "vida"
+    low_rank: int = 1  # the official r (vida_down / vida_up)
+    high_rank: int = 128  # the official r2 (vida_down2 / vida_up2)
+    seed: int | None = None  # draw each layer's ``down`` from a generator seeded by (seed, layer); None: global RNG
 
-    * ``variant="paper"`` (the paper's rule, both adapters): ``u >= threshold`` (uncertain, a new domain):
-      ``high = 1 + u``, ``low = 1 - u``; else ``low = 1 + u``, ``high = 1 - u``;
-    * ``variant="official"``: the released ``set_scale`` uses ``if hasattr(m, 'scale1') ... elif hasattr(m,
-      'scale2')``; every ViDA layer has ``scale1``, so only the low adapter's scale is set and the high one stays
-      ``1.0``: ``low`` as above, ``high = 1``.
-    """
-    if variant not in ("paper", "official"):
-        raise ValueError(f"hka variant must be 'paper' or 'official', got {variant!r}")
-    u = hka_uncertainty(view_logits, per_sample=per_sample, factor=factor)
-    uncertain = u >= threshold
-    low = torch.where(uncertain, 1 - u, 1 + u)
-    high = torch.where(uncertain, 1 + u, 1 - u) if variant == "paper" else torch.ones_like(u)
-    return low, high, u
+    def __post_init__(self) -> None:
+        for key in ("low_rank", "high_rank"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"adapter.{key} must be an integer >= 1, got {value!r}")
+
+
+@register_adapter("vida", config=ViDAConfig)
+class ViDAMethod(AdapterMethod):
+    """ViDA's two adapters (:func:`apply_vida`) behind the adaptation-method interface: trainable parameters, state
+    (:func:`vida_state_dict`; loading also reads a whole ViDA model of ours or the official layout), both scales
+    (:meth:`set_scales`, per sample too), on / off, merge. :meth:`apply` freezes the base; a test-time algorithm
+    that trains the whole model (the official ViDA loop) unfreezes it itself."""
+
+    config: ViDAConfig
+    delta_names = (VIDA_LOW, VIDA_HIGH)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        c = self.config
+        return apply_vida(model, c.low_rank, c.high_rank, targets=c.target_modules, freeze_base=True, seed=c.seed)
+
+    def trainable_parameters(self, model: nn.Module, trainable_only: bool = True) -> list[nn.Parameter]:
+        """Both adapters' tensors (``trainable_only=False``: also those frozen now)."""
+        return [p for _, p in vida_parameters(model, trainable_only=trainable_only)]
+
+    def load_state_dict(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+        """Our adapter layout, a whole ViDA model of ours, or the official layout (:func:`load_vida_state_dict`)."""
+        load_vida_state_dict(model, state, strict=True)
+
+    def holds_adapted_model(self, state: Mapping[str, torch.Tensor]) -> bool:
+        """Whether the state dict ``state`` is a whole ViDA model (ours or the official layout), i.e. weights to load
+        *after* :meth:`apply`. A file with only the adapters' tensors is refused: it has no base model to start from.
+        """
+        if is_official_vida_layout(state) or _is_whole_vida_model(state):
+            return True
+        if state and all(f".{VIDA_LOW}." in k or f".{VIDA_HIGH}." in k for k in state):
+            raise CheckpointError("the weights hold only ViDA adapter tensors, no base model: start from a whole "
+                                  "model (a source model, a ctta_source run with adapter.name=vida, or an official "
+                                  "ViDA checkpoint) and load adapter-only files with ViDAMethod.load")
+        return False
+
+    def set_scales(self, model: nn.Module, low: Any, high: Any) -> None:
+        """The two adapters' scales (see :func:`set_vida_scales`)."""
+        set_vida_scales(model, low, high)
+
+    def set_scale(self, model: nn.Module, scale: Any) -> None:
+        set_vida_scales(model, scale, scale)

@@ -1,0 +1,71 @@
+"""The test-time augmentation of CoTTA and ViDA (their ``get_tta_transforms``), on a batch of images in [0, 1].
+
+Reference: qinenergy/cotta ``cifar/my_transforms.py`` / ``cifar/cotta.py::get_tta_transforms`` (the same code in
+Yangsenqiao/vida); the colour jitter with gamma is KATANA's ``ColorJitterPro``; the blur is torchvision's
+``gaussian_blur``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["tta_augment", "gaussian_blur"]
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, kernel_size: int = 5) -> torch.Tensor:
+    """torchvision's ``gaussian_blur`` of ``x`` ``(..., H, W)``: kernel ``exp(-t²/2σ²)`` on
+    ``linspace(-(k-1)/2, (k-1)/2, k)``, normalised, reflect padding; separable, computed as weighted sums of
+    shifted slices (depthwise convolutions are slow on the CPU). Returns the same shape."""
+    half = (kernel_size - 1) * 0.5
+    k = torch.linspace(-half, half, kernel_size, dtype=torch.float64)
+    k = torch.exp(-0.5 * (k / sigma) ** 2)
+    k = (k / k.sum()).tolist()
+    p = kernel_size // 2
+    h, w = x.shape[-2:]
+    x = F.pad(x, (p, p, p, p), mode="reflect")
+    x = sum(k[i] * x[..., :, i:i + w] for i in range(kernel_size))
+    return sum(k[i] * x[..., i:i + h, :] for i in range(kernel_size))
+
+
+def tta_augment(x: torch.Tensor, noise_std: float = 0.005, soft: bool = False, flip: bool = True) -> torch.Tensor:
+    """The official CoTTA / ViDA test-time augmentation of a batch ``(B, C, H, W)`` in [0, 1] -> ``(B, C, H, W)``.
+
+    As there, one random draw for the whole batch (torchvision transforms applied to a 4-D tensor): clip -> colour
+    jitter (brightness [0.6, 1.4], contrast [0.7, 1.3], saturation [0.5, 1.5], hue ±0.06, gamma [0.7, 1.3], in random
+    order) -> edge pad H/2 -> random affine (±15°, translate 1/16, scale 0.9-1.1, bilinear, zero fill) -> Gaussian
+    blur (5, σ in [0.001, 0.5]) -> centre crop H -> horizontal flip (p 0.5; ``flip=False`` drops it, a deviation for
+    images that are not mirror-symmetric in meaning, e.g. digits) -> Gaussian noise (σ ``noise_std``) -> clip.
+    ``soft``: the official soft ranges. Uses the global torch RNG. Saturation and hue are skipped for grey batches
+    (all channels equal), on which they are the identity anyway (they cost most of the time on the CPU).
+    """
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    def u(lo: float, hi: float) -> float:
+        return float(torch.empty(1).uniform_(lo, hi))
+
+    def grey_contrast(t: torch.Tensor, f: float) -> torch.Tensor:
+        mean = t.mean((-3, -2, -1), keepdim=True)
+        return (t - mean) * f + mean
+
+    n = x.shape[-1]
+    x = x.clamp(0, 1)
+    ranges = ([0.8, 1.2], [0.85, 1.15], [0.75, 1.25], [-0.03, 0.03], [0.85, 1.15]) if soft else \
+        ([0.6, 1.4], [0.7, 1.3], [0.5, 1.5], [-0.06, 0.06], [0.7, 1.3])
+    rgb = x.shape[-3] == 3
+    grey = not rgb or bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+    ops = [TF.adjust_brightness,
+           TF.adjust_contrast if rgb else grey_contrast,
+           (lambda t, f: t) if grey else TF.adjust_saturation,
+           (lambda t, f: t) if grey else TF.adjust_hue,
+           lambda t, f: TF.adjust_gamma(t.clamp(0, 1), f)]
+    for i in torch.randperm(5).tolist():
+        x = ops[i](x, u(*ranges[i])).clamp(0, 1)
+    x = TF.pad(x, [n // 2], padding_mode="edge")
+    x = T.RandomAffine(degrees=8 if soft else 15, translate=(1 / 16, 1 / 16),
+                       scale=(0.95, 1.05) if soft else (0.9, 1.1), interpolation=T.InterpolationMode.BILINEAR)(x)
+    x = gaussian_blur(x, u(0.001, 0.25 if soft else 0.5))
+    x = TF.center_crop(x, [n, n])
+    if torch.rand(1).item() < 0.5 and flip:
+        x = x.flip(-1)
+    return (x + torch.randn_like(x) * noise_std).clamp(0, 1)
