@@ -304,6 +304,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, filter_fn: Cal
     (``strict``). Returns the file read."""
     file = resolve_checkpoint(path, what=what)
     fn = filter_fn if filter_fn is not None else getattr(model, "checkpoint_filter_fn", None)
-    load_weights(model, load_state_dict_file(file), getattr(model, "pretrained_cfg", None), fn, strict=strict,
-                 allow_head_reinit=allow_head_reinit)
+    cfg = getattr(model, "pretrained_cfg", None)  # timm models carry a dict here: only ours describe the head
+    load_weights(model, load_state_dict_file(file), cfg if isinstance(cfg, PretrainedCfg) else None, fn,
+                 strict=strict, allow_head_reinit=allow_head_reinit)
     return file

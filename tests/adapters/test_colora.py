@@ -1,6 +1,7 @@
 """CoLoRA: FAIG contributions on a toy network where only one layer changed (that layer gets the top contribution and
-the largest rank), the parameter budget respected exactly, the uniform baseline, adapters on NAFNet (counts,
-training only the adapters, merge)."""
+the largest rank), FAIG against the closed-form path integral and through a caller's backward, the parameter budget
+respected exactly, the uniform baseline, the registered method (calibrate -> apply -> train -> save / load / merge) on
+NAFNet and on a conv + linear model selected by patterns, and its config errors."""
 from __future__ import annotations
 
 import copy
@@ -9,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from zoo.adapters.colora import (adapter_count, add_colora, allocate_ranks, colora_ranks, conv_layers, faig,
-                                 layer_contributions, lora_cost_per_rank, lora_param_count, max_lora_rank,
-                                 merge_colora, resolve_budget, uniform_ranks)
+from zoo.adapters.base import AdapterMethod, build_adapter
+from zoo.adapters.colora import (CoLoRAMethod, allocate_ranks, colora_ranks, faig, layer_contributions,
+                                 lora_cost_per_rank, lora_param_count, max_lora_rank, resolve_budget, target_layers,
+                                 uniform_ranks)
+from zoo.errors import ConfigError
 from zoo.registry import create_model
 
 
@@ -29,6 +32,21 @@ class Toy(nn.Module):
             if i < 3:
                 h = torch.tanh(h)
         return x + h
+
+
+class ConvLinear(nn.Module):
+    """A conv stem and a token MLP (Linear layers on channels), like a UNet's mix of convs and attention projections."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mlp = nn.ModuleDict({"fc1": nn.Linear(8, 16), "fc2": nn.Linear(16, 8)})
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x)).permute(0, 2, 3, 1)
+        h = h + self.mlp["fc2"](torch.tanh(self.mlp["fc1"](h)))
+        return x + self.head(h.permute(0, 3, 1, 2))
 
 
 def _toy_pair(changed: int):
@@ -65,7 +83,7 @@ def test_only_changed_layer_gets_contribution_and_largest_rank(changed):
     ranks = colora_ranks(base, contrib, budget, beta=0.2)
     assert max(ranks, key=ranks.get) == f"convs.{changed}"
     assert all(ranks[f"convs.{changed}"] > r for n, r in ranks.items() if n != f"convs.{changed}")
-    convs = conv_layers(base)
+    convs = target_layers(base)
     used = lora_param_count(convs, ranks)
     assert used <= budget
     # exactly used: no further rank unit fits anywhere that is not saturated
@@ -93,6 +111,42 @@ def test_faig_uses_the_path_integral():
     torch.testing.assert_close(s, want, rtol=1e-4, atol=1e-5)
 
 
+def test_faig_goes_through_the_given_backward_and_a_constant_scale_keeps_the_ranks():
+    base, target = _toy_pair(2)
+    batches = _batches(target)
+    calls = []
+
+    def scaled_backward(loss):  # what an fp16 loss scaler or gradient-accumulation division does: a constant factor
+        calls.append(float(loss.detach()))
+        (loss * 8.0).backward()
+
+    plain = layer_contributions(faig(base, base.state_dict(), target.state_dict(), batches, steps=4))
+    scaled = layer_contributions(faig(base, base.state_dict(), target.state_dict(), batches, steps=4,
+                                      backward=scaled_backward))
+    assert len(calls) == 4 * len(batches)  # every path point x every batch went through it
+    for n in plain:
+        assert scaled[n] == pytest.approx(8.0 * plain[n], rel=1e-5, abs=1e-9)
+    assert colora_ranks(base, scaled, 800, beta=0.2) == colora_ranks(base, plain, 800, beta=0.2)
+    assert all(p.grad is None for p in base.parameters())  # the model given is not touched
+
+
+def test_faig_scores_linear_layers_per_weight():
+    torch.manual_seed(0)
+    base = ConvLinear().eval()
+    target = copy.deepcopy(base)
+    with torch.no_grad():
+        target.mlp["fc1"].weight.add_(0.2)
+    x = torch.rand(2, 3, 6, 6)
+    with torch.no_grad():
+        gt = target(x)
+    layers = target_layers(base, layer_types=(nn.Conv2d, nn.Linear))
+    assert list(layers) == ["stem", "mlp.fc1", "mlp.fc2", "head"]
+    scores = faig(base, base.state_dict(), target.state_dict(), [(x, gt)], steps=4, layers=list(layers))
+    assert scores["mlp.fc1"].shape == (16, 8) and scores["stem"].shape == (8, 3)
+    contrib = layer_contributions(scores)
+    assert max(contrib, key=contrib.get) == "mlp.fc1"
+
+
 def test_allocate_ranks_follows_shares_caps_and_budget():
     costs = {"a": 10, "b": 10, "c": 7}
     caps = {"a": 100, "b": 3, "c": 100}
@@ -110,7 +164,7 @@ def test_uniform_baseline_same_budget_and_rank_mode():
     model = create_model("nafnet_tiny")
     budget = resolve_budget(model, 0.05)
     assert budget == int(0.05 * sum(p.numel() for p in model.parameters()))
-    convs = conv_layers(model)
+    convs = target_layers(model)
     ratio = uniform_ranks(model, None, budget)
     assert set(ratio) == set(convs) and lora_param_count(convs, ratio) <= budget
     assert budget - lora_param_count(convs, ratio) < min(lora_cost_per_rank(c) for c in convs.values())
@@ -121,29 +175,107 @@ def test_uniform_baseline_same_budget_and_rank_mode():
         resolve_budget(model, -3)
 
 
-def test_adapters_on_nafnet_train_only_adapters_and_merge():
+def _nafnet_with_scales():
     torch.manual_seed(0)
     model = create_model("nafnet_tiny").eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith(("beta", "gamma")):
                 p.normal_(std=0.5)
+    return model
+
+
+def test_method_on_nafnet_trains_only_adapters_saves_loads_and_merges(tmp_path):
+    model = _nafnet_with_scales()
     x = torch.rand(1, 3, 16, 16)
     ref = model(x).detach()
+    method = build_adapter({"name": "colora", "budget": 0.07, "beta": 0.3})
+    assert isinstance(method, CoLoRAMethod) and method.needs_calibration
+    with pytest.raises(ConfigError, match="calibrate"):
+        method.apply(copy.deepcopy(model))
+    method.contributions = {n: float(i + 1) for i, n in enumerate(target_layers(model))}  # as calibrate sets them
     budget = resolve_budget(model, 0.07)
-    contrib = {n: float(i + 1) for i, n in enumerate(conv_layers(model))}
-    ranks = colora_ranks(model, contrib, budget, beta=0.3)
-    add_colora(model, ranks)
-    assert adapter_count(model) == lora_param_count(conv_layers(model), ranks) <= budget
-    assert [n for n, p in model.named_parameters() if p.requires_grad and ".deltas." not in n] == []
+    want = colora_ranks(model, method.contributions, budget, beta=0.3)
+    method.apply(model)
+    assert method.config.ranks == want and not method.needs_calibration
+    assert method.allocation["lora_params"] == method.num_trainable(model) <= budget == method.allocation["budget"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad and ".deltas.colora." not in n] == []
     torch.testing.assert_close(model(x), ref)  # up = 0: starts as the pre-trained model
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    opt = torch.optim.Adam(method.param_groups(model, lr=1e-2)[0]["params"], lr=1e-2)
     for _ in range(3):
         opt.zero_grad()
         (model(x) - x).abs().mean().backward()
         opt.step()
     adapted = model(x).detach()
     assert (adapted - ref).abs().max() > 1e-4
-    merged = merge_colora(model)
+    # saved: adapter_config.json holds the ranks, so loading needs no calibration
+    method.save(model, tmp_path / "adapter")
+    loaded = AdapterMethod.from_saved(tmp_path / "adapter")
+    assert isinstance(loaded, CoLoRAMethod) and loaded.config.ranks == want and not loaded.needs_calibration
+    fresh = loaded.load(_nafnet_with_scales(), tmp_path / "adapter")
+    torch.testing.assert_close(fresh(x), adapted)
+    merged = method.merge_and_unload(model)
     assert not any(".deltas." in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(merged(x), adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_calibrate_then_apply_on_a_conv_linear_model_selected_by_patterns():
+    """Not a NAFNet: the targets are patterns and layer types from the config; calibrate runs the probe and FAIG
+    through the given backward / optimizer step, leaves the model as it was, and the ranks go to matching layers."""
+    torch.manual_seed(0)
+    model = ConvLinear()
+    before = copy.deepcopy(model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(2, 3, 6, 6, generator=g), torch.rand(2, 3, 6, 6, generator=g)) for _ in range(3)]
+    method = build_adapter({"name": "colora", "layer_types": ["Conv2d", "Linear"], "target_modules": ["mlp.*", "head"],
+                            "budget": 120, "beta": 0.0, "probe_steps": 4, "probe_lr": 1e-2, "faig_steps": 3,
+                            "faig_batches": 2})
+    backward_calls, steps = [], []
+
+    def backward(loss):
+        backward_calls.append(loss.detach())
+        loss.backward()
+
+    def optimizer_step(opt):
+        steps.append(1)
+        opt.step()
+
+    def loss_fn(m, batch):
+        return (m(batch[0]) - batch[1]).abs().mean()
+
+    method.calibrate(model, data, loss_fn, backward, optimizer_step=optimizer_step)
+    assert len(steps) == 4  # probe steps (the 3 batches re-iterated)
+    assert len(backward_calls) == 4 + 3 * 2  # probe + FAIG (path points x kept batches)
+    assert set(method.contributions) == {"mlp.fc1", "mlp.fc2", "head"}  # the stem is not a target
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is unchanged
+    method.apply(model)
+    lora = {n for n, _ in model.named_parameters() if ".deltas.colora." in n}
+    assert lora and all(n.startswith(("mlp.", "head.")) for n in lora)
+    assert method.num_trainable(model) == method.allocation["lora_params"] <= 120
+
+
+def test_uniform_rule_needs_no_calibration_and_names_its_deltas_lora():
+    model = create_model("nafnet_tiny")
+    method = build_adapter({"name": "colora", "rank_rule": "uniform", "budget": 0.05})
+    assert not method.needs_calibration and method.delta_names == ("lora",)
+    method.apply(model)
+    assert method.config.ranks == uniform_ranks(create_model("nafnet_tiny"), None, 0.05)
+    assert {n.split(".deltas.")[1].split(".")[0] for n, _ in model.named_parameters() if ".deltas." in n} == {"lora"}
+    assert "contributions" not in method.allocation
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="adapter.rank_rule"):
+        build_adapter({"name": "colora", "rank_rule": "random"})
+    with pytest.raises(ConfigError, match="adapter.beta"):
+        build_adapter({"name": "colora", "beta": 2.0})
+    with pytest.raises(ConfigError, match="adapter.layer_types"):
+        build_adapter({"name": "colora", "layer_types": ["Conv4d"]})
+    with pytest.raises(ConfigError, match="adapter.probe_stepz"):
+        build_adapter({"name": "colora", "probe_stepz": 3})
+    method = build_adapter({"name": "colora", "rank_rule": "uniform", "target_modules": ["nothing_here"]})
+    with pytest.raises(ConfigError, match="adapter.target_modules"):
+        method.apply(create_model("nafnet_tiny"))
+    tight = build_adapter({"name": "colora", "rank_rule": "uniform", "uniform_mode": "rank", "budget": 10})
+    with pytest.raises(ConfigError, match="adapter.budget"):
+        tight.apply(create_model("nafnet_tiny"))

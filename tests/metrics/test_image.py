@@ -1,6 +1,7 @@
 """PSNR / SSIM with BasicSR's conventions: hand-computed tiny cases, scikit-image where conventions coincide, and
 BasicSR's own ``psnr_ssim.py`` run on the same images when it is available offline (``$BASICSR_DIR`` = a
-XPixelGroup/BasicSR checkout, or the fetched mirror; it needs OpenCV)."""
+XPixelGroup/BasicSR checkout, or the fetched mirror; it needs OpenCV); the per-image scores of an evaluation step
+and the metric object averaging them."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from official_code import imported_official, official_sources
-from zoo.metrics.image import gaussian_window, psnr, rgb_to_y, ssim
+from zoo.metrics.base import MetricSet
+from zoo.metrics.image import ImageQualityMetric, gaussian_window, image_quality, psnr, rgb_to_y, ssim
 
 _FILES = ("basicsr/metrics/psnr_ssim.py", "basicsr/metrics/metric_util.py", "basicsr/utils/color_util.py")
 
@@ -79,6 +81,36 @@ def test_psnr_matches_skimage():
     ref = metrics.structural_similarity(g1.astype(np.float64), n1.astype(np.float64), data_range=255,
                                         gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
     assert ssim(n1, g1) == pytest.approx(ref, abs=2e-3)
+
+
+def test_image_quality_scores_each_image():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(3, 3, 16, 16, generator=g)
+    pred = (gt + 0.05 * torch.randn(3, 3, 16, 16, generator=g)).clamp(0, 1)
+    scores = image_quality(pred, gt, prefix="out_", quantize=True, crop_border=2)
+    assert set(scores) == {"out_psnr", "out_ssim"}
+    assert scores["out_psnr"].shape == (3,) and scores["out_psnr"].dtype == torch.float64
+    for i in range(3):
+        assert scores["out_psnr"][i].item() == psnr(pred[i:i + 1], gt[i:i + 1], quantize=True, crop_border=2).item()
+        assert scores["out_ssim"][i].item() == ssim(pred[i:i + 1], gt[i:i + 1], quantize=True, crop_border=2).item()
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        image_quality(pred[0], gt[0])
+
+
+def test_image_quality_metric_is_the_mean_over_batches_and_counts_images():
+    metric = ImageQualityMetric(("psnr", "ssim"), count="images")
+    metrics = MetricSet([metric])
+    batches = [{"psnr": torch.tensor([30.0, 20.0], dtype=torch.float64), "ssim": torch.tensor([0.5, 0.7]),
+                "ignored": torch.zeros(2)},
+               {"psnr": torch.tensor([40.0], dtype=torch.float64), "ssim": torch.tensor([0.9])}]
+    for b in batches:
+        metrics.update(b)
+    out = metrics.compute()
+    assert out == {"psnr": pytest.approx(30.0), "ssim": pytest.approx(0.7), "images": 3}
+    assert ImageQualityMetric(("psnr",), count=None).compute_from(psnr=torch.tensor([1.0, 2.0])) == {"psnr": 1.5}
+    metric.reset()
+    with pytest.raises(RuntimeError, match="no examples"):
+        metric.compute()
 
 
 # ------------------------------------------------------------------------------------------ BasicSR itself

@@ -1,4 +1,4 @@
-"""Tiled vs whole-image restoration inference: time, throughput and peak memory (``zoo.recipes.restore.tiled_forward``).
+"""Tiled vs whole-image restoration inference: time, throughput and peak memory (``zoo.restoration.tiling.tiled_forward``).
 
 Rows (same model, same random image of ``--size`` x ``--size``, no gradients):
 
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _checks(device: str) -> None:
-    from zoo.recipes.restore import tiled_forward
+    from zoo.restoration.tiling import tiled_forward
 
     x = torch.rand(1, 3, 75, 61, device=device)
     check_close(BENCH, "tiled", "identity model", tiled_forward(nn.Identity(), x, 32, 12), x, 0.0, "input")
@@ -90,7 +90,7 @@ def _child_peak(args: argparse.Namespace, tile: int) -> int | None:
 
 
 def _peak_here(args: argparse.Namespace, tile: int) -> int | None:
-    from zoo.recipes.restore import tiled_forward
+    from zoo.restoration.tiling import tiled_forward
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,7 +105,7 @@ def _peak_here(args: argparse.Namespace, tile: int) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.recipes.restore import tiled_forward
+    from zoo.restoration.tiling import tiled_forward
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -39,7 +39,6 @@ import torch
 from torch import nn
 
 from zoo._registry_base import Registry
-from zoo.errors import ConfigError
 
 __all__ = ["AdapterConfig", "AdapterMethod", "ADAPTERS", "register_adapter", "get_adapter", "adapter_names",
            "build_adapter", "adapter_config_from_dict", "ADAPTER_CONFIG_FILE", "SetEnabled"]
@@ -69,21 +68,9 @@ class AdapterConfig:
 
 
 def register_adapter(name: str, *, config: type[AdapterConfig]) -> Callable[[type], type]:
-    """Class decorator: register an :class:`AdapterMethod` subclass as ``name`` with its config class ``config``.
-
-    Sets ``cls.name`` and ``cls.config_class``; the config class's ``name`` default becomes ``name``.
-    """
-    if not (isinstance(config, type) and issubclass(config, AdapterConfig) and dataclasses.is_dataclass(config)):
-        raise TypeError(f"register_adapter('{name}'): config must be an AdapterConfig dataclass, got {config!r}")
-
-    def deco(cls: type) -> type:
-        if not issubclass(cls, AdapterMethod):
-            raise TypeError(f"register_adapter('{name}'): {cls.__name__} must subclass AdapterMethod")
-        cls.name = name
-        cls.config_class = config
-        return ADAPTERS.register(name)(cls)
-
-    return deco
+    """Class decorator: register an :class:`AdapterMethod` subclass as ``name`` with its config class ``config`` (an
+    :class:`AdapterConfig` dataclass); sets ``cls.name`` and ``cls.config_class``."""
+    return ADAPTERS.register_with_config(name, config, base=AdapterMethod, config_base=AdapterConfig)
 
 
 def get_adapter(name: str) -> type["AdapterMethod"]:
@@ -93,8 +80,7 @@ def get_adapter(name: str) -> type["AdapterMethod"]:
 
 def adapter_names() -> list[str]:
     """Every registered method name, in registration order."""
-    ADAPTERS._ensure_populated()
-    return list(ADAPTERS._entries)
+    return ADAPTERS.in_order()
 
 
 def adapter_config_from_dict(section: Mapping[str, Any] | AdapterConfig, where: str = "adapter") -> AdapterConfig:
@@ -108,15 +94,8 @@ def adapter_config_from_dict(section: Mapping[str, Any] | AdapterConfig, where: 
     from zoo.config import validate_config
 
     data = dict(section or {})
-    name = data.get("name")
-    if not name:
-        raise ConfigError(f"{where}: name the adaptation method, e.g. '{where}.name=lora' "
-                          f"(registered: {', '.join(adapter_names())})")
-    try:
-        cls = get_adapter(str(name))
-    except KeyError as exc:
-        raise ConfigError(f"{where}.name: {exc.args[0]}") from None
-    return validate_config(data, cls.config_class, prefix=f"{where}.", what=f"adapter method '{name}'")
+    cls = ADAPTERS.get_for_section(data, where)
+    return validate_config(data, cls.config_class, prefix=f"{where}.", what=f"adapter method '{cls.name}'")
 
 
 def build_adapter(section: Mapping[str, Any] | AdapterConfig, where: str = "adapter") -> "AdapterMethod":

@@ -16,6 +16,11 @@ Inputs: numpy ``(H, W, C)`` / ``(H, W)`` **RGB** arrays (uint8 or float, 0-255),
 to uint8 first, as evaluating saved PNGs does). BasicSR's own functions take **BGR** arrays (OpenCV's order): give
 them ``img[..., ::-1]`` to compare. Deviation: NAFNet's fork of BasicSR computes a 3-D Gaussian SSIM for its
 SIDD/GoPro tables; this is the standard per-channel SSIM.
+
+For evaluations (:func:`zoo.engine.evaluate.evaluation_loop`): :func:`image_quality` scores each image of a batch
+(``{"psnr": (B,), "ssim": (B,)}``, what an ``eval_step`` returns: images of different sizes cannot be gathered
+across processes, their scores can), :class:`ImageQualityMetric` averages the gathered scores (BasicSR's dataset
+mean: the mean of the per-image values) and counts the images.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["psnr", "ssim", "rgb_to_y", "to_hwc255", "gaussian_window"]
+from zoo.metrics.base import Metric
+
+__all__ = ["psnr", "ssim", "rgb_to_y", "to_hwc255", "gaussian_window", "image_quality", "ImageQualityMetric"]
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])  # R, G, B (BasicSR bgr2ycbcr reverses them for BGR)
 
@@ -135,3 +142,36 @@ def ssim(pred: Any, target: Any, crop_border: int = 0, test_y_channel: bool = Fa
                              f"got {a.shape[0]} x {a.shape[1]}")
         out.append(float(np.mean([_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[2])])))
     return _reduce(out, pred)
+
+
+def image_quality(pred: torch.Tensor, target: torch.Tensor, prefix: str = "", **kwargs: Any) -> dict[str, torch.Tensor]:
+    """Per-image ``{prefix}psnr`` and ``{prefix}ssim`` of ``(B, C, H, W)`` tensors in [0, 1]: two ``(B,)`` float64
+    tensors on ``pred``'s device (so they can be gathered across processes). ``kwargs``: :func:`psnr` / :func:`ssim`'s
+    ``crop_border``, ``test_y_channel``, ``quantize``."""
+    if not isinstance(pred, torch.Tensor) or pred.ndim != 4:
+        raise ValueError(f"image_quality takes (B, C, H, W) tensors, got {tuple(getattr(pred, 'shape', ()))}")
+    scores = {"psnr": psnr(pred, target, **kwargs), "ssim": ssim(pred, target, **kwargs)}
+    return {f"{prefix}{k}": v.to(pred.device) for k, v in scores.items()}
+
+
+class ImageQualityMetric(Metric):
+    """Dataset means of per-image quality scores (``(N,)`` outputs such as :func:`image_quality`'s) and the number
+    of images: ``{name: mean, ..., count: N}``.
+
+    Args:
+        names: the per-image outputs to average (default PSNR and SSIM of the output and of the degraded input).
+        count: the name of the image count (None: not reported).
+    """
+
+    def __init__(self, names: tuple[str, ...] = ("psnr", "ssim", "input_psnr", "input_ssim"),
+                 count: str | None = "images"):
+        self.keys = tuple(names)
+        self.count = count
+        super().__init__()
+
+    def compute_from(self, **scores: torch.Tensor) -> dict[str, Any]:
+        # image by image in float64, in dataset order (the running sum BasicSR's test loop keeps)
+        out: dict[str, Any] = {k: sum(scores[k].double().tolist()) / scores[k].shape[0] for k in self.keys}
+        if self.count:
+            out[self.count] = int(scores[self.keys[0]].shape[0])
+        return out
