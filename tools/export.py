@@ -32,11 +32,13 @@ def parse_arch(text: str, supernet) -> dict:
     """``max`` / ``min`` / a JSON dict / a JSON file path -> an arch dict of ``supernet``'s space."""
     if text in ("max", "min"):
         return supernet.max_subnet() if text == "max" else supernet.min_subnet()
+    from zoo.errors import ConfigError
+
     path = Path(text)
     try:
         arch = json.loads(path.read_text()) if path.is_file() else json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"--arch: {text!r} is neither max/min, a JSON dict nor a JSON file ({exc})") from None
+        raise ConfigError(f"--arch: {text!r} is neither max/min, a JSON dict nor a JSON file ({exc})") from None
     return supernet.validate_arch(arch)
 
 
@@ -46,22 +48,20 @@ def export_from_supernet(config: str, checkpoint: str, arch: str, output: str | 
     split, and write the child into ``output``. Returns the output directory."""
     from zoo.cli import build_recipe
     from zoo.engine.batchnorm import recalibrate_batchnorm
+    from zoo.errors import ConfigError
+    from zoo.hub import load_checkpoint
     from zoo.models.bignas import save_child
-    from zoo.recipes.supernet import SupernetRecipe, load_supernet_weights
+    from zoo.recipes.supernet import SupernetRecipe
 
     recipe, cfg, _ = build_recipe(config, list(overrides))
     if not isinstance(recipe, SupernetRecipe):
-        raise ValueError(f"--config {config}: expected a 'supernet' recipe config, got '{cfg.recipe}'")
+        raise ConfigError(f"--config {config}: expected a 'supernet' recipe config, got '{cfg.recipe}'")
     net = recipe.build_model()
-    load_supernet_weights(net, checkpoint)
+    load_checkpoint(net, checkpoint, what="--checkpoint (a supernet run's last.pt or run directory)")
     chosen = parse_arch(arch, net)
     net.set_subnet(chosen)
     n = cfg.supernet.bn_calibration_batches if calib_batches is None else calib_batches
-
-    class _Cpu:
-        device = torch.device("cpu")
-
-    recalibrate_batchnorm(net, recipe.calibration_batches(_Cpu(), chosen["resolution"], n))
+    recalibrate_batchnorm(net, recipe.calibration_batches(chosen["resolution"], n))
     out = Path(output)
     save_child(net.export_subnet(chosen).eval(), out, source=f"{cfg.model['name']} {checkpoint}")
     return out

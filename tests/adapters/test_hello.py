@@ -143,6 +143,27 @@ def test_projector_loss_kinds_and_teacher_average():
         projector_loss(s, t1, None, kind="l1")
 
 
+@pytest.mark.parametrize("kind", ["kl", "mse"])
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_projector_loss_gradients_are_bit_for_bit_the_former_formula(kind, temperature):
+    """projector_loss (KL through zoo.losses.distillation_kl) back-propagates exactly what its former own KL did
+    with several teachers, so a projector trains to the same weights as before."""
+    g = torch.Generator().manual_seed(2)
+    s, y = torch.randn(37, 10, generator=g) * 3, torch.arange(37) % 10
+    teachers = [torch.randn(37, 10, generator=g) * 3 for _ in range(3)]
+    a, b = s.clone().requires_grad_(), s.clone().requires_grad_()
+    T, scaled, old = temperature, a / temperature, a.new_zeros(())
+    for t in teachers:
+        p_t = F.softmax(t / T, -1)
+        if kind == "kl":
+            old = old + F.kl_div(F.log_softmax(scaled, -1), p_t, reduction="batchmean") * T ** 2
+        else:
+            old = old + ((F.softmax(scaled, -1) - p_t) ** 2).sum(-1).mean()
+    (old / 3 + 0.5 * F.cross_entropy(a, y)).backward()
+    projector_loss(b, teachers, y, kind=kind, temperature=T, ce_weight=0.5)[0].backward()
+    assert torch.equal(a.grad, b.grad)
+
+
 def test_clip_image_tower_from_a_local_transformers_directory(tmp_path):
     transformers = pytest.importorskip("transformers")
     from zoo.adapters.hello import load_clip
@@ -162,3 +183,85 @@ def test_clip_image_tower_from_a_local_transformers_directory(tmp_path):
     out = p(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 3)
     assert any("encoder.backbone.vision_model" in n for n, q in p.named_parameters() if q.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------- the adaptation method
+def test_hello_projector_method_is_registered_and_its_section_validated():
+    from zoo.adapters.base import adapter_names, build_adapter
+    from zoo.adapters.hello import HelloProjectorMethod
+    from zoo.errors import ConfigError
+
+    assert "hello_projector" in adapter_names()
+    method = build_adapter({"name": "hello_projector", "encoder_rank": 2, "head_rank": 4})
+    assert isinstance(method, HelloProjectorMethod) and method.config.storage_dtype == "float16"
+    with pytest.raises(ConfigError, match="adapter.head_ranks"):
+        build_adapter({"name": "hello_projector", "head_ranks": 4})
+    with pytest.raises(ConfigError, match="not both 0"):
+        build_adapter({"name": "hello_projector", "encoder_rank": 0, "head_rank": 0})
+    with pytest.raises(ConfigError, match="storage_dtype"):
+        build_adapter({"name": "hello_projector", "storage_dtype": "int8"})
+    with pytest.raises(ConfigError, match="HeLlO projector"):
+        method.apply(ConvNet(num_classes=3, widths=(8,), convs_per_stage=1))
+
+
+def _trained(p):
+    with torch.no_grad():
+        for q in p.parameters():
+            if q.requires_grad:
+                q.normal_(0, 0.05)
+    return p
+
+
+def test_method_trains_checkpoints_and_stores_the_projector(tmp_path):
+    from zoo.adapters.base import ADAPTER_CONFIG_FILE, AdapterMethod, build_adapter
+
+    method = build_adapter({"name": "hello_projector", "encoder_rank": 2, "head_rank": 4, "storage_dtype": "float32"})
+    p = _projector(adapters=False)
+    method.apply(p)
+    assert {id(q) for q in method.trainable_parameters(p)} == {id(q) for q in p.parameters() if q.requires_grad}
+    _trained(p)
+    state = method.state_dict(p)  # checkpoints: only the trained adapters
+    assert state and all(f".{ADAPTER_NAME}." in k for k in state) and "head.weight" not in state
+    out = method.save(p, tmp_path / "proj")
+    assert (out / ADAPTER_CONFIG_FILE).is_file() and (out / "projector.safetensors").is_file()
+    # a fresh projector with another head (class means are stored) and no adapters yet
+    q = _projector(seed=0, adapters=False)
+    with torch.no_grad():
+        q.head.weight.zero_()
+    AdapterMethod.from_saved(out).load(q, out)
+    x = _x()
+    torch.testing.assert_close(q.eval()(x), p.eval()(x), rtol=0, atol=1e-6)
+    # switched off: the projector's initial head; back on: the adapted one
+    method.disable(q)
+    torch.testing.assert_close(q(x), _projector(seed=0, adapters=False).eval()(x), rtol=0, atol=1e-6)
+    method.enable(q)
+    torch.testing.assert_close(q(x), p(x), rtol=0, atol=1e-6)
+    # checkpoint state round trip (strict)
+    r = _projector(seed=0)
+    method.load_state_dict(r, state)
+    torch.testing.assert_close(r.eval()(x), p(x), rtol=0, atol=1e-6)
+
+
+def test_a_projector_file_written_before_the_method_loads_and_the_method_writes_the_same_bytes(tmp_path):
+    from zoo.adapters.base import build_adapter
+
+    p = _trained(_projector(seed=0))
+    old = tmp_path / "old" / "projector.safetensors"
+    save_projector(p, old, "float16", {"encoder_rank": 2, "head_rank": 4})  # what hello_distill wrote before
+    method = build_adapter({"name": "hello_projector", "encoder_rank": 2, "head_rank": 4})
+    new = method.save(p, tmp_path / "new") / method.weights_file
+    # the same file (safetensors orders the header's metadata at random): same size, so the reported label bytes
+    # do not change, same metadata and tensors
+    from safetensors import safe_open
+
+    assert new.stat().st_size == old.stat().st_size
+    with safe_open(str(new), "pt") as a, safe_open(str(old), "pt") as b:
+        assert a.metadata() == b.metadata() and a.keys() == b.keys()
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+    q = _projector(seed=0, adapters=False)
+    method.load(q, old)  # the file alone (no adapter_config.json), adapters added on the way
+    want = _projector(seed=0)
+    load_projector(want, old)
+    x = _x()
+    torch.testing.assert_close(q.eval()(x), want.eval()(x), rtol=0, atol=0)
+    assert method.payload_bytes(q) == projector_payload_bytes(want)

@@ -1,28 +1,32 @@
-"""hello_distill: views, RDED selection and stitching, the image objective, the three label kinds behind one
-interface, the storage report against the files written, a tiny end-to-end run (also nested in an outer run
-without disturbing it), config errors, and DD-Ranking's scores."""
+"""hello_distill: the nested stage recipes (students behind one interface, the rotation pre-training evaluated through
+the one evaluation loop and gathered across processes), a tiny end-to-end run (storage report against the files
+written, resume, nested in an outer run without disturbing it), start-from weights through model.checkpoint_path,
+and config errors (unread and renamed keys name the recipe / the new key). The distillation parts are tested in
+tests/distill, the projector in tests/adapters/test_hello.py."""
 from __future__ import annotations
 
 import json
-import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from zoo.adapters.hello import FeatureEncoder, HelloProjector, add_projector_adapters, init_head
+from distill.hello_toys import tiny_projector
 from zoo.config import ConfigError
-from zoo.metrics.distill import hard_label_recovery, improvement_over_random, label_robust_score, storage_report
-from zoo.models.convnet import ConvNet
-from zoo.recipes.distill import (StudentRecipe, apply_views, generate_soft_labels, image_objective, load_image_set,
-                                 optimise_images, rded_select, stitch_patches, view_params, _classify_cfg,
-                                 DistillDataConfig)
+from zoo.distill.labels import generate_soft_labels
+from zoo.distill.storage import load_image_set
+from zoo.distill.students import StudentTeaching
+from zoo.engine.checkpoint import read_checkpoint
+from zoo.metrics.distill import storage_report
+from zoo.recipes.distill import DistillDataConfig, RotationPretrainRecipe, StudentRecipe, _classify_cfg
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "hello"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeCtx:
@@ -39,106 +43,20 @@ class FakeCtx:
         self.logged.update(kw)
 
 
-def _tiny_net(num_classes=10, seed=0):
-    torch.manual_seed(seed)
-    return ConvNet(num_classes=num_classes, widths=(8, 16), convs_per_stage=1).eval()
-
-
-def _projector(seed=0):
-    torch.manual_seed(seed)
-    p = HelloProjector(FeatureEncoder(ConvNet(num_classes=0, widths=(8, 16), convs_per_stage=1)), 16, 10,
-                       logit_scale=10.0)
-    init_head(p, torch.randn(10, 16))
-    add_projector_adapters(p, 1, 2)
-    return p.eval()
-
-
-# ---------------------------------------------------------------------------------------------- views
-def test_views_are_a_pure_function_of_seed_epoch_and_stay_inside_the_image():
-    a, b = view_params(50, 3, 7), view_params(50, 3, 7)
-    assert torch.equal(a, b) and not torch.equal(a, view_params(50, 4, 7)) and not torch.equal(a, view_params(50, 3, 8))
-    w, h, cx, cy = a.unbind(1)
-    assert ((w > 0) & (w <= 1) & (h > 0) & (h <= 1)).all()
-    assert ((cx.abs() + w) <= 1 + 1e-6).all() and ((cy.abs() + h) <= 1 + 1e-6).all()
-    area = w * h
-    assert area.min() >= 0.5 - 1e-4 and area.max() <= 1 + 1e-6
-    x = torch.rand(4, 1, 12, 12)
-    identity = torch.tensor([[1.0, 1.0, 0.0, 0.0]]).repeat(4, 1)
-    torch.testing.assert_close(apply_views(x, identity), x, rtol=0, atol=1e-5)
-    # the left half of the image, scaled up: the output's left column is the input's left column
-    half = torch.tensor([[0.5, 1.0, -0.5, 0.0]]).repeat(4, 1)
-    out = apply_views(x, half)
-    assert not torch.allclose(out, x)
-    torch.testing.assert_close(out[..., ::2].mean(), x[..., :6].mean(), rtol=0.05, atol=0.02)
-
-
-# ---------------------------------------------------------------------------------------------- RDED
-class BrightnessTeacher(torch.nn.Module):
-    """Logit of class 1 = 20 * mean brightness, of class 0 = 0: brighter crops are more confidently class 1."""
-
-    def forward(self, x):
-        b = x.mean((1, 2, 3))
-        return torch.stack([torch.zeros_like(b), 20 * b], 1)
-
-
-def test_rded_select_keeps_the_most_confident_patches_and_stitches_them():
-    brightness = torch.linspace(0.05, 0.95, 12)
-    images = brightness.view(-1, 1, 1, 1).expand(12, 1, 8, 8).clone()
-    out = rded_select(BrightnessTeacher(), images, 1, 3, num_crop=2, factor=1, scale=(1.0, 1.0))
-    assert out.shape == (3, 1, 8, 8)
-    torch.testing.assert_close(out.mean((1, 2, 3)).sort().values, brightness[-3:], rtol=0, atol=2e-3)
-    # class 0 prefers the darkest
-    dark = rded_select(BrightnessTeacher(), images, 0, 2, num_crop=2, factor=1, scale=(1.0, 1.0))
-    torch.testing.assert_close(dark.mean((1, 2, 3)).sort().values, brightness[:2], rtol=0, atol=2e-3)
-    # factor 2: 2 images from the 8 brightest patches, 4 per image in 4x4 cells
-    two = rded_select(BrightnessTeacher(), images, 1, 2, num_crop=1, factor=2, scale=(1.0, 1.0))
-    assert two.shape == (2, 1, 8, 8)
-    cells = two.unfold(2, 4, 4).unfold(3, 4, 4).mean((-1, -2)).flatten()
-    torch.testing.assert_close(cells.sort().values, brightness[-8:], rtol=0, atol=2e-3)
-    with pytest.raises(ValueError, match="mipc"):
-        rded_select(BrightnessTeacher(), images, 1, 4, factor=2)
-
-
-def test_stitch_patches_tiles_row_major_with_remainders():
-    patches = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 3, 3)
-    out = stitch_patches(patches, 2, (5, 5))
-    assert out.shape == (1, 1, 5, 5)
-    assert out[0, 0, 0, 0] == 0 and out[0, 0, 0, 4] == 1 and out[0, 0, 4, 0] == 2 and out[0, 0, 4, 4] == 3
-    assert out[0, 0, 2, 2] == 0 and out[0, 0, 2, 3] == 1  # the first row/column of cells takes the remainder
-
-
-def test_image_optimisation_lowers_its_objective():
-    teacher, projector = _tiny_net(seed=1), _projector(seed=2)
-    g = torch.Generator().manual_seed(0)
-    images, labels = torch.rand(12, 1, 16, 16, generator=g), torch.arange(12) % 10
-    fixed = view_params(12, 123, 5).clone()
-
-    def objective(x):
-        with torch.no_grad():
-            return float(image_objective(teacher, projector, apply_views(x, fixed), labels))
-
-    out, history = optimise_images(images, labels, teacher, projector, steps=12, lr=0.1, batch_size=8)
-    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
-    assert len(history) == 12 and history[-1] < history[0]
-    assert objective(out) < 0.95 * objective(images)
-    # teacher and projector untouched
-    assert all(p.grad is None for p in teacher.parameters())
-
-
 # ---------------------------------------------------------------------------------------------- students
 def _student(labels, images, targets, **kw):
     data = DistillDataConfig(name="mnist", root="unused")
     cfg = _classify_cfg({"name": "convnet_tiny", "num_classes": 10}, data, epochs=3, lr=1e-3, batch_size=8, seed=0)
-    return StudentRecipe(cfg, data, images, targets, labels, view_seed=11, classes=[str(i) for i in range(10)], **kw)
+    teaching = StudentTeaching(labels, len(images), 3, view_seed=11, **kw)
+    return StudentRecipe(cfg, data, images, targets, teaching, classes=[str(i) for i in range(10)])
 
 
-def test_stored_labels_replay_the_same_views_the_projector_labels_on_the_fly():
+def test_student_steps_with_stored_and_projector_labels_give_the_same_gradients():
     g = torch.Generator().manual_seed(0)
     images, targets = torch.rand(12, 1, 28, 28, generator=g), torch.arange(12) % 10
-    projector = _projector()
+    projector = tiny_projector()
     # "store" the projector's own labels: then stored and on-the-fly labels must give the same loss and gradients
     soft, views = generate_soft_labels(projector, images, 3, 11, dtype="float32")
-    assert soft.shape == (3, 12, 10) and views.shape == (3, 12, 4)
     stored = _student("stored", images, targets, soft_labels=soft, views=views)
     online = _student("projector", images, targets, projector=projector)
     hard = _student("hard", images, targets)
@@ -151,15 +69,81 @@ def test_stored_labels_replay_the_same_views_the_projector_labels_on_the_fly():
         ctx = FakeCtx(epoch=2)
         r.train_step(model, batch, ctx)
         results[name] = (ctx.losses[0], [p.grad.clone() for p in model.parameters()])
-    assert ctx.num_backward == 1
+        assert ctx.num_backward == 1
     assert results["stored"][0] == pytest.approx(results["projector"][0], rel=1e-3, abs=1e-3)
     for a, b in zip(results["stored"][1], results["projector"][1]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
     assert results["hard"][0] != pytest.approx(results["stored"][0], rel=1e-2)
-    with pytest.raises(ValueError, match="do not cover"):
-        _student("stored", images, targets, soft_labels=soft[:2], views=views[:2])
-    with pytest.raises(ValueError, match="needs the projector"):
-        _student("projector", images, targets)
+    with pytest.raises(ValueError, match="teaching covers"):
+        StudentRecipe(hard.cfg, hard.distill_data, images[:5], targets[:5], hard.teaching)
+
+
+# ---------------------------------------------------------------------------------------------- rotation
+def _rotation_recipe(root, eval_split="test[:37]", batch=8):
+    data = DistillDataConfig(name="mnist", root=str(root), train_split="test[:16]", eval_split=eval_split,
+                             eval_batch_size=batch)
+    return RotationPretrainRecipe(_classify_cfg({"name": "convnet_tiny"}, data, epochs=1, lr=1e-3, batch_size=8,
+                                                seed=0), data)
+
+
+def test_rotation_pretraining_is_evaluated_over_every_rotation_of_every_image(tmp_path):
+    from zoo.distill.rotation import rotation_hits
+    from zoo.engine.evaluate import evaluate_model
+
+    root = _write_mnist(tmp_path / "mnist", n=40)
+    recipe = _rotation_recipe(root)
+    torch.manual_seed(0)
+    model = recipe.build_model().eval()
+    got = evaluate_model(recipe, model, cpu=True)
+    x = torch.stack([recipe.eval_dataset[i][0] for i in range(37)])
+    hits = rotation_hits(model, x)
+    assert got["top1"] == pytest.approx(100.0 * float(hits.sum()) / 37, abs=1e-9)
+    assert set(got) == {"top1"}
+
+
+_DDP_EVAL = r"""
+import json, os, sys, torch
+tests = os.environ["ZOO_TESTS"]
+sys.path[:0] = [os.environ["ZOO_REPO"], tests, os.path.join(tests, "recipes")]
+from test_distill import _rotation_recipe
+from zoo.engine.evaluate import evaluate_model
+torch.set_num_threads(1)
+recipe = _rotation_recipe(sys.argv[1])
+torch.manual_seed(0)
+model = recipe.build_model().eval()
+values = evaluate_model(recipe, model, cpu=True)
+with open(os.path.join(sys.argv[2], f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
+    json.dump(values, f)
+import torch.distributed as dist
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(0)
+"""
+
+
+@pytest.mark.ddp
+def test_rotation_evaluation_on_two_processes_equals_one(tmp_path):
+    """The rotation pre-training used to evaluate on one process only: now 2 gloo processes, each with half of 37
+    images (an uneven last batch), report the same top-1 as one process."""
+    from zoo.engine.evaluate import evaluate_model
+
+    root = _write_mnist(tmp_path / "mnist", n=40)
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_EVAL)
+    env = {**os.environ, "ZOO_REPO": str(REPO), "ZOO_TESTS": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": "", "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(root), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    recipe = _rotation_recipe(root)
+    torch.manual_seed(0)
+    single = evaluate_model(recipe, recipe.build_model().eval(), cpu=True)
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["top1"] == pytest.approx(single["top1"], abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -206,6 +190,7 @@ def test_end_to_end_tiny_run_writes_sets_labels_students_and_report(tiny_run):
         rdm, rdm_labels = load_image_set(out / f"ipc{ipc}" / "random.safetensors")
         assert torch.equal(torch.bincount(rdm_labels, minlength=10), torch.full((10,), ipc))
         soft = load_file(str(out / f"ipc{ipc}" / "soft_labels.safetensors"))["soft_labels"]
+        assert (out / "projector" / "adapter_config.json").is_file()  # the hello_projector method's folder
         assert soft.shape == (2, 10 * ipc, 10) and soft.dtype == torch.float16  # one label per view per epoch
         for labels_kind in ("hard", "stored", "projector"):
             assert (out / f"ipc{ipc}" / f"syn_{labels_kind}" / "seed0" / "metrics.json").is_file()
@@ -275,7 +260,7 @@ def test_distillation_nested_in_an_outer_run_leaves_it_unchanged(tmp_path):
     def outer(out_dir, callbacks=()):
         summary = Trainer(Outer(outer_cfg), outer_cfg.trainer, outer_cfg.optim, outer_cfg.schedule, out_dir, seed=3,
                           callbacks=callbacks).fit()
-        return summary, torch.load(out_dir / "last.pt", map_location="cpu", weights_only=False)["model"]
+        return summary, read_checkpoint(out_dir / "last.pt")["model"]
 
     plain, plain_w = outer(tmp_path / "plain")
     nested, nested_w = outer(tmp_path / "nested", [run_inner])
@@ -298,14 +283,51 @@ def test_bad_settings_name_the_key(override, key):
         load_run_config(str(CONFIGS / "mnist.yaml"), [override])
 
 
-def test_dd_ranking_scores():
-    assert hard_label_recovery(98.0, 80.0) == pytest.approx(18.0)
-    assert improvement_over_random(85.0, 80.0) == pytest.approx(5.0)
-    # a = 0.5 * 0.05 - 0.5 * 0.18 = -0.065
-    a = -0.065
-    assert label_robust_score(18.0, 5.0) == pytest.approx((math.exp(a) - math.exp(-1)) / (math.e - math.exp(-1)))
-    assert label_robust_score(0.0, 100.0, weight=1.0) == pytest.approx(1.0)
-    assert label_robust_score(100.0, 0.0, weight=0.0) == pytest.approx(0.0)
+def test_unread_and_renamed_keys_are_errors_naming_the_recipe_or_the_new_key():
+    from zoo.cli import load_run_config
+
+    for override in ("trainer.epochs=99", "optim.lr=0.5", "schedule.name=cosine", "trainer.tensorboard=true"):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=rf"'{key}' is not read by recipe 'hello_distill'"):
+            load_run_config(str(CONFIGS / "mnist.yaml"), [override])
+    load_run_config(str(CONFIGS / "mnist.yaml"), ["trainer.cpu=true"])  # read: where everything runs
+    for old, new in (("teacher.checkpoint", "teacher.model.checkpoint_path"),
+                     ("encoder.checkpoint", "encoder.model.checkpoint_path")):
+        with pytest.raises(ConfigError, match=rf"{old}.*{new}"):
+            load_run_config(str(CONFIGS / "mnist.yaml"), [f"{old}=x.pt"])
+    with pytest.raises(ConfigError, match="encoder.model.checkpoint_path"):
+        load_run_config(str(CONFIGS / "mnist.yaml"), ["encoder.kind=checkpoint"])
+
+
+def test_teacher_and_encoder_start_from_model_checkpoint_path(tmp_path):
+    """A trained teacher (a run directory) and an encoder from a classifier's weights file (its head dropped) are
+    loaded through zoo.hub.load_checkpoint; nothing is trained."""
+    from zoo.cli import build_recipe
+    from zoo.engine.checkpoint import atomic_save
+    from zoo.engine.context import RunContext
+    from zoo.registry import create_model
+
+    root = _write_mnist(tmp_path / "mnist", n=40)
+    torch.manual_seed(1)
+    teacher = create_model("convnet_tiny", num_classes=10).eval()
+    (tmp_path / "teacher_run").mkdir()
+    atomic_save({"model": teacher.state_dict(), "epoch": 3}, tmp_path / "teacher_run" / "last.pt")
+    torch.manual_seed(2)
+    source = create_model("convnet_tiny", num_classes=7).eval()  # another class count: its head is not loaded
+    atomic_save(source.state_dict(), tmp_path / "encoder.pt")
+    recipe, _, _ = build_recipe(str(CONFIGS / "mnist.yaml"), [
+        f"data.root={root}", "data.train_split=test[:30]", "data.eval_split=test[30:]", "teacher.model.name=convnet_tiny",
+        f"teacher.model.checkpoint_path={tmp_path / 'teacher_run'}", "encoder.kind=checkpoint",
+        "encoder.model.name=convnet_tiny", f"encoder.model.checkpoint_path={tmp_path / 'encoder.pt'}"])
+    ctx = RunContext(tmp_path / "run")
+    final, teachers, summary = recipe.teacher_models(ctx)
+    assert teachers == [final] and summary == {}
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(final(x), teacher(x))
+        encoder, dim, clip = recipe.build_encoder(ctx)
+        torch.testing.assert_close(encoder(x), source.forward_features(x))
+    assert clip is None and dim == source.num_features and not (tmp_path / "run" / "teacher").exists()
 
 
 @pytest.mark.slow

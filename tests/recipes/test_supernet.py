@@ -1,5 +1,6 @@
 """BigNAS recipes: the sandwich step's gradients, in-place distillation targets, one graph at a time, the lr
-option, the latency table, and a tiny end-to-end supernet -> search -> export run on MNIST-format files."""
+option, and tiny end-to-end supernet -> search -> export runs on MNIST-format files (FLOPs and latency budgets);
+the search's scoring goes through the one evaluation loop. The search itself is tested in tests/nas."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ import zoo
 import zoo.recipes.supernet as sn
 from zoo.config import ConfigError
 from zoo.models.bignas import load_child, resize_input
-from zoo.recipes.supernet import LatencyTable, SupernetConfig, SupernetRecipe, sandwich_archs
+from zoo.nas import sandwich_archs
+from zoo.recipes.supernet import SupernetConfig, SupernetRecipe
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs" / "bignas")
 
@@ -201,17 +203,6 @@ def test_regularisation_only_on_the_largest_child(monkeypatch):
     assert out["loss"].item() > 0
 
 
-def test_latency_table_is_measured_once_and_cached(tmp_path):
-    model = _model()
-    table = LatencyTable(tmp_path / "lat.json", repeats=3)
-    arch = model.min_subnet()
-    ms = table.predict(model.export_subnet(arch), arch["resolution"])
-    assert ms > 0 and table.measured > 0
-    again = LatencyTable(tmp_path / "lat.json", repeats=3)
-    assert again.predict(model.export_subnet(arch), arch["resolution"]) == pytest.approx(ms)
-    assert again.measured == 0
-
-
 # ------------------------------------------------------------------------------------------------ end to end
 def _write_mnist(root, n=96):
     from zoo.data.images.mnist import write_idx
@@ -242,7 +233,7 @@ def test_supernet_then_search_then_export_end_to_end(tmp_path):
     final = sup["final"]
     assert {"top1", "top1_min", "mflops", "mflops_min"} <= set(final) and final["mflops_min"] < final["mflops"]
     search = run_training(CONFIGS + "/mnist_search.yaml", common + [
-        f"search.supernet_checkpoint={tmp_path / 'supernet' / 'last.pt'}", "data.search_split=test[32:64]",
+        f"model.checkpoint_path={tmp_path / 'supernet' / 'last.pt'}", "data.search_split=test[32:64]",
         "search.budgets_mflops=[0.5,2.0]", "search.coarse_top=2", "search.rounds=1", "search.mutations=2",
         "search.calib_batches=1", "search.coarse_levels=[0.0,1.0]", "scratch.enabled=true"], tmp_path / "search")
     results = search["final"]["results"]
@@ -256,35 +247,38 @@ def test_supernet_then_search_then_export_end_to_end(tmp_path):
         assert cfg["mflops"] == pytest.approx(r["mflops"])
     assert (tmp_path / "search" / "pareto.png").stat().st_size > 1000
     assert (tmp_path / "search" / "search.csv").read_text().count("\n") >= 3
+    assert json.loads((tmp_path / "search" / "results.json").read_text()) == json.loads(json.dumps(results))
+    # the old key is an error that names the new one
+    with pytest.raises(ConfigError, match="search.supernet_checkpoint.*model.checkpoint_path"):
+        run_training(CONFIGS + "/mnist_search.yaml", common + [f"search.supernet_checkpoint={tmp_path}"],
+                     tmp_path / "old_key")
 
 
-def test_coarse_to_fine_search_stays_in_budget_and_mutations_improve_on_the_grid():
-    from zoo.recipes.supernet import SearchConfig, SearchSection, SupernetSearchRecipe, coarse_skeletons
+def test_candidate_scores_are_the_top1_of_the_child_after_bn_recalibration(tmp_path):
+    """The search scores a child with the one evaluation loop (ClassificationMetric): the same number as
+    recalibrating BN on the same batches and counting correct predictions by hand, also with a batch cap."""
+    from zoo.engine.batchnorm import recalibrate_batchnorm
+    from zoo.recipes.supernet import SearchConfig, SearchDataConfig, SearchSection, SupernetSearchRecipe
 
-    model = _model()
-    recipe = SupernetSearchRecipe(SearchConfig(search=SearchSection(budgets_mflops=[1.0], coarse_top=4, rounds=6,
-                                                                    mutations=10, mutation_prob=0.3)))
-    # resolutions x levels of (width, depth, kernel, expand); every width has 2 choices, so its 0.5 level is a duplicate
-    assert len(coarse_skeletons(model)) == 3 * 2 * 3 ** 3
-    skeletons = coarse_skeletons(model, levels=(0.0, 1.0))
-    assert len(skeletons) == len({json.dumps(s, sort_keys=True) for s in skeletons}) == 3 * 2 ** 4
-    assert model.max_subnet() in skeletons and model.min_subnet() in skeletons
-
-    def cost(a):  # a cheap monotone stand-in for FLOPs (the search only compares costs with the budget)
-        r = a["resolution"] / 28
-        stages = zip(a["widths"], a["depths"], a["expands"], a["kernels"])
-        return r * r * sum(w * d * e * k for w, d, e, k in stages) / 2e3
-
-    def score(a):  # prefers a non-uniform child (stage 1 kernel 7, stage 2 kernel 3): no skeleton has it
-        return 10 * a["kernels"][1] - 10 * a["kernels"][2] + a["resolution"] / 100
-
-    budget = sorted(cost(s) for s in skeletons)[len(skeletons) // 2]
-    best = recipe.search_budget(model, cost, budget, skeletons, score, random.Random(0))
-    assert cost(best) <= budget
-    grid_best = max(score(s) for s in skeletons if cost(s) <= budget)
-    assert score(best) > grid_best
-    with pytest.raises(ValueError, match="no skeleton fits the budget"):
-        recipe.search_budget(model, cost, 1e-3, skeletons, score, random.Random(0))
+    data = tmp_path / "mnist"
+    data.mkdir()
+    _write_mnist(data, n=50)
+    cfg = SearchConfig(data=SearchDataConfig(name="mnist", root=str(data), train_split="test[:32]",
+                                             eval_split="test[32:]", batch_size=8, eval_batch_size=8),
+                       search=SearchSection(budgets_mflops=[1.0], calib_batches=2))
+    recipe = SupernetSearchRecipe(cfg)
+    net = _model()
+    arch = net.sample_subnet(random.Random(3))
+    for max_batches, n in ((None, 18), (1, 8)):  # 18 = 2 batches of 8 + an uneven last batch of 2
+        got = recipe.accuracy(net, arch, recipe.eval_dataset, max_batches)
+        net.set_subnet(arch)
+        recalibrate_batchnorm(net, recipe.calibration_batches(arch["resolution"], 2))
+        net.eval()
+        xs = torch.stack([recipe.eval_dataset[i][0] for i in range(n)])
+        ys = torch.tensor([recipe.eval_dataset[i][1] for i in range(n)])
+        with torch.no_grad():
+            want = 100.0 * int((net(resize_input(xs, arch["resolution"])).argmax(1) == ys).sum()) / n
+        assert got == pytest.approx(want, abs=1e-9)
 
 
 def test_search_under_a_measured_latency_budget(tmp_path):
@@ -296,7 +290,7 @@ def test_search_under_a_measured_latency_budget(tmp_path):
     torch.save({"model": _model().state_dict()}, tmp_path / "last.pt")
     out = run_training(CONFIGS + "/mnist_search.yaml", [
         f"data.root={data}", "data.train_split=test[:32]", "data.eval_split=test[32:]", "data.search_split=test[:16]",
-        "data.batch_size=16", "data.eval_batch_size=16", f"search.supernet_checkpoint={tmp_path / 'last.pt'}",
+        "data.batch_size=16", "data.eval_batch_size=16", f"model.checkpoint_path={tmp_path}",
         "search.budgets_mflops=[]", "search.budgets_ms=[1000.0]", "search.coarse_top=2", "search.rounds=1",
         "search.mutations=2", "search.calib_batches=1", "search.latency_repeats=2", "search.coarse_levels=[0.0,1.0]",
         "scratch.enabled=false"],
@@ -305,3 +299,16 @@ def test_search_under_a_measured_latency_budget(tmp_path):
     assert rec["tag"] == "ms_1000" and 0 < rec["latency_ms"] <= 1000 and "top1_scratch" not in rec
     table = json.loads((tmp_path / "search" / "latency_table.json").read_text())
     assert table and all(v > 0 for v in table.values())
+
+
+def test_keys_the_bignas_recipes_do_not_read_are_errors_naming_the_recipe():
+    from zoo.cli import load_run_config
+
+    cases = [("mnist_supernet.yaml", "adapter.name=lora", "supernet"),
+             ("mnist_search.yaml", "loss.label_smoothing=0.1", "supernet_search"),
+             ("mnist_search.yaml", "adapter.name=lora", "supernet_search"),
+             ("mnist_search.yaml", "search.supernet_checkpoint=x.pt", "supernet_search")]
+    for config, override, recipe in cases:
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=rf"'{key}' is not read by recipe '{recipe}'"):
+            load_run_config(f"{CONFIGS}/{config}", ["model.checkpoint_path=x.pt", override])

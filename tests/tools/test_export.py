@@ -66,11 +66,8 @@ def test_export_from_supernet_equals_the_active_child(tmp_path, which):
 
     recipe, _, _ = build_recipe(config, overrides)
 
-    class _Cpu:
-        device = torch.device("cpu")
-
     net.set_subnet(arch)
-    recalibrate_batchnorm(net, recipe.calibration_batches(_Cpu(), arch["resolution"], 2))
+    recalibrate_batchnorm(net, recipe.calibration_batches(arch["resolution"], 2))
     net.eval()
     x = resize_input(torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(3)), arch["resolution"])
     with torch.no_grad():

@@ -61,7 +61,9 @@ def _grads(model):
 def run(args: argparse.Namespace) -> int:
     import zoo
     from zoo.models.bignas import resize_input
-    from zoo.recipes.supernet import SupernetConfig, SupernetRecipe, sandwich_archs, soft_cross_entropy
+    from zoo.losses import soft_cross_entropy
+    from zoo.nas import sandwich_archs
+    from zoo.recipes.supernet import SupernetConfig, SupernetRecipe
 
     if args.threads:
         torch.set_num_threads(args.threads)

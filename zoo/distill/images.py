@@ -15,11 +15,15 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
+from zoo.distill.data import stack_images
 from zoo.distill.logits import batched_logits
 from zoo.distill.views import apply_views, view_params
+from zoo.losses import distillation_kl
 
-__all__ = ["stitch_patches", "rded_select", "image_objective", "optimise_images"]
+__all__ = ["stitch_patches", "rded_select", "rded_image_set", "random_image_set", "image_objective",
+           "optimise_images"]
 
 
 def stitch_patches(patches: torch.Tensor, factor: int, out_size: Sequence[int]) -> torch.Tensor:
@@ -83,14 +87,42 @@ def rded_select(teacher: nn.Module, images: torch.Tensor, label: int, ipc: int, 
     return stitch_patches(patches, factor, (H, W)).clamp(0, 1)
 
 
+def rded_image_set(pool: Dataset, targets: torch.Tensor, teacher: nn.Module, num_classes: int, ipc: int, *,
+                   mipc: int = 300, num_crop: int = 5, factor: int = 1, scale: Sequence[float] = (0.5, 1.0),
+                   seed: int = 0, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """RDED's initial distilled set: for each class, ``mipc`` random real candidates of ``pool`` (labels
+    ``targets (N,)``), :func:`rded_select` -ed down to ``ipc`` images. Returns ``(images (K * ipc, C, H, W),
+    labels (K * ipc,))`` on the CPU, class by class; the candidates are a function of ``(seed, ipc)``."""
+    g = torch.Generator().manual_seed(seed * 7 + ipc)
+    teacher = teacher.to(device)
+    imgs, labs = [], []
+    for c in range(num_classes):
+        idx = torch.nonzero(targets == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)[:mipc]]
+        picked = rded_select(teacher, stack_images(pool, idx).to(device), c, ipc, num_crop=num_crop, factor=factor,
+                             scale=scale, seed=seed)
+        imgs.append(picked.cpu())
+        labs.append(torch.full((ipc,), c, dtype=torch.long))
+    return torch.cat(imgs), torch.cat(labs)
+
+
+def random_image_set(pool: Dataset, targets: torch.Tensor, num_classes: int, ipc: int, *,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ipc`` random real images of each class of ``pool`` (DD-Ranking's random baseline for IOR):
+    ``(images (K * ipc, C, H, W), labels (K * ipc,))``, a function of ``(seed, ipc)``."""
+    g = torch.Generator().manual_seed(seed * 7919 + ipc)
+    idx = torch.cat([torch.nonzero(targets == c).flatten()[torch.randperm(int((targets == c).sum()), generator=g)[:ipc]]
+                     for c in range(num_classes)])
+    return stack_images(pool, idx), targets[idx]
+
+
 def image_objective(teacher: nn.Module, projector: nn.Module, views: torch.Tensor, labels: torch.Tensor, *,
                     temperature: float = 1.0, ce_weight: float = 0.1) -> torch.Tensor:
     """The distilled images' objective on ``views (N, C, H, W)``: ``T^2 KL(softmax(teacher/T) || softmax(projector/T))
     + ce_weight * CE(teacher, labels)`` -- projector labels close to the teacher's, images still of their class."""
     t = teacher(views).float()
     p = projector(views).float()
-    kl = F.kl_div(F.log_softmax(p / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean")
-    return kl * temperature ** 2 + ce_weight * F.cross_entropy(t, labels)
+    return distillation_kl(p, t, temperature) + ce_weight * F.cross_entropy(t, labels)
 
 
 def optimise_images(images: torch.Tensor, labels: torch.Tensor, teacher: nn.Module, projector: nn.Module, *,

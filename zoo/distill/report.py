@@ -1,14 +1,30 @@
-"""Figures of a distillation report: the image sets side by side, and held-out top-1 / label storage against
-images per class for each label kind (matplotlib, imported only when a figure is drawn)."""
+"""A distillation's report: the results table (CSV), the image sets side by side, and held-out top-1 / label
+storage against images per class for each label kind (matplotlib, imported only when a figure is drawn)."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
 from zoo.distill.labels import LABEL_KINDS
 
-__all__ = ["save_image_grid", "plot_results"]
+__all__ = ["RESULT_COLUMNS", "write_results_csv", "save_image_grid", "plot_results"]
+
+#: the columns of ``results.csv``, one row per (IPC, image set, label kind)
+RESULT_COLUMNS = ["ipc", "images", "labels", "top1", "top1_std", "seeds", "label_bytes", "label_bytes_vs_stored",
+                  "hlr", "ior", "lrs"]
+
+
+def write_results_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """``rows`` (see :func:`zoo.metrics.distill.score_rows`) as CSV with :data:`RESULT_COLUMNS` (floats to 4
+    significant digits, missing scores empty)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items() if k in RESULT_COLUMNS})
 
 
 def save_image_grid(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, per_class: int = 10) -> None:

@@ -4,24 +4,23 @@ report counts."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
-__all__ = ["save_tensors", "save_image_set", "load_image_set"]
+from zoo.files import read_safetensors_file, write_safetensors_file
+
+__all__ = ["save_tensors", "load_tensors", "save_image_set", "load_image_set"]
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> int:
     """Named tensors in a safetensors file at ``path`` (atomically, parent folders created); returns its size in
     bytes."""
-    from safetensors.torch import save_file
+    return write_safetensors_file(tensors, path).stat().st_size
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-    return path.stat().st_size
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The named tensors of a :func:`save_tensors` file (errors name the file: missing, truncated, corrupt)."""
+    return read_safetensors_file(path, what="distillation file")
 
 
 def save_image_set(path: str | os.PathLike, images: torch.Tensor, labels: torch.Tensor) -> int:
@@ -33,9 +32,5 @@ def save_image_set(path: str | os.PathLike, images: torch.Tensor, labels: torch.
 
 def load_image_set(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images (N, C, H, W) float32 in [0, 1], labels (N,))`` from :func:`save_image_set`'s file."""
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"load_image_set: no file {path}")
-    d = load_file(str(path))
+    d = read_safetensors_file(path, what="image set")
     return d["images"].float() / 255.0, d["labels"].long()

@@ -41,10 +41,11 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     t = float(temperature)
     log_p = F.log_softmax(student_logits.float() / t, dim=-1)
     q = F.softmax(teacher_logits.float() / t, dim=-1)
-    per_example = F.kl_div(log_p, q, reduction="none").sum(-1) * t * t
+    per_example = F.kl_div(log_p, q, reduction="none").sum(-1)
+    # T^2 after the reduction: the gradients are bit for bit those of F.kl_div(..., "batchmean") * T * T
     if reduction == "batchmean":
-        return per_example.mean()
-    return _reduce(per_example, reduction)
+        return per_example.mean() * t * t
+    return _reduce(per_example, reduction) * t * t
 
 
 def entropy(logits: torch.Tensor, reduction: str = "none") -> torch.Tensor:

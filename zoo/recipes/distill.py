@@ -1,44 +1,33 @@
 """Dataset distillation with label-space lightening (HeLlO) and its stored-soft-label / hard-label baselines.
 
-The ``hello_distill`` recipe owns its run (``tools/train.py configs/hello/mnist.yaml``); every training inside it is
-a nested run in its own sub-directory (finished ones are reused on ``--resume``)::
+The ``hello_distill`` recipe is a study (owns its run: ``tools/train.py configs/hello/mnist.yaml``); every training
+inside it is a nested run in its own sub-directory (finished ones are reused on ``--resume``)::
 
     teacher/        classify run on data.train_split; a snapshot per epoch (teacher/snapshots/epoch_<n>.pt) --
                     the final one labels stored soft labels, the trajectory gives the projector's weak teachers
     encoder/        the projector's encoder pre-training (encoder.kind: rotation = self-supervised 4-way rotation
-                    prediction on the training images, labels unused; or a checkpoint / a local CLIP)
-    projector/      the HeLlO projector: frozen encoder + head (class means / CLIP text embeddings) + "hello"
-                    low-rank adapters trained on the teachers' soft labels + CE; projector.safetensors is what is stored
+                    prediction on the training images, labels unused; or encoder.model.checkpoint_path / a local CLIP)
+    projector/      the HeLlO projector: frozen encoder + head (class means / CLIP text embeddings) + the
+                    ``hello_projector`` adaptation method trained on the teachers' soft labels + CE;
+                    projector.safetensors is what is stored
     ipc<k>/         images.safetensors (distilled, uint8), random.safetensors (random real images, for IOR),
                     soft_labels*.safetensors + views*.safetensors (stored labels, one per view per epoch),
                     <syn|rdm>_<hard|stored|projector>/seed<s>/ (student runs)
     real_hard/      students on the whole training split with hard labels (DD-Ranking's Acc(real, hard))
-    results.csv, storage.json, metrics.json, hello_<dataset>.png
+    results.csv, storage.json, metrics.json, hello_<dataset>.png   (written by ``report``)
 
-**Distilled images** (:mod:`zoo.distill.images`): RDED's initialisation (:func:`rded_select`), then
-``images.steps`` Adam steps on the pixels that lower the gap between teacher and projector labels on augmented views
-(:func:`optimise_images`).
-
-**Students** (:class:`StudentRecipe` in :mod:`zoo.recipes.distill_stages`, one interface, ``labels``, see
-:mod:`zoo.distill.labels`): ``hard``; ``stored`` -- before training the teacher labels every augmented view of every
-epoch (``students.epochs x N x K`` logits in ``students.label_dtype``, :func:`generate_soft_labels`) and the student
-replays them; ``projector`` -- the stored projector labels each view on the fly. Soft-label loss:
-``T^2 KL(soft || student) + ce_weight * CE``. All three see the same views (:mod:`zoo.distill.views`); students
-differ only in their initialisation seed.
-
-**Report**: per IPC and label kind, held-out top-1 (mean / std over seeds), label bytes (the sizes of the files
-written, :func:`zoo.metrics.distill.storage_report`), and DD-Ranking's HLR / IOR / LRS; figures from
-:mod:`zoo.distill.report`.
+The algorithms live in :mod:`zoo.distill` (views, RDED sets and the image objective, stored labels, the students'
+views and losses, the rotation pretext task, the projector's training loss, files, figures), the projector in
+:mod:`zoo.adapters.hello` and DD-Ranking's scores in :mod:`zoo.metrics.distill`; this file holds the config, the
+nested stage recipes (each a ``classify`` training on the distill data section) and the run that chains them.
 """
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
-import os
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,25 +36,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from zoo.distill.data import IndexedImages, dataset_targets, image_dataset, stack_images
-from zoo.distill.images import image_objective, optimise_images, rded_select, stitch_patches
+from zoo.distill.data import IndexedImages, dataset_targets, image_dataset
+from zoo.distill.images import optimise_images, random_image_set, rded_image_set
 from zoo.distill.labels import LABEL_DTYPES, LABEL_KINDS, generate_soft_labels
-from zoo.distill.report import plot_results, save_image_grid
-from zoo.distill.storage import load_image_set, save_image_set, save_tensors
-from zoo.distill.views import apply_views, view_params
+from zoo.distill.projector import projector_training_loss
+from zoo.distill.report import plot_results, save_image_grid, write_results_csv
+from zoo.distill.rotation import NUM_ROTATIONS, random_rotations, rotation_hits
+from zoo.distill.storage import load_image_set, load_tensors, save_image_set, save_tensors
+from zoo.distill.students import StudentTeaching
 from zoo.engine.data import build_loader
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 from zoo.errors import ConfigError
+from zoo.hub import load_checkpoint
+from zoo.metrics.base import MeanMetric
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
-from zoo.recipes.classify import ClassifyConfig, ClassifyDataConfig, EvalConfig, LossConfig
-from zoo.recipes.distill_stages import ProjectorRecipe, RotationPretrainRecipe, StudentRecipe, TeacherRecipe
+from zoo.recipes.classify import ClassifyConfig, ClassifyDataConfig, ClassifyRecipe, EvalConfig, LossConfig
 from zoo.registry import create_model
 
-__all__ = ["view_params", "apply_views", "rded_select", "stitch_patches", "optimise_images", "image_objective",
-           "generate_soft_labels", "save_image_set", "load_image_set", "save_image_grid", "plot_results",
-           "IndexedImages", "StudentRecipe", "ProjectorRecipe", "RotationPretrainRecipe", "TeacherRecipe",
-           "HelloDistillConfig", "HelloDistillRecipe", "LABEL_KINDS"]
+__all__ = ["HelloDistillConfig", "HelloDistillRecipe", "TeacherRecipe", "RotationPretrainRecipe", "ProjectorRecipe",
+           "StudentRecipe", "DistillDataConfig"]
 
 _logger = logging.getLogger("zoo")
 
@@ -94,13 +84,13 @@ class DistillDataConfig:
 
 @dataclass
 class TeacherSection:
-    """Config section ``teacher``."""
+    """Config section ``teacher`` (``model.checkpoint_path``: a trained teacher instead of training one; then no
+    trajectory)."""
 
     model: dict[str, Any] = field(default_factory=lambda: {"name": "convnet_small"})
     epochs: int = 4
     lr: float = 3e-3
     weight_decay: float = 0.0
-    checkpoint: str | None = None  # a state-dict / last.pt file instead of training (then no trajectory)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -112,11 +102,10 @@ class EncoderSection:
     """Config section ``encoder``: the projector's pre-trained encoder (never trained on the teacher's labels)."""
 
     kind: str = "rotation"  # rotation (self-supervised on data.train_split images) | checkpoint | clip
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "convnet_small"})
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "convnet_small"})  # + checkpoint_path (kind=checkpoint)
     num_features: int | None = None  # default: the model's num_features
     epochs: int = 3  # rotation pre-training
     lr: float = 3e-3
-    checkpoint: str | None = None  # kind=checkpoint: a state dict / last.pt of `model`
     clip_path: str | None = None  # kind=clip: a transformers directory or an open_clip checkpoint
     clip_backend: str | None = None  # transformers | open_clip (default from the path)
     clip_model_name: str | None = None  # open_clip architecture, e.g. RN50
@@ -125,15 +114,19 @@ class EncoderSection:
     def __post_init__(self) -> None:
         if self.kind not in ("rotation", "checkpoint", "clip"):
             raise ConfigError(f"encoder.kind must be rotation, checkpoint or clip, got {self.kind!r}")
-        if self.kind == "checkpoint" and not self.checkpoint:
-            raise ConfigError("encoder.kind=checkpoint needs encoder.checkpoint (a weights file)")
+        has_weights = bool(self.model.get("checkpoint_path"))
+        if (self.kind == "checkpoint") != has_weights:
+            raise ConfigError("encoder.kind=checkpoint needs encoder.model.checkpoint_path (a weights file or run "
+                              "directory of encoder.model), and only that kind reads it")
         if self.kind == "clip" and not self.clip_path:
             raise ConfigError("encoder.kind=clip needs encoder.clip_path (a local CLIP checkpoint)")
 
 
 @dataclass
 class ProjectorSection:
-    """Config section ``projector`` (HeLlO; paper IN-1K: ranks 8 / 128, MSE + CE, 9 trajectory teachers)."""
+    """Config section ``projector`` (HeLlO; paper IN-1K: ranks 8 / 128, MSE + CE, 9 trajectory teachers). The
+    adapter keys (``encoder_rank``, ``head_rank``, ``encoder_targets``, ``alpha``, ``storage_dtype``) configure the
+    ``hello_projector`` adaptation method (:meth:`adapter`)."""
 
     encoder_rank: int = 1
     head_rank: int = 4
@@ -158,11 +151,19 @@ class ProjectorSection:
             raise ConfigError(f"projector.teachers must be trajectory or last, got {self.teachers!r}")
         if self.loss not in ("kl", "mse"):
             raise ConfigError(f"projector.loss must be kl or mse, got {self.loss!r}")
-        if self.encoder_rank < 0 or self.head_rank < 0 or self.encoder_rank + self.head_rank == 0:
-            raise ConfigError("projector.encoder_rank / projector.head_rank must be >= 0, not both 0")
-        if self.storage_dtype not in LABEL_DTYPES:
-            raise ConfigError(f"projector.storage_dtype must be one of {sorted(LABEL_DTYPES)}, "
-                              f"got {self.storage_dtype!r}")
+        try:
+            self.adapter()
+        except ConfigError as exc:
+            raise ConfigError(f"projector: {exc}") from None
+
+    def adapter(self) -> Any:
+        """The ``hello_projector`` adaptation method these keys describe."""
+        from zoo.adapters.base import build_adapter
+
+        return build_adapter({"name": "hello_projector", "encoder_rank": self.encoder_rank,
+                              "head_rank": self.head_rank, "alpha": self.alpha,
+                              "target_modules": self.encoder_targets, "storage_dtype": self.storage_dtype},
+                             where="projector")
 
 
 @dataclass
@@ -225,8 +226,8 @@ class StudentsSection:
 
 @dataclass
 class HelloDistillConfig(RecipeConfig):
-    """Config of the ``hello_distill`` recipe (the trainer / optim / schedule sections are unused: each nested
-    training has its own settings in its section)."""
+    """Config of the ``hello_distill`` recipe. Of the shared sections only ``seed`` and ``trainer.cpu`` are read:
+    each nested training has its own settings in its section (see ``HelloDistillRecipe.unread_keys``)."""
 
     recipe: str = "hello_distill"
     data: DistillDataConfig = field(default_factory=DistillDataConfig)
@@ -237,54 +238,172 @@ class HelloDistillConfig(RecipeConfig):
     students: StudentsSection = field(default_factory=StudentsSection)
 
 
-# ================================================================================================ the recipe
-def _classify_cfg(model: dict, data: "DistillDataConfig", *, epochs: int, lr: float, batch_size: int, seed: int,
-                  weight_decay: float = 0.0, save_every: int | None = None, warmup_epochs: float = 0.0) -> ClassifyConfig:
-    """A ``classify`` config for the nested runs (no tensorboard, no bars, evaluation at the end only)."""
+def _classify_cfg(model: dict, data: DistillDataConfig, *, epochs: int, lr: float, batch_size: int, seed: int,
+                  weight_decay: float = 0.0, save_every: int | None = None, cpu: bool = False) -> ClassifyConfig:
+    """A ``classify`` config for the nested runs (AdamW, cosine schedule; no tensorboard, no bars, evaluation at the
+    end only)."""
     d = ClassifyDataConfig(name=data.name, root=data.root, batch_size=batch_size, eval_batch_size=data.eval_batch_size,
                            num_workers=data.num_workers, train_split=data.train_split, eval_split=data.eval_split)
     trainer = TrainerConfig(epochs=epochs, eval_every=epochs, save_every=save_every or epochs, log_every=50,
-                            tensorboard=False, progress=False)
+                            tensorboard=False, progress=False, cpu=cpu)
     return ClassifyConfig(recipe="classify", seed=seed, model=dict(model), data=d, loss=LossConfig(),
                           eval=EvalConfig(topk=[1]), trainer=trainer,
                           optim=OptimConfig(name="adamw", lr=lr, weight_decay=weight_decay),
-                          schedule=ScheduleConfig(name="cosine", warmup_epochs=warmup_epochs))
+                          schedule=ScheduleConfig(name="cosine"))
 
 
-def _read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file, a plain ``torch.save`` state dict or a run's ``last.pt`` / ``best.pt``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"hello_distill: no weights file {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def _without_classifier(model: nn.Module):
+    """A checkpoint filter for a backbone built without its classifier (``num_classes=0``): the model's own filter
+    (official layouts), then the checkpoint's classifier tensors (``pretrained_cfg.classifier_names``, else
+    ``head``) dropped; any other missing / unexpected key stays an error."""
+    own = getattr(model, "checkpoint_filter_fn", None)
+    prefixes = tuple(getattr(getattr(model, "pretrained_cfg", None), "classifier_names", None) or ("head",))
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("model", state) if isinstance(state, dict) else state
+    def fn(state: dict, m: nn.Module) -> dict:
+        state = own(state, m) if own is not None else state
+        keep = m.state_dict()
+        return {k: v for k, v in state.items()
+                if k in keep or not any(k == p or k.startswith(p + ".") for p in prefixes)}
 
-
-def _load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    model.load_state_dict(_read_state(path))
-    return model
+    return fn
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
+# ================================================================================================ nested stages
+class _DistillData:
+    """A nested ``classify`` training whose datasets come from the distill recipe's data section
+    (:func:`zoo.distill.data.image_dataset`: registered datasets or ``imagefolder``)."""
+
+    def __init__(self, cfg: ClassifyConfig, data: DistillDataConfig, *args: Any, **kwargs: Any):
+        self.distill_data = data
+        super().__init__(cfg, *args, **kwargs)
+
+    def _dataset(self, split, extra, transforms):  # overrides ClassifyRecipe._dataset
+        d = self.distill_data
+        return image_dataset(d.name, split, root=d.root, image_size=d.image_size)
+
+
+class TeacherRecipe(_DistillData, ClassifyRecipe):
+    """The teacher: plain classification on ``data.train_split`` (one snapshot per epoch via a callback)."""
+
+
+class RotationPretrainRecipe(_DistillData, ClassifyRecipe):
+    """Self-supervised encoder pre-training (:mod:`zoo.distill.rotation`): predict which of 0/90/180/270 degrees
+    each image of ``data.train_split`` was rotated by (never its label). ``top1`` = rotation accuracy over the 4
+    rotations of every held-out image (the one evaluation loop, gathered across processes)."""
+
+    def build_model(self) -> nn.Module:
+        kwargs = dict(self.cfg.model)
+        return create_model(kwargs.pop("name"), **{**kwargs, "num_classes": NUM_ROTATIONS})
+
+    def training_step(self, model, batch):
+        x, k = random_rotations(batch[0])
+        loss = F.cross_entropy(model(x).float(), k)
+        return {"loss": loss, "ce": loss.detach()}
+
+    def eval_step(self, model, batch):
+        """``{"rotation_hits": (B,)}``: per image, the fraction of its 4 rotations predicted right."""
+        return {"rotation_hits": rotation_hits(model, batch[0])}
+
+    def build_metrics(self, kind="eval"):
+        """``top1``: the mean of ``rotation_hits`` in percent (correct rotations / all rotations)."""
+        return [MeanMetric("rotation_hits", name="top1", scale=100.0)]
+
+    def after_evaluate(self, metrics, values, output_dir):
+        """Nothing: no class confusion matrix for rotation classes."""
+
+
+class ProjectorRecipe(_DistillData, ClassifyRecipe):
+    """Trains the HeLlO projector's adapters (``method``, a ``hello_projector`` adaptation method already applied to
+    ``projector``) on ``data.train_split`` against ``teachers`` (:func:`zoo.distill.projector_training_loss`).
+    Checkpoints hold only the adapters. ``top1`` = the projector's held-out accuracy."""
+
+    def __init__(self, cfg: ClassifyConfig, data: DistillDataConfig, projector: nn.Module, method: Any,
+                 teachers: list[nn.Module], section: ProjectorSection, scale: Sequence[float]):
+        super().__init__(cfg, data)
+        self.projector, self.method, self.teachers = projector, method, teachers
+        self.section, self.scale = section, tuple(scale)
+
+    def build_model(self) -> nn.Module:
+        return self.projector
+
+    def checkpoint_state(self, model):
+        return self.method.state_dict(model)
+
+    def load_checkpoint_state(self, model, state):
+        self.method.load_state_dict(model, state)
+
+    def training_step(self, model, batch):
+        x, y = batch
+        s = self.section
+        loss, parts = projector_training_loss(model, self.teachers, x, y, augment=s.augment, scale=self.scale,
+                                              kind=s.loss, temperature=s.temperature, ce_weight=s.ce_weight)
+        return {"loss": loss, **parts}
+
+
+class StudentRecipe(_DistillData, ClassifyRecipe):
+    """A student trained on a fixed image set ``images (N, C, H, W)`` in [0, 1] with classes ``targets (N,)``; what it
+    sees and learns from is ``teaching`` (:class:`zoo.distill.students.StudentTeaching`: views and hard / stored /
+    projector labels); evaluated on the held-out split."""
+
+    def __init__(self, cfg: ClassifyConfig, data: DistillDataConfig, images: torch.Tensor, targets: torch.Tensor,
+                 teaching: StudentTeaching, classes: Sequence[str] = ()):
+        super().__init__(cfg, data)
+        if len(images) != teaching.num_images:
+            raise ValueError(f"StudentRecipe: {len(images)} images but the teaching covers {teaching.num_images}")
+        self.images, self.targets, self.teaching = images, targets, teaching
+        self._classes = list(classes)
+
+    @property
+    def train_dataset(self):  # type: ignore[override]
+        return IndexedImages(self.images, self.targets, self._classes)
+
+    @property
+    def class_names(self):  # type: ignore[override]
+        return self._classes or [str(i) for i in range(int(self.targets.max()) + 1)]
+
+    def build_dataloaders(self):
+        ds = self.train_dataset
+        train = build_loader(ds, min(self.cfg.data.batch_size, len(ds)), shuffle=True, seed=self.cfg.seed,
+                             num_workers=0)
+        return train, self.build_eval_loader()
+
+    def train_step(self, model, batch, ctx):
+        x, y, idx = batch
+        epoch = int(ctx.epoch)
+        x = self.teaching.views(x, idx, epoch)
+        loss, parts = self.teaching.loss(model(x).float(), x, y, idx, epoch)
+        ctx.backward(loss)
+        return parts
+
+
+# ================================================================================================ the recipe
+_NESTED = "each nested training takes its settings from its own section: teacher, encoder, projector, students"
+
+
 @register_recipe("hello_distill")
 class HelloDistillRecipe(Recipe):
     """HeLlO dataset distillation end to end (teacher, encoder, projector, distilled sets, students, report); see
-    the module docstring. Owns its run."""
+    the module docstring. A study: owns its run."""
 
     Config = HelloDistillConfig
     main_metric = None
+    run_shape = "study"
+    unread_keys = {
+        **{f"trainer.{f.name}": _NESTED for f in fields(TrainerConfig) if f.name != "cpu"},
+        "optim": f"{_NESTED}; they use AdamW with the lr / weight_decay set there",
+        "schedule": f"{_NESTED}; they use a cosine schedule",
+        "teacher.checkpoint": "renamed: a trained teacher is teacher.model.checkpoint_path",
+        "encoder.checkpoint": "renamed: the encoder's weights are encoder.model.checkpoint_path",
+    }
 
     def __init__(self, cfg: HelloDistillConfig):
         super().__init__(cfg)
-        self._pool = self._held_out = None
-        #: where selection, image optimisation and relabelling run (the nested trainings pick their own)
+        self._pool = None
+        #: where selection, image optimisation and relabelling run (the nested trainings follow trainer.cpu too)
         self.device = torch.device("cuda" if torch.cuda.is_available() and not cfg.trainer.cpu else "cpu")
 
     # ------------------------------------------------------------------ data
@@ -309,7 +428,7 @@ class HelloDistillRecipe(Recipe):
         d = self.cfg.data
         return _classify_cfg(model, d, epochs=epochs, lr=lr, batch_size=batch_size or d.batch_size,
                              seed=self.cfg.seed if seed is None else seed, weight_decay=weight_decay,
-                             save_every=save_every)
+                             save_every=save_every, cpu=self.cfg.trainer.cpu)
 
     # ------------------------------------------------------------------ stages
     def teacher_models(self, ctx: Any) -> tuple[nn.Module, list[nn.Module], dict]:
@@ -317,13 +436,16 @@ class HelloDistillRecipe(Recipe):
         t = self.cfg.teacher
         model_kwargs = dict(t.model)
         name = model_kwargs.pop("name")
+        weights = model_kwargs.pop("checkpoint_path", None)
         model_kwargs.setdefault("num_classes", self.num_classes)
 
-        def build() -> nn.Module:
-            return create_model(name, **model_kwargs).eval()
+        def build(path: Any, what: str) -> nn.Module:
+            model = create_model(name, **model_kwargs)
+            load_checkpoint(model, path, what=what)
+            return model.eval()
 
-        if t.checkpoint:
-            teacher = _load_weights(build(), t.checkpoint)
+        if weights:
+            teacher = build(weights, "teacher.model.checkpoint_path")
             return teacher, [teacher], {}
         snap_dir = ctx.subdir("teacher") / "snapshots"
 
@@ -339,44 +461,41 @@ class HelloDistillRecipe(Recipe):
                            save_every=1)
         cfg.trainer.eval_every = 1
         summary = ctx.train(TeacherRecipe(cfg, self.cfg.data), "teacher", callbacks=[snapshot])
-        final = _load_weights(build(), ctx.output_dir / "teacher" / "last.pt")
+        final = build(ctx.output_dir / "teacher" / "last.pt", "the teacher run's last.pt")
         if self.cfg.projector.teachers == "last":
             return final, [final], summary
         snaps = sorted(snap_dir.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        return final, [_load_weights(build(), p) for p in snaps] or [final], summary
+        return final, [build(p, "a teacher snapshot") for p in snaps] or [final], summary
 
     def build_encoder(self, ctx: Any) -> tuple[nn.Module, int, Any]:
         """(encoder module ``(B, C, H, W) -> (B, D)``, D, CLIP handle or None) for the projector."""
-        from zoo.adapters.hello import FeatureEncoder, load_clip
+        from zoo.adapters.hello import FeatureEncoder, clip_preprocess, load_clip
 
         e = self.cfg.encoder
         if e.kind == "clip":
             model, enc, dim, backend = load_clip(e.clip_path, e.clip_backend, e.clip_model_name)
-            clip_enc = FeatureEncoder(enc, _clip_preprocess)
-            return clip_enc, dim, (model, backend)
+            return FeatureEncoder(enc, clip_preprocess), dim, (model, backend)
         kwargs = dict(e.model)
         name = kwargs.pop("name")
+        weights = kwargs.pop("checkpoint_path", None)
         if e.kind == "rotation":
-            cfg = self._nested({"name": name, **kwargs}, epochs=e.epochs, lr=e.lr)
-            ctx.train(RotationPretrainRecipe(cfg, self.cfg.data), "encoder")
-            backbone = _load_weights(create_model(name, **{**kwargs, "num_classes": 4}),
-                                     ctx.output_dir / "encoder" / "last.pt")
+            ctx.train(RotationPretrainRecipe(self._nested({"name": name, **kwargs}, epochs=e.epochs, lr=e.lr),
+                                             self.cfg.data), "encoder")
+            backbone = create_model(name, **{**kwargs, "num_classes": NUM_ROTATIONS})
+            load_checkpoint(backbone, ctx.output_dir / "encoder" / "last.pt", what="the encoder run's last.pt")
         else:
             backbone = create_model(name, **{**kwargs, "num_classes": 0})
-            state = {k: v for k, v in _read_state(e.checkpoint).items() if not k.startswith("head.")}
-            missing, _ = backbone.load_state_dict(state, strict=False)
-            if missing:
-                raise RuntimeError(f"encoder.checkpoint {e.checkpoint}: keys of {name} missing from the file: "
-                                   f"{missing[:10]}")
+            load_checkpoint(backbone, weights, filter_fn=_without_classifier(backbone),
+                            what="encoder.model.checkpoint_path")
         if hasattr(backbone, "reset_classifier"):
             backbone.reset_classifier(0)
         dim = e.num_features or int(getattr(backbone, "num_features"))
         return FeatureEncoder(backbone.eval()), dim, None
 
-    def build_projector(self, encoder: nn.Module, dim: int, clip: Any) -> nn.Module:
-        """The projector with its head initialised (class means over the training split, or CLIP text embeddings)
-        and zero adapters added."""
-        from zoo.adapters.hello import HelloProjector, add_projector_adapters, class_mean_features, clip_text_embeddings, init_head
+    def build_projector(self, encoder: nn.Module, dim: int, clip: Any) -> tuple[nn.Module, Any]:
+        """(the projector with its head initialised -- class means over the training split, or CLIP text
+        embeddings -- and the ``hello_projector`` method applied (zero adapters), the method)."""
+        from zoo.adapters.hello import HelloProjector, class_mean_features, clip_text_embeddings, init_head
 
         p = self.cfg.projector
         torch.manual_seed(self.cfg.seed)
@@ -393,60 +512,51 @@ class HelloDistillRecipe(Recipe):
             loader = build_loader(self.pool, self.cfg.data.eval_batch_size, shuffle=False)
             vectors = class_mean_features(proj, ((x, y) for x, y in loader), self.num_classes)
         init_head(proj, vectors)
-        add_projector_adapters(proj, p.encoder_rank, p.head_rank, p.alpha, p.encoder_targets)
-        return proj
+        method = p.adapter()
+        method.apply(proj)
+        return proj, method
 
     def train_projector(self, ctx: Any, teachers: list[nn.Module]) -> tuple[nn.Module, Path, dict]:
         """Train (or reuse) the projector; returns (the projector *reloaded from its stored file*, the file, summary)."""
-        from zoo.adapters.hello import load_projector, save_projector
-
         encoder, dim, clip = self.build_encoder(ctx)
-        proj = self.build_projector(encoder, dim, clip)
+        proj, method = self.build_projector(encoder, dim, clip)
         p = self.cfg.projector
         cfg = self._nested({"name": "hello_projector"}, epochs=p.epochs, lr=p.lr)
-        recipe = ProjectorRecipe(cfg, self.cfg.data, proj, teachers, p, self.cfg.images.crop_scale)
+        recipe = ProjectorRecipe(cfg, self.cfg.data, proj, method, teachers, p, self.cfg.images.crop_scale)
         summary = ctx.train(recipe, "projector")
-        recipe.load_checkpoint_state(proj, torch.load(ctx.output_dir / "projector" / "last.pt", map_location="cpu",
-                                                      weights_only=True)["model"])
-        path = ctx.output_dir / "projector" / "projector.safetensors"
+        run_dir = ctx.output_dir / "projector"
+        from zoo.engine.checkpoint import read_checkpoint
+
+        method.load_state_dict(proj, read_checkpoint(run_dir / "last.pt", what="the projector run's last.pt")["model"])
+        path = run_dir / method.weights_file
         if not path.is_file():
-            save_projector(proj, path, p.storage_dtype, {"encoder_rank": p.encoder_rank, "head_rank": p.head_rank})
+            method.save(proj, run_dir)
         stored = copy.deepcopy(proj)
-        load_projector(stored, path)  # students use exactly what is stored (rounded to storage_dtype)
+        method.load(stored, path)  # students use exactly what is stored (rounded to storage_dtype)
         return stored.eval(), path, summary
 
     def image_sets(self, ctx: Any, ipc: int, teacher: nn.Module, projector: nn.Module) -> dict[str, Path]:
         """Write (or reuse) ``ipc<k>/images.safetensors`` (distilled) and ``ipc<k>/random.safetensors``."""
-        im = self.cfg.images
+        im, seed = self.cfg.images, self.cfg.seed
         out = ctx.subdir(f"ipc{ipc}")
         files = {"syn": out / "images.safetensors"}
         targets = dataset_targets(self.pool)
-        g = torch.Generator().manual_seed(self.cfg.seed * 7 + ipc)
         if not files["syn"].is_file():
-            imgs, labs = [], []
-            for c in range(self.num_classes):
-                idx = torch.nonzero(targets == c).flatten()
-                idx = idx[torch.randperm(len(idx), generator=g)[:im.mipc]]
-                picked = rded_select(teacher.to(self.device), stack_images(self.pool, idx).to(self.device), c, ipc,
-                                     num_crop=im.num_crop, factor=im.factor, scale=im.crop_scale, seed=self.cfg.seed)
-                imgs.append(picked.cpu())
-                labs.append(torch.full((ipc,), c, dtype=torch.long))
-            images, labels = torch.cat(imgs), torch.cat(labs)
+            images, labels = rded_image_set(self.pool, targets, teacher, self.num_classes, ipc, mipc=im.mipc,
+                                            num_crop=im.num_crop, factor=im.factor, scale=im.crop_scale, seed=seed,
+                                            device=self.device)
             history: list[float] = []
             if im.objective == "label_gap" and im.steps:
                 dev = self.device
                 images, history = optimise_images(images.to(dev), labels.to(dev), teacher.to(dev), projector.to(dev),
                                                   steps=im.steps, lr=im.lr, temperature=im.temperature,
-                                                  ce_weight=im.ce_weight, scale=im.crop_scale, seed=self.cfg.seed)
+                                                  ce_weight=im.ce_weight, scale=im.crop_scale, seed=seed)
             (out / "image_objective.json").write_text(json.dumps({"objective": im.objective, "history": history}))
             save_image_set(files["syn"], images, labels)
         if im.random_baseline:
             files["rdm"] = out / "random.safetensors"
             if not files["rdm"].is_file():
-                g = torch.Generator().manual_seed(self.cfg.seed * 7919 + ipc)
-                idx = torch.cat([torch.nonzero(targets == c).flatten()[
-                    torch.randperm(int((targets == c).sum()), generator=g)[:ipc]] for c in range(self.num_classes)])
-                save_image_set(files["rdm"], stack_images(self.pool, idx), targets[idx])
+                save_image_set(files["rdm"], *random_image_set(self.pool, targets, self.num_classes, ipc, seed=seed))
         return files
 
     def stored_labels(self, ctx: Any, ipc: int, kind: str, images: torch.Tensor, teacher: nn.Module) -> dict[str, Path]:
@@ -465,24 +575,26 @@ class HelloDistillRecipe(Recipe):
 
     def student(self, images: torch.Tensor, targets: torch.Tensor, labels: str, seed: int, *, epochs: int | None = None,
                 soft: dict[str, Path] | None = None, projector: nn.Module | None = None) -> StudentRecipe:
-        from safetensors.torch import load_file
-
+        """A student recipe on ``images`` with label kind ``labels`` (``soft``: the stored files; ``projector``)."""
         s = self.cfg.students
-        cfg = self._nested(s.model | {"num_classes": self.num_classes}, epochs=epochs or s.epochs, lr=s.lr,
+        epochs = epochs or s.epochs
+        cfg = self._nested(s.model | {"num_classes": self.num_classes}, epochs=epochs, lr=s.lr,
                            batch_size=s.batch_size, seed=seed, weight_decay=s.weight_decay,
-                           save_every=max(1, (epochs or s.epochs) // 4))
-        kw: dict[str, Any] = {}
+                           save_every=max(1, epochs // 4))
+        stored = {}
         if labels == "stored":
-            kw["soft_labels"] = load_file(str(soft["labels"]))["soft_labels"]
-            kw["views"] = load_file(str(soft["views"]))["views"]
-        return StudentRecipe(cfg, self.cfg.data, images, targets, labels, projector=projector, view_seed=self.cfg.seed,
-                             augment=s.augment, scale=s.crop_scale, temperature=s.temperature,
-                             ce_weight=s.stored_ce_weight if labels == "stored" else s.ce_weight,
-                             classes=self.class_names, **kw)
+            stored = {"soft_labels": load_tensors(soft["labels"])["soft_labels"],
+                      "views": load_tensors(soft["views"])["views"]}
+        teaching = StudentTeaching(labels, len(images), epochs, projector=projector, view_seed=self.cfg.seed,
+                                   augment=s.augment, scale=s.crop_scale, temperature=s.temperature,
+                                   ce_weight=s.stored_ce_weight if labels == "stored" else s.ce_weight, **stored)
+        return StudentRecipe(cfg, self.cfg.data, images, targets, teaching, classes=self.class_names)
 
     # ------------------------------------------------------------------ the run
     def run(self, ctx: Any) -> dict[str, Any]:
-        from zoo.metrics.distill import storage_report
+        """Every stage in order (finished ones reused); returns the metrics (``ipc<k>/<labels>/top1`` ...,
+        ``results``: the table's rows, ``storage_bytes``: the size of every file a method stores)."""
+        from zoo.metrics.distill import score_rows, storage_report
 
         c, s = self.cfg, self.cfg.students
         torch.manual_seed(c.seed)
@@ -522,17 +634,6 @@ class HelloDistillRecipe(Recipe):
                                    "projector": storage["projector"]}[labels]
                     rows.append({"ipc": ipc, "images": kind, "labels": labels, "top1": mean, "top1_std": std,
                                  "seeds": len(accs), "label_bytes": label_bytes, "per_seed": accs})
-        metrics = self.report(ctx, rows, storage, real_top1, teacher_summary, projector_summary)
-        return metrics
-
-    def report(self, ctx: Any, rows: list[dict], storage: dict, real_top1: tuple[float, float] | None,
-               teacher_summary: dict, projector_summary: dict) -> dict[str, Any]:
-        """Metrics (``ipc<k>/<labels>/top1`` ...), ``results.csv``, ``storage.json`` and the figure."""
-        from zoo.metrics.distill import hard_label_recovery, improvement_over_random, label_robust_score
-
-        def find(ipc, kind, labels):
-            return next((r for r in rows if r["ipc"] == ipc and r["images"] == kind and r["labels"] == labels), None)
-
         metrics: dict[str, Any] = {"storage_bytes": storage}
         if teacher_summary.get("final"):
             metrics["teacher_top1"] = float(teacher_summary["final"]["top1"])
@@ -540,41 +641,18 @@ class HelloDistillRecipe(Recipe):
             metrics["projector_top1"] = float(projector_summary["final"]["top1"])
         if real_top1 is not None:
             metrics["real_hard_top1"] = real_top1[0]
-        for r in rows:
-            if r["images"] != "syn":
-                metrics[f"ipc{r['ipc']}/random_{r['labels']}/top1"] = r["top1"]
-                continue
-            key = f"ipc{r['ipc']}/{r['labels']}"
-            metrics[f"{key}/top1"] = r["top1"]
-            metrics[f"{key}/top1_std"] = r["top1_std"]
-            metrics[f"{key}/label_bytes"] = r["label_bytes"]
-            hard = find(r["ipc"], "syn", "hard")
-            if real_top1 is not None and hard is not None:
-                r["hlr"] = hard_label_recovery(real_top1[0], hard["top1"])
-                metrics[f"{key}/hlr"] = r["hlr"]
-            rdm = find(r["ipc"], "rdm", r["labels"])
-            if rdm is not None:
-                r["ior"] = improvement_over_random(r["top1"], rdm["top1"])
-                metrics[f"{key}/ior"] = r["ior"]
-            if "hlr" in r and "ior" in r:
-                r["lrs"] = label_robust_score(r["hlr"], r["ior"])
-                metrics[f"{key}/lrs"] = r["lrs"]
-            stored = find(r["ipc"], "syn", "stored")
-            if stored is not None and stored["label_bytes"]:
-                r["label_bytes_vs_stored"] = r["label_bytes"] / stored["label_bytes"]
-                metrics[f"{key}/label_bytes_vs_stored"] = r["label_bytes_vs_stored"]
-        out = Path(ctx.output_dir)
-        cols = ["ipc", "images", "labels", "top1", "top1_std", "seeds", "label_bytes", "label_bytes_vs_stored",
-                "hlr", "ior", "lrs"]
-        with open(out / "results.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols})
-        (out / "storage.json").write_text(json.dumps(storage, indent=2))
+        metrics.update(score_rows(rows, None if real_top1 is None else real_top1[0]))
         metrics["results"] = rows
+        return metrics
+
+    def report(self, summary: dict[str, Any], run_dir: Any) -> None:
+        """``results.csv``, ``storage.json``, the figure ``hello_<dataset>.png`` and ``ipc<k>/images.png``."""
+        out, m = Path(run_dir), summary["final"]
+        write_results_csv(out / "results.csv", m["results"])
+        (out / "storage.json").write_text(json.dumps(m["storage_bytes"], indent=2))
+        real = m.get("real_hard_top1")
         try:
-            plot_results(rows, out / f"hello_{self.cfg.data.name}.png", real_top1)
+            plot_results(m["results"], out / f"hello_{self.cfg.data.name}.png", None if real is None else (real, 0.0))
             for ipc in self.cfg.images.ipcs:
                 sets = {f"IPC {ipc} distilled": load_image_set(out / f"ipc{ipc}" / "images.safetensors")}
                 if (out / f"ipc{ipc}" / "random.safetensors").is_file():
@@ -582,15 +660,3 @@ class HelloDistillRecipe(Recipe):
                 save_image_grid(sets, out / f"ipc{ipc}" / "images.png", per_class=min(ipc, 10))
         except ImportError:
             _logger.warning("matplotlib is not installed: no figure")
-        return metrics
-
-
-def _clip_preprocess(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """CLIP's input: RGB at 224 px normalised with CLIP's mean / std, from images in [0, 1]."""
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711], device=x.device).view(1, 3, 1, 1)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    if x.shape[-1] != 224 or x.shape[-2] != 224:
-        x = F.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False)
-    return model((x - mean) / std)
