@@ -41,6 +41,8 @@ def test_manifest_entries_match_files_and_cfgs():
         assert cfg.file == entry["file"] and cfg.sha256 == entry["sha256"], f"{entry['name']}: default_cfgs disagree with the manifest"
         for key in ("metrics", "train_command", "eval_command"):
             assert entry.get(key), f"{entry['name']}: manifest entry needs '{key}'"
+        for key in ("frame", "normalization"):  # point clouds: the frame / normalisation the weights were trained in
+            assert entry.get(key) == getattr(cfg, key), f"{entry['name']}: manifest and default_cfgs disagree on {key}"
     for entry in WEIGHTS:
         path = CHECKPOINT_DIR / entry["file"]
         assert path.is_file() and path.stat().st_size <= 25 * MB, f"{entry['name']}: {path} missing or > 25 MB"

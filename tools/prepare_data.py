@@ -3,9 +3,11 @@
 
 ``python tools/prepare_data.py modelnet10 --src ModelNet10/ --out data/modelnet10`` turns the Princeton ModelNet10
 meshes (``<class>/{train,test}/<class>_NNNN.off``) into ``<class>/{train,test}/<class>_NNNN.pcd`` (binary PCD,
-x y z float32, 1024 Poisson-disk points per shape, raw mesh coordinates): the layout of ``shared/data/modelnet10``
-that the ModelNet10 checkpoints are trained and evaluated on. Then train / evaluate with
-``data.root=data/modelnet10``. The work is in ``zoo.data.pointcloud.prepare``.
+x y z float32, 1024 Poisson-disk points per shape, not normalised) in the standard frame (y up, the frame of
+``modelnet40_normal_resampled`` / ``modelnet40_ply_hdf5_2048`` / Point-BERT's ``.dat``: ``(x, z, y)`` of the OFF
+mesh), the frame the ModelNet10 checkpoints are trained and evaluated in. Then train / evaluate with
+``data.root=data/modelnet10``. ``modelnet40`` does the same for ``ModelNet40.zip``. The work is in
+``zoo.data.pointcloud.prepare``.
 
 ``python tools/prepare_data.py shapenetpart-synthetic --out data/shapenetpart_synthetic`` writes the procedural
 part-labelled shapes of ``zoo.data.pointcloud.synthetic_parts`` in the ShapeNetPart layout (synthetic data, for the
@@ -34,28 +36,39 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    m = sub.add_parser(
-        "modelnet10",
-        help="ModelNet10 OFF meshes -> 1024-point binary PCD clouds (the layout of the shipped ModelNet10 numbers)",
-        description=(
-            "Sample every mesh of the official ModelNet10 download "
-            "(http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip, unzipped: "
-            "<src>/<class>/{train,test}/<class>_NNNN.off) into <out>/<class>/{train,test}/<class>_NNNN.pcd: binary "
-            "PCD v0.7, fields x y z float32, --num-points per shape, Poisson-disk sampled, raw mesh coordinates "
-            "(not normalised). Resumable: finished files are skipped on a rerun. A non-empty --out that holds "
-            "other settings or other files is refused unless --overwrite.\n\n" + _SAMPLER_HELP
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    m.add_argument("--src", required=True, help="the unzipped ModelNet10 folder (or the folder that holds it)")
-    m.add_argument("--out", required=True, help="output folder, e.g. data/modelnet10")
-    m.add_argument("--num-points", type=int, default=1024, help="points per shape (default 1024)")
-    m.add_argument("--sampler", choices=("auto", "open3d", "numpy"), default="auto", help="see above (default auto)")
-    m.add_argument("--init-factor", type=float, default=5.0, help="initial uniform samples per point (default 5)")
-    m.add_argument("--seed", type=int, default=0, help="base seed; each shape's seed also depends on its name")
-    m.add_argument("--workers", type=int, default=1, help=f"processes (default 1; this machine has {os.cpu_count()})")
-    m.add_argument("--overwrite", action="store_true", help="rebuild --out even if it holds other settings or files")
-    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for dataset, folder, url in (
+        ("modelnet10", "ModelNet10", "http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip"),
+        ("modelnet40", "ModelNet40", "http://modelnet.cs.princeton.edu/ModelNet40.zip"),
+    ):
+        m = sub.add_parser(
+            dataset,
+            help=f"{folder} OFF meshes -> 1024-point binary PCD clouds in the standard frame"
+            + (" (the layout of the shipped ModelNet10 numbers)" if dataset == "modelnet10" else ""),
+            description=(
+                f"Sample every mesh of the official {folder} download ({url}, unzipped: "
+                "<src>/<class>/{train,test}/<class>_NNNN.off) into <out>/<class>/{train,test}/<class>_NNNN.pcd: binary "
+                "PCD v0.7, fields x y z float32, --num-points per shape, Poisson-disk sampled, not normalised, in the "
+                "standard frame (y up, the frame of modelnet40_normal_resampled, modelnet40_ply_hdf5_2048 and "
+                "Point-BERT's .dat: each point is (x, z, y) of the OFF mesh; <out>/.prepare_data.json and "
+                "<out>/README.md record it, and the zoo's reader reads it from there). shared/data/modelnet10 is the "
+                "same layout in the raw OFF frame (z up), which the reader converts. Resumable: finished files are "
+                "skipped on a rerun. A non-empty --out that holds other settings (or the raw-frame output of an "
+                "earlier version) or other files is refused unless --overwrite.\n\n" + _SAMPLER_HELP
+            ),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        m.add_argument("--src", required=True, help=f"the unzipped {folder} folder (or the folder that holds it)")
+        m.add_argument("--out", required=True, help=f"output folder, e.g. data/{dataset}")
+        m.add_argument("--num-points", type=int, default=1024, help="points per shape (default 1024)")
+        m.add_argument("--sampler", choices=("auto", "open3d", "numpy"), default="auto",
+                       help="see above (default auto)")
+        m.add_argument("--init-factor", type=float, default=5.0, help="initial uniform samples per point (default 5)")
+        m.add_argument("--seed", type=int, default=0, help="base seed; each shape's seed also depends on its name")
+        m.add_argument("--workers", type=int, default=1,
+                       help=f"processes (default 1; this machine has {os.cpu_count()})")
+        m.add_argument("--overwrite", action="store_true",
+                       help="rebuild --out even if it holds other settings or files")
+        m.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = sub.add_parser(
         "shapenetpart-synthetic",
         help="procedural part-labelled shapes (airplanes, chairs, lamps, mugs, tables) in the ShapeNetPart layout",
@@ -96,28 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.dataset == "shapenetpart-synthetic":
         return _synthetic_shapenetpart(args)
-    from zoo.data.pointcloud.prepare import (
-        MODELNET10_OFFICIAL_COUNTS,
-        OutputConflict,
-        SourceLayoutError,
-        prepare_modelnet10,
-    )
+    from zoo.data.pointcloud.prepare import MODELNET_SOURCES, OutputConflict, SourceLayoutError, prepare_modelnet
 
     try:
-        summary = prepare_modelnet10(
-            args.src, args.out, num_points=args.num_points, sampler=args.sampler, init_factor=args.init_factor,
-            seed=args.seed, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
+        summary = prepare_modelnet(
+            args.dataset, args.src, args.out, num_points=args.num_points, sampler=args.sampler,
+            init_factor=args.init_factor, seed=args.seed, workers=args.workers, overwrite=args.overwrite,
+            progress=not args.no_progress,
         )  # fmt: skip
     except (SourceLayoutError, OutputConflict, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = summary["counts"]
-    official = "" if counts == MODELNET10_OFFICIAL_COUNTS else (
-        f" (the official ModelNet10 has {MODELNET10_OFFICIAL_COUNTS['train']} / {MODELNET10_OFFICIAL_COUNTS['test']})"
+    folder, _, official_counts = MODELNET_SOURCES[args.dataset]
+    official = "" if counts == official_counts else (
+        f" (the official {folder} has {official_counts['train']} / {official_counts['test']})"
     )
     print(
         f"{summary['out']}: {counts['train']} train / {counts['test']} test shapes{official}; wrote "
-        f"{summary['written']}, skipped {summary['skipped']} already done ({summary['sampler']} sampler)"
+        f"{summary['written']}, skipped {summary['skipped']} already done ({summary['sampler']} sampler); "
+        f"standard frame (y up), recorded in {summary['out']}/.prepare_data.json and README.md"
     )
     if summary["failed"]:
         print(f"error: {len(summary['failed'])} shapes failed:", file=sys.stderr)
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Rerun the same command to retry them (finished files are skipped).", file=sys.stderr)
         return 1
     print(f"Use it with data.root={summary['out']} on the command line, or "
-          f"zoo.data.build_dataset('modelnet10', root='{summary['out']}')")  # fmt: skip
+          f"zoo.data.build_dataset('{args.dataset}', root='{summary['out']}')")  # fmt: skip
     return 0
 
 

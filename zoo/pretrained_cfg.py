@@ -17,7 +17,10 @@ class PretrainedCfg:
     """What a model's weights are and where they come from.
 
     Fields mirror timm's ``PretrainedCfg`` where they overlap. ``classifier`` names the head module(s) whose
-    weights are dropped when ``num_classes`` differs from the checkpoint's.
+    weights are dropped when ``num_classes`` differs from the checkpoint's. For point clouds, ``frame`` is the
+    coordinate frame the weights were trained in (``"standard"``: y up, the community files; see
+    ``zoo.data.pointcloud.frames``) and ``normalization`` the per-cloud normalisation (``"unit_sphere"`` or
+    ``"none"``); evaluation refuses data that records another one.
     """
 
     architecture: str | None = None
@@ -30,6 +33,8 @@ class PretrainedCfg:
     num_points: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    frame: str | None = None  # point clouds: coordinate frame of the training data ("standard" = y up)
+    normalization: str | None = None  # point clouds: "unit_sphere" or "none"
     label_names: tuple[str, ...] | None = None
     metrics: Mapping[str, float] | None = None
     dataset: str | None = None

@@ -135,8 +135,18 @@ def test_h5_reads_back_exactly_in_listing_order(tmp_path):
         assert y == label[i]
     x, _ = ModelNet40(tmp_path / "modelnet40_ply_hdf5_2048", split="train", num_points=1024, sampling="fps")[0]
     assert x.shape == (1024, 3)
-    with pytest.raises(ValueError, match="exists only for ModelNet40"):
-        ModelNet10(tmp_path, format="h5")
+
+
+def test_modelnet10_reads_its_classes_from_the_modelnet40_h5(tmp_path):
+    data, _, label = write_h5(tmp_path / "modelnet40_ply_hdf5_2048", "train", sizes=(20, 30))
+    ds = ModelNet10(tmp_path, split="train", num_points=None, normalize=False, format="h5")
+    names = [MODELNET40_CLASSES[i] for i in label]
+    keep = [i for i, n in enumerate(names) if n in MODELNET10_CLASSES]
+    assert ds.format == "h5" and ds.classes == MODELNET10_CLASSES and len(ds) == len(keep) > 0
+    assert [MODELNET10_CLASSES[y] for y in ds.labels] == [names[i] for i in keep]  # relabelled by name
+    for row, i in enumerate(keep[:5]):
+        np.testing.assert_array_equal(ds[row][0].numpy(), data[i])
+        assert ds.source_frame == "standard"
 
 
 @pytest.mark.parametrize("nc", [40, 10])
@@ -204,13 +214,19 @@ def test_off_tree_samples_mesh_surfaces(tmp_path):
 
 
 def test_pcd_tree_reads_back_exactly(tmp_path):
+    """A PCD tree without a ``.prepare_data.json`` is taken as sampled from the OFF meshes: (x, y, z) -> (x, z, y);
+    ``frame="standard"`` reads the stored values as they are."""
     truth = write_tree(tmp_path / "modelnet10", MODELNET10_CLASSES, "pcd")
     for split in ("train", "test"):
         ds = ModelNet10(tmp_path, split=split, num_points=None, normalize=False, cache=False)
         assert ds.format == "pcd" and ds.classes == MODELNET10_CLASSES and len(ds) == len(truth[split])
+        assert ds.source_frame == "off_mesh" and ds.frame == "standard"
+        as_stored = ModelNet10(tmp_path, split=split, num_points=None, normalize=False, cache=False, frame="standard")
         for i, (arr, label) in enumerate(truth[split]):
             x, y = ds[i]
-            np.testing.assert_array_equal(x.numpy(), arr)
+            np.testing.assert_array_equal(x.numpy(), arr[:, [0, 2, 1]])
+            np.testing.assert_array_equal(as_stored[i][0].numpy(), arr)
+            np.testing.assert_array_equal(ds.raw_points(i), arr)  # the stored cloud stays in the files' frame
             assert y == label
     x, _ = ModelNet10(tmp_path, num_points=16, sampling="random", cache=False)[0]
     assert x.shape == (16, 3) and x.norm(dim=1).max() <= 1 + 1e-6
@@ -328,3 +344,16 @@ def test_real_modelnet10_default_root_and_registry(real_modelnet10, monkeypatch,
     np.testing.assert_array_equal(ds[5][0].numpy(), real_modelnet10["test"][5][0].numpy())
     first = min((root / "bathtub" / "test").glob("*.pcd"))
     np.testing.assert_array_equal(ds.raw_points(0), io.read_pcd(first))
+    assert ds.source_frame == "off_mesh" and ds.frame == "standard"  # sampled from the OFF meshes: converted to y up
+
+
+@pytest.mark.data
+def test_real_modelnet10_is_y_up_after_conversion(real_modelnet10):
+    """Chairs, dressers and night stands are mostly taller than wide or deep: after the conversion their tallest
+    axis is y (in the stored OFF frame it was z)."""
+    test = real_modelnet10["test"]
+    for name in ("chair", "dresser", "night_stand"):
+        rows = [i for i in range(len(test)) if test.labels[i] == MODELNET10_CLASSES.index(name)][:20]
+        up = [int(np.ptp(test[i][0].numpy(), axis=0).argmax() == 1) for i in rows]
+        raw = [int(np.ptp(test.raw_points(i), axis=0).argmax() == 2) for i in rows]
+        assert sum(up) >= 13 and abs(sum(raw) - sum(up)) <= 1, (name, sum(up), sum(raw))  # ties round either way

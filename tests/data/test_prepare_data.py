@@ -1,7 +1,9 @@
-"""tools/prepare_data.py modelnet10: official OFF layout (tiny meshes) -> the shipped 1024-point binary PCD layout."""
+"""tools/prepare_data.py modelnet10|modelnet40: official OFF layout (tiny meshes) -> 1024-point binary PCD layout in the
+standard frame (y up: (x, z, y) of the mesh)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +14,12 @@ import pytest
 from zoo.data import build_dataset
 from zoo.data.pointcloud import io
 from zoo.data.pointcloud.mesh import poisson_disk_eliminate, sample_mesh_poisson_disk, sample_mesh_surface
-from zoo.data.pointcloud.modelnet import MODELNET10_CLASSES
+from zoo.data.pointcloud.modelnet import MODELNET10_CLASSES, MODELNET40_CLASSES
 from zoo.data.pointcloud.prepare import (
     OutputConflict,
     SourceLayoutError,
     find_modelnet10_source,
+    prepare_modelnet,
     prepare_modelnet10,
     shape_seed,
 )
@@ -40,12 +43,13 @@ def write_off_polys(path: Path, v: np.ndarray, polys: np.ndarray, glued: bool = 
     path.write_text("\n".join(lines) + "\n")
 
 
-def official_tree(root: Path, train: int = 1, test: int = 1) -> dict[str, tuple]:
+def official_tree(root: Path, train: int = 1, test: int = 1, classes=MODELNET10_CLASSES,
+                  folder: str = "ModelNet10") -> dict[str, tuple]:  # fmt: skip
     """ModelNet10/<class>/{train,test}/<class>_NNNN.off: boxes of class-dependent size in raw (big) coordinates."""
     meshes = {}
-    for i, c in enumerate(MODELNET10_CLASSES):
+    for i, c in enumerate(classes):
         for split, n in (("train", train), ("test", test)):
-            d = root / "ModelNet10" / c / split
+            d = root / folder / c / split
             d.mkdir(parents=True, exist_ok=True)
             for j in range(n):
                 idx = j + 1 + (100 if split == "test" else 0)
@@ -83,6 +87,11 @@ def test_tool_builds_the_shipped_layout_that_modelnet10_loads(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "10 train / 10 test shapes" in run.stdout and f"data.root={out}" in run.stdout
+    assert "standard frame (y up)" in run.stdout
+    manifest = json.loads((out / ".prepare_data.json").read_text())
+    assert manifest["frame"] == "standard" and manifest["complete"]
+    assert "(x, z, y) of the OFF mesh" in manifest["layout"]
+    assert "Frame: **standard** (y up)" in (out / "README.md").read_text()
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.pcd"))
     assert files == sorted(f"{rel}.pcd" for rel in meshes)  # <class>/{train,test}/<class>_NNNN.pcd, nothing else
     reference = tmp_path / "ref.pcd"
@@ -94,13 +103,17 @@ def test_tool_builds_the_shipped_layout_that_modelnet10_loads(tmp_path):
         xyz = np.stack(list(fields.values()), 1)
         io.write_pcd(reference, xyz, data="binary")
         assert f.read_bytes() == reference.read_bytes()  # binary PCD v0.7 with the shared data's exact header
-        assert on_box_surface(xyz.astype(np.float64), lo, hi).all()  # raw mesh coordinates, on the surface
+        mesh_xyz = xyz[:, [0, 2, 1]].astype(np.float64)  # the standard frame holds (x, z, y) of the mesh
+        assert on_box_surface(mesh_xyz, lo, hi).all()  # on the surface, in the mesh's units
+        assert not on_box_surface(xyz.astype(np.float64), lo, hi).all()  # ... and not in the OFF frame
         assert np.ptp(xyz, 0).max() > 20  # not normalised into the unit sphere
     assert nn_cv(np.stack(list(io.read_pcd_fields(out / "chair/train/chair_0001.pcd").values()), 1)) < 0.2
 
     for split in ("train", "test"):
         ds = build_dataset("modelnet10", root=str(out), split=split, num_points=1024, cache=False)
         assert ds.format == "pcd" and ds.classes == MODELNET10_CLASSES and len(ds) == 10
+        assert ds.source_frame == "standard"  # read from .prepare_data.json: no second conversion
+        np.testing.assert_array_equal(ds.raw_points(0), io.read_pcd(out / ds.source(0)))
         assert ds.labels.tolist() == list(range(10))
         x, y = ds[MODELNET10_CLASSES.index("chair")]  # the glued-header mesh
         assert x.shape == (1024, 3) and y == MODELNET10_CLASSES.index("chair")
@@ -114,8 +127,25 @@ def test_help_says_which_sampler_and_the_layout():
     assert run.returncode == 0
     text = " ".join(run.stdout.split())
     for phrase in ("sample_points_poisson_disk", "numpy", "shared/data/modelnet10", "binary PCD", "--overwrite",
-                   "ModelNet10.zip", "not normalised"):  # fmt: skip
+                   "ModelNet10.zip", "not normalised", "standard frame (y up",
+                   "(x, z, y) of the OFF mesh"):  # fmt: skip
         assert phrase in text, phrase
+
+
+def test_modelnet40_writes_its_40_classes_in_the_standard_frame(tmp_path):
+    meshes = official_tree(tmp_path, classes=MODELNET40_CLASSES, folder="ModelNet40", test=0)
+    for c in MODELNET40_CLASSES:  # ModelNet40 needs every split folder: one test mesh per class
+        official_tree(tmp_path, train=0, classes=[c], folder="ModelNet40")
+    out = tmp_path / "m40"
+    done = prepare_modelnet("modelnet40", tmp_path, out, num_points=32, sampler="numpy", progress=False,
+                            log=lambda s: None)  # fmt: skip
+    assert done["counts"] == {"train": 40, "test": 40} and not done["failed"] and done["frame"] == "standard"
+    ds = build_dataset("modelnet40", root=str(out), split="train", num_points=None, normalize=False, cache=False)
+    assert ds.classes == MODELNET40_CLASSES and len(ds) == 40 and ds.source_frame == "standard"
+    lo, hi = meshes["airplane/train/airplane_0001"]
+    assert on_box_surface(ds[0][0].numpy()[:, [0, 2, 1]].astype(np.float64), lo, hi).all()
+    with pytest.raises(SourceLayoutError, match="ModelNet40.zip"):
+        prepare_modelnet("modelnet40", tmp_path / "ModelNet40" / "airplane", tmp_path / "x", progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------- resume, refuse
@@ -156,6 +186,15 @@ def test_refuses_a_different_output_unless_overwrite(tmp_path):
     done = _prepare(tmp_path, out, num_points=32, overwrite=True)
     assert done["written"] == 20 and io.read_pcd(out / "bed/train/bed_0001.pcd").shape == (32, 3)
     assert not stale.exists()  # a .pcd that is not in the source would be loaded as a shape: removed
+
+    old_version = tmp_path / "old_version"  # written before the tool converted: raw OFF frame, no "frame" key
+    _prepare(tmp_path, old_version)
+    manifest = json.loads((old_version / ".prepare_data.json").read_text())
+    del manifest["frame"]
+    (old_version / ".prepare_data.json").write_text(json.dumps(manifest))
+    with pytest.raises(OutputConflict, match=r"frame: None there, 'standard' now\).*raw OFF frame.*--overwrite"):
+        _prepare(tmp_path, old_version)
+    assert build_dataset("modelnet10", root=str(old_version), cache=False).source_frame == "off_mesh"
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -102,3 +102,17 @@ def test_out_of_range_labels_are_rejected(tmp_path):
         h["data"], h["label"], h["mask"] = np.zeros((2, 2048, 3), np.float32), np.array([0, 15]), np.zeros((2, 2048))
     with pytest.raises(ValueError, match=r"labels outside \[0, 15\)"):
         ScanObjectNN(tmp_path, split="test")
+
+
+def test_files_are_in_the_standard_frame_and_frame_converts(h5_root):
+    """The official h5 files are y up (the standard frame): read as stored; ``frame=`` converts other exports."""
+    root, truth = h5_root
+    data = truth[("obj_bg", "test")][0]
+    ds = ScanObjectNN(root, split="test")
+    assert ds.source_frame == ds.frame == "standard" and ds.normalization == "none"
+    np.testing.assert_array_equal(ds[0][0].numpy(), data[0])
+    z_up = ScanObjectNN(root, split="test", frame="off_mesh")  # a z-up export: (x, y, z) -> (x, z, y)
+    np.testing.assert_array_equal(z_up[0][0].numpy(), data[0][:, [0, 2, 1]])
+    assert ScanObjectNN(root, split="test", normalize=True).normalization == "unit_sphere"
+    with pytest.raises(ValueError, match="unknown point-cloud frame"):
+        ScanObjectNN(root, split="test", frame="z-up")

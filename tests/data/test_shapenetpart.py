@@ -187,3 +187,24 @@ def test_prepare_data_writes_the_synthetic_set_and_refuses_a_non_empty_folder(tm
     assert len(ShapeNetPart(tmp_path / "syn", split="trainval")) == 2 * len(SYNTHETIC_CATEGORIES)
     again = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "is not empty; pass --overwrite" in again.stderr
+
+
+def test_files_are_in_the_standard_frame_and_frame_converts(tiny_root):
+    ds = ShapeNetPart(tiny_root, split="test", num_points=None, normalize=False, use_normals=True)
+    assert ds.source_frame == ds.frame == "standard" and ds.normalization == "none"
+    raw = ds.raw(0)
+    np.testing.assert_array_equal(ds[0][0].numpy(), raw[:, :6])
+    z_up = ShapeNetPart(tiny_root, split="test", num_points=None, normalize=False, use_normals=True, frame="x,z,y")
+    pts = z_up[0][0].numpy()  # points and normals both turn: (x, y, z) -> (x, z, y)
+    np.testing.assert_array_equal(pts, raw[:, [0, 2, 1, 3, 5, 4]])
+    assert ShapeNetPart(tiny_root, split="test").normalization == "unit_sphere"
+
+
+def test_synthetic_chairs_stand_on_the_y_axis(tmp_path):
+    """The procedural shapes are in the standard frame (y up), as ShapeNet: legs below the seat below the back."""
+    root = write_synthetic_shapenetpart(tmp_path / "syn", {"train": 3, "val": 0, "test": 0}, num_points=600, seed=1)
+    ds = ShapeNetPart(root, split="train", num_points=None, normalize=False, categories=["Chair"])
+    for i in range(len(ds)):
+        pts, _, seg = ds[i]
+        height = {part: pts[seg == part, 1].mean().item() for part in (12, 13, 14)}  # back, seat, legs
+        assert height[14] < height[13] < height[12], height

@@ -81,9 +81,20 @@ def test_vae_then_unet_recipes_make_a_loadable_pipeline(tmp_path):
             "data.eval_batch_size=8", "trainer.max_steps=2"]
     vae = run_training(str(repo / "configs/t2i/vae.yaml"), data + ["model.block_out_channels=[8,8,8]",
                                                                   "model.norm_num_groups=4"], tmp_path / "vae")
-    assert {"psnr", "psnr_colour", "latent_std"} <= set(vae["final"])
+    assert {"psnr", "psnr_colour", "latent_std", "train_latent_std", "scaling_factor"} <= set(vae["final"])
     cfg = json.loads((tmp_path / "vae" / "vae" / "config.json").read_text())
-    assert cfg["scaling_factor"] == pytest.approx(1 / vae["final"]["latent_std"], rel=1e-4)
+    # the scaling factor is 1 / std of the *training* digits' latents, measured here independently
+    from diffusers import AutoencoderKL
+
+    from zoo.data.images.mnist import MNIST
+    from zoo.data.images.style_digits import pad_digit
+
+    saved = AutoencoderKL.from_pretrained(str(tmp_path / "vae" / "vae")).eval()
+    train = pad_digit(MNIST(root=root, split="test[:30]").data.float().div(255.0)[:, None]).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        z = saved.encode(train * 2 - 1).latent_dist.mode()
+    assert cfg["scaling_factor"] == pytest.approx(1 / z.double().std().item(), rel=1e-4)
+    assert cfg["scaling_factor"] == pytest.approx(vae["final"]["scaling_factor"], rel=1e-6)
 
     unet = run_training(str(repo / "configs/t2i/unet.yaml"), data + [
         f"model.vae={tmp_path / 'vae' / 'vae'}", "model.block_out_channels=[16,32]", "model.attention_head_dim=8",
@@ -97,6 +108,59 @@ def test_vae_then_unet_recipes_make_a_loadable_pipeline(tmp_path):
     assert {"to_q", "to_k", "to_v"} <= names  # standard diffusers attention: LoRA / SaRA targets
     x = generate_digits(pipe, [3, 4], num_inference_steps=2)
     assert x.shape == (2, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+    # the reported numbers of a pipeline (configs/t2i/evaluate.yaml's cell): per-image fidelity saved for the bootstrap
+    measured = run_training(str(repo / "configs/t2i/measure.yaml"), [
+        f"measure.pretrained={tmp_path / 'unet' / 'pipeline'}", f"measure.mnist_root={root}",
+        "measure.split=test[30:]", "measure.per_digit=1", "measure.num_inference_steps=2", "measure.psnr_images=4"],
+        tmp_path / "measure")["final"]
+    assert measured["images"] == 10 and 0 <= measured["prompt_fidelity"] <= 100
+    assert np.isfinite(measured["vae_psnr"]) and 0 <= measured["classifier_top1"] <= 100
+    per_image = np.load(tmp_path / "measure" / "per_example.npz")["prompt_fidelity"]
+    assert per_image.shape == (10,) and per_image.mean() == pytest.approx(measured["prompt_fidelity"])
+
+
+def _mnist_reads(monkeypatch) -> list[str]:
+    """Record the split of every MNIST dataset built from now on."""
+    from zoo.data.images import mnist
+
+    reads: list[str] = []
+    original = mnist.MNIST.__init__
+
+    def recording_init(self, root=None, split="train", *args, **kwargs):
+        reads.append(split)
+        original(self, root, split, *args, **kwargs)
+
+    monkeypatch.setattr(mnist.MNIST, "__init__", recording_init)
+    return reads
+
+
+def test_no_pretraining_stage_reads_the_reported_split(tmp_path, monkeypatch):
+    """The shipped pre-training configs of tiny_t2i_mnist and its digit classifier (configs/t2i: VAE, UNet, the
+    judge of the generation metrics), run with their own splits on a full-size fake t10k file: every MNIST split any
+    of them opens (training, validation, the VAE's scaling factor) is disjoint from the reported ``test[8000:]``,
+    and the validation split is the scheme's (zoo/data/splits.py)."""
+    from zoo.cli import run_training
+    from zoo.config import load_config
+    from zoo.data.splits import is_reported_split, split_scheme
+
+    repo = Path(__file__).resolve().parents[2]
+    scheme = split_scheme("mnist")
+    for name in ("vae", "unet", "classifier"):
+        data = load_config(repo / "configs" / "t2i" / f"{name}.yaml")["data"]
+        assert (data["train_split"], data["eval_split"]) == (scheme.train, scheme.validation), name
+    root = fake_mnist(tmp_path / "mnist", n=10_000)
+    reads = _mnist_reads(monkeypatch)
+    common = [f"data.root={root}", "data.batch_size=4", "data.eval_images=4", "trainer.max_steps=1"]
+    run_training(str(repo / "configs/t2i/vae.yaml"), common + ["model.block_out_channels=[8,8,8]",
+                                                               "model.norm_num_groups=4"], tmp_path / "vae")
+    run_training(str(repo / "configs/t2i/unet.yaml"), common + [
+        f"model.vae={tmp_path / 'vae' / 'vae'}", "model.block_out_channels=[16,32]", "model.attention_head_dim=8",
+        "model.norm_num_groups=8", "model.text_hidden=16", "sample.seeds=[0]", "sample.num_inference_steps=1",
+        "trainer.ema_decay=null"], tmp_path / "unet")
+    run_training(str(repo / "configs/t2i/classifier.yaml"), [f"data.root={root}", "trainer.epochs=1",
+                                                             "trainer.max_steps_per_epoch=1"], tmp_path / "classifier")
+    assert reads and {scheme.train, scheme.validation} <= set(reads)
+    assert not [s for s in reads if is_reported_split("mnist", s)], reads
 
 
 def test_unet_recipe_needs_a_vae_folder(tmp_path):

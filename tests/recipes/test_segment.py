@@ -36,7 +36,7 @@ def test_train_select_on_val_then_evaluate_test(synth, tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     final = summary["final"]
     assert summary["best"]["metric"] == "instance_miou" and final["num_shapes"] == 5  # val: 1 shape x 5 categories
-    assert 0 <= final["instance_miou"] <= 1 and 0 <= final["class_miou"] <= 1 and 0 <= final["accuracy"] <= 1
+    assert 0 <= final["instance_miou"] <= 100 and 0 <= final["class_miou"] <= 100 and 0 <= final["accuracy"] <= 100  # percent
     assert {f"per_category/{c}" for c in ("Airplane", "Chair", "Lamp", "Mug", "Table")} <= set(final)
     log = (out / "metrics.csv").read_text()
     assert "train_glr" in log and "train_importance" in log and "train_ce" in log
@@ -93,7 +93,7 @@ def test_voting_averages_probabilities(synth):
         m = recipe.evaluate(model, loader, acc)
         points, category, _ = next(iter(loader))
         scores = recipe.predict(model, points, category, torch.Generator().manual_seed(0))
-    assert 0 <= m["instance_miou"] <= 1 and "loss" not in m
+    assert 0 <= m["instance_miou"] <= 100 and "loss" not in m
     torch.testing.assert_close(scores.sum(-1), torch.ones(scores.shape[:2]))
 
 
@@ -115,7 +115,7 @@ def test_majority_baseline_and_figure(synth, tmp_path):
                           gather_for_metrics=lambda x: x)
     with torch.no_grad():
         m = recipe.evaluate(model, recipe.build_eval_loader(), acc, output_dir=tmp_path)
-    assert 0 < m["baseline_instance_miou"] < 1 and 0 < m["baseline_accuracy"] <= 1
+    assert 0 < m["baseline_instance_miou"] < 100 and 0 < m["baseline_accuracy"] <= 100  # percent
     from zoo.data.pointcloud.shapenetpart import CATEGORIES, SEG_CLASSES
 
     majority = recipe.majority_parts

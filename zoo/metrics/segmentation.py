@@ -18,7 +18,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["PartSegmentationMeter", "majority_part_by_category", "restricted_argmax", "shape_iou", "part_ious"]
+from zoo.metrics.base import Metric
+
+__all__ = ["PartSegmentationMeter", "PartSegmentationMetric", "majority_part_by_category", "restricted_argmax",
+           "shape_iou", "part_ious"]
 
 
 def restricted_argmax(logits: torch.Tensor, categories: torch.Tensor, parts_of: Sequence[Sequence[int]]
@@ -117,6 +120,56 @@ class PartSegmentationMeter:
         rows.append(f"{'instance':<12} {100 * m['instance_miou']:6.2f} {m['num_shapes']:6d}")
         rows.append(f"{'class':<12} {100 * m['class_miou']:6.2f}")
         return "\n".join(rows)
+
+
+class PartSegmentationMetric(Metric):
+    """The ShapeNetPart metrics of an evaluation in **percent** (``instance_miou``, ``class_miou``, ``accuracy``,
+    ``class_avg_accuracy``, ``per_category/<name>``) and ``num_shapes``, from the per-example outputs
+    ``pred (N, P)`` (part labels per point, see :func:`restricted_argmax`), ``category (N,)``, ``target (N, P)``.
+
+    Reduced batch by batch (a :class:`PartSegmentationMeter`), so the per-point outputs are not kept.
+
+    Args:
+        seg_classes: ``{category name: [global part labels]}`` in category-index order.
+        majority: ``{category: part}``: score the per-category majority-part baseline instead of ``pred``
+            (names get the ``prefix``).
+        prefix: put before every name (e.g. ``"baseline_"``).
+    """
+
+    keys = ("pred", "category", "target")
+
+    def __init__(self, seg_classes: Mapping[str, Sequence[int]], majority: Mapping[int, int] | None = None,
+                 prefix: str = ""):
+        self.seg_classes = dict(seg_classes)
+        self.majority = dict(majority) if majority is not None else None
+        self.prefix = prefix
+        super().__init__()
+
+    def reset(self) -> None:
+        self.meter = PartSegmentationMeter(self.seg_classes)
+
+    def update(self, outputs: Mapping[str, torch.Tensor]) -> None:
+        pred, category, target = outputs["pred"].cpu(), outputs["category"].cpu(), outputs["target"].cpu()
+        if self.majority is not None:
+            pred = torch.tensor([self.majority[int(c)] for c in category.tolist()])[:, None].expand_as(target)
+        self.meter.update(pred, category, target)
+
+    @property
+    def num_examples(self) -> int:
+        return sum(len(v) for v in self.meter.shape_ious)
+
+    def compute(self) -> dict[str, float]:
+        m = self.meter.compute()
+        out: dict[str, float] = {k: 100.0 * v for k, v in m.items() if k not in ("per_category", "num_shapes")}
+        out["num_shapes"] = m["num_shapes"]
+        out.update({f"per_category/{k}": 100.0 * v for k, v in m["per_category"].items()})
+        return {f"{self.prefix}{k}": v for k, v in out.items()}
+
+    def per_example(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError("PartSegmentationMetric keeps no resumable state (evaluations are not resumed)")
 
 
 def majority_part_by_category(samples) -> dict[int, int]:

@@ -33,7 +33,8 @@ _PAPER = "Qi et al., PointNet: Deep Learning on Point Sets for 3D Classification
 
 default_cfgs = {
     "pointnet": PretrainedCfg(
-        num_classes=40, classifier="head.fc3", num_points=1024, input_size=(1024, 3), license="apache-2.0",
+        num_classes=40, classifier="head.fc3", num_points=1024, input_size=(1024, 3), frame="standard",
+        license="apache-2.0",
         paper=_PAPER + " (arXiv:1612.00593)", origin_url="https://github.com/charlesq34/pointnet",
         notes="No weights shipped yet.",
     ),

@@ -77,7 +77,8 @@ SCORE_PREDICTORS = ("deep", "simple")
 
 def _cfg(num_points: int = 2048, **kwargs: Any) -> PretrainedCfg:
     defaults = dict(num_classes=NUM_PARTS, classifier="convs3", input_size=(num_points, 3), num_points=num_points,
-                    dataset="shapenetpart", license="apache-2.0", paper=_PAPER, origin_url=_ORIGIN)
+                    dataset="shapenetpart", frame="standard", normalization="unit_sphere", license="apache-2.0",
+                    paper=_PAPER, origin_url=_ORIGIN)
     return PretrainedCfg(**{**defaults, **kwargs})
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.adapters.base import build_adapter
 from zoo.data import build_dataset
 from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
-from zoo.metrics.classification import classification_metrics, confusion_matrix, save_confusion_matrix
+from zoo.metrics.classification import ClassificationMetric, save_confusion_matrix
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.registry import create_model
 
@@ -80,6 +82,9 @@ class ClassifyConfig(RecipeConfig):
     data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # an adaptation method (zoo/adapters; e.g. {name: lora, rank: 4}): the model is frozen but what the method
+    # trains; checkpoints hold only that, and the final evaluation saves it into <run>/adapter/. Empty: train all.
+    adapter: dict[str, Any] = field(default_factory=dict)
 
 
 def split_model_output(out: Any, model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -127,6 +132,7 @@ class ClassifyRecipe(Recipe):
                               f"({type(num_classes).__name__}); write e.g. model.num_classes=10 without quotes")
         if cfg.eval.num_votes < 1:
                 raise ConfigError(f"eval.num_votes must be >= 1, got {cfg.eval.num_votes!r}")
+        self.adapter = build_adapter(cfg.adapter) if cfg.adapter else None
 
     # ---------------------------------------------------------------- data
     def _dataset(self, split: str, extra: dict, transforms: list) -> Any:
@@ -197,16 +203,49 @@ class ClassifyRecipe(Recipe):
 
     # ---------------------------------------------------------------- model
     def build_model(self) -> nn.Module:
-        return self._create_model(dict(self.cfg.model))
+        model = self._create_model(dict(self.cfg.model))
+        return self.adapter.apply(model) if self.adapter is not None else model
+
+    def optimizer_params(self, model: nn.Module) -> nn.Module | list:
+        """The whole model (grouped for weight decay), or with an ``adapter`` what the method trains."""
+        if self.adapter is None:
+            return model
+        return self.adapter.param_groups(model, lr=self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay)
+
+    def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return model.state_dict() if self.adapter is None else self.adapter.state_dict(model)
+
+    def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        if self.adapter is None:
+            model.load_state_dict(state)
+        else:
+            self.adapter.load_state_dict(model, state)
 
     def build_eval_model(self, model_name: str | None = None, pretrained: bool = False,
                          checkpoint_path: str | None = None) -> nn.Module:
+        """The model ``tools/eval.py`` evaluates. With an ``adapter`` section, ``checkpoint_path`` is the adapter
+        run's checkpoint (adapter weights only): the base model comes from the config (``model.checkpoint_path`` /
+        ``pretrained``), the method is applied and the checkpoint loaded into it."""
         kwargs = dict(self.cfg.model)
         if model_name:  # another model than the config's: keep only the class count
             kwargs = {"name": model_name, **{k: v for k, v in kwargs.items() if k == "num_classes"}}
+        if self.adapter is not None:
+            model = self.adapter.apply(self._create_model(kwargs, pretrained=pretrained, allow_head_reinit=False))
+            if checkpoint_path is not None:
+                from zoo.hub import clean_state_dict
+                from zoo.engine.checkpoint import read_checkpoint
+
+                state = read_checkpoint(checkpoint_path, what="the adapter run's checkpoint (--checkpoint)")
+                self.adapter.load_state_dict(model, clean_state_dict(state))
+            return model
         # evaluating a randomly re-initialised head (checkpoint with another class count) is an error, not a warning
-        return self._create_model(kwargs, pretrained=pretrained, checkpoint_path=checkpoint_path,
-                                  allow_head_reinit=False)
+        model = self._create_model(kwargs, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                                   allow_head_reinit=False)
+        if pretrained and checkpoint_path is None:  # shipped weights: their point-cloud frame must match the data's
+            from zoo.data.pointcloud.frames import check_pretrained_against_data
+
+            check_pretrained_against_data(model, self.eval_dataset, model_name or self.cfg.model.get("name"))
+        return model
 
     def _create_model(self, kwargs: dict[str, Any], **load: Any) -> nn.Module:
         """``create_model`` from a ``model`` section; ``num_classes`` defaults to the dataset's class count."""
@@ -238,27 +277,31 @@ class ClassifyRecipe(Recipe):
         return logits
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
-        from tqdm.auto import tqdm
+        """Metrics over the eval loader (the one evaluation loop); voting views are seeded per process, so an
+        evaluation is reproducible. With an ``adapter`` the final evaluation also saves it (``<run>/adapter/``)."""
+        self._vote_generator = None
+        self._process_index = accelerator.process_index
+        if output_dir is not None and self.adapter is not None and accelerator.is_main_process:
+            self.adapter.save(accelerator.unwrap_model(model), Path(output_dir) / "adapter")
+        return super().evaluate(model, loader, accelerator, output_dir)
 
-        from zoo.engine.logging import progress_enabled
+    def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        inputs, target = batch
+        if self._eval_batch_transform is not None:
+            inputs = self._eval_batch_transform(inputs)
+        if self._vote_generator is None and self.cfg.eval.num_votes > 1:
+            self._vote_generator = torch.Generator(inputs.device).manual_seed(self.cfg.seed + self._process_index)
+        return {"logits": self.predict(model, inputs, self._vote_generator).float(), "target": target}
 
-        all_logits, all_targets = [], []
-        generator = None
-        bar = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True,
-                   disable=not progress_enabled(self.cfg.trainer.progress, accelerator.is_main_process))
-        for inputs, target in bar:
-            if self._eval_batch_transform is not None:
-                inputs = self._eval_batch_transform(inputs)
-            if generator is None and self.cfg.eval.num_votes > 1:  # votes are seeded: evaluation is reproducible
-                generator = torch.Generator(inputs.device).manual_seed(self.cfg.seed + accelerator.process_index)
-            logits = self.predict(model, inputs, generator).float()
-            logits, target = accelerator.gather_for_metrics((logits, target))
-            all_logits.append(logits.cpu())
-            all_targets.append(target.cpu())
-        logits, target = torch.cat(all_logits), torch.cat(all_targets)
-        metrics = classification_metrics(logits, target, self.cfg.eval.topk)
-        metrics["loss"] = F.cross_entropy(logits, target).item()
-        if output_dir is not None and accelerator.is_main_process:
-            cm = confusion_matrix(logits.argmax(1), target, logits.shape[1])
-            save_confusion_matrix(cm, self.class_names, output_dir)
-        return metrics
+    def build_metrics(self, kind: str = "eval") -> list:
+        return [ClassificationMetric(self.cfg.eval.topk)]
+
+    def after_evaluate(self, metrics: Any, values: dict[str, Any], output_dir: Any) -> None:
+        """The confusion matrix (CSV + PNG), per-class accuracy and ``per_example.npz`` (``top1`` per example, for a
+        study's paired bootstrap)."""
+        from zoo.studies.per_example import save_per_example
+
+        metric = metrics.metrics[0]
+        save_confusion_matrix(metric.confusion_matrix(), self.class_names, output_dir)
+        seen = metric.per_example()
+        save_per_example(output_dir, {"top1": 100.0 * (seen["logits"].argmax(1) == seen["target"]).double()})

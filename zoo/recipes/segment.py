@@ -28,7 +28,7 @@ from torch import nn
 from zoo.data import build_dataset
 from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
-from zoo.metrics.segmentation import PartSegmentationMeter, restricted_argmax
+from zoo.metrics.segmentation import restricted_argmax
 from zoo.models._contract import pop_auxiliary_losses
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.registry import create_model
@@ -156,8 +156,13 @@ class SegmentRecipe(Recipe):
         name = kwargs.pop("name")
         if model_name:
             name, kwargs = model_name, {k: v for k, v in kwargs.items() if k == "num_classes"}
-        return create_model(name, **kwargs, pretrained=pretrained, checkpoint_path=checkpoint_path,
-                            allow_head_reinit=False)
+        model = create_model(name, **kwargs, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                             allow_head_reinit=False)
+        if pretrained and checkpoint_path is None:  # shipped weights: their point-cloud frame must match the data's
+            from zoo.data.pointcloud.frames import check_pretrained_against_data
+
+            check_pretrained_against_data(model, self.eval_dataset, name)
+        return model
 
     # ---------------------------------------------------------------- steps
     def augment(self, points: torch.Tensor) -> torch.Tensor:
@@ -197,59 +202,65 @@ class SegmentRecipe(Recipe):
         return total / ev.num_votes
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+        """Metrics over the eval loader (the one evaluation loop); votes are seeded per process, and a few shapes
+        of every category (from this process) are kept for the figure."""
+        self._vote_generator = None
+        self._process_index = accelerator.process_index
+        self._shown: list = []
+        return super().evaluate(model, loader, accelerator, output_dir)
 
-        from zoo.engine.logging import progress_enabled
+    def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        points, category, target = batch
+        ev = self.cfg.eval
+        if self._vote_generator is None and ev.num_votes > 1:
+            self._vote_generator = torch.Generator(points.device).manual_seed(self.cfg.seed + self._process_index)
+        scores = self.predict(model, points, category, self._vote_generator)
+        pred = restricted_argmax(scores, category, self._parts_of)
+        out = {"pred": pred, "category": category, "target": target}
+        if ev.num_votes == 1:  # per-shape mean cross-entropy (every shape has the same number of points)
+            ce = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1), reduction="none")
+            out["loss"] = ce.reshape(target.shape).mean(1)
+        self._keep_for_figure(points, category, target, pred)
+        return out
 
-        meter = PartSegmentationMeter(_seg_classes(self.eval_dataset))
-        baseline = PartSegmentationMeter(_seg_classes(self.eval_dataset)) if self.cfg.eval.majority_baseline else None
-        majority = self.majority_parts if baseline is not None else {}
-        shown: list = []
-        per_cat: dict[int, int] = {}
+    @cached_property
+    def _parts_of(self) -> list[list[int]]:
+        return [list(p) for p in _seg_classes(self.eval_dataset).values()]
+
+    def _keep_for_figure(self, points, category, target, pred) -> None:
+        """Keep up to ``eval.figure_shapes`` shapes, a few of every category, for ``partseg_predictions.png``."""
+        limit = self.cfg.eval.figure_shapes
         n_cats = len(getattr(self.eval_dataset, "categories", [])) or 1
-        per_cat_max = max(1, -(-self.cfg.eval.figure_shapes // n_cats))
-        generator = None
-        loss_sum, points_seen = 0.0, 0
-        bar = tqdm(loader, desc="evaluate", leave=False, dynamic_ncols=True,
-                   disable=not progress_enabled(self.cfg.trainer.progress, accelerator.is_main_process))
-        for points, category, target in bar:
-            if generator is None and self.cfg.eval.num_votes > 1:
-                generator = torch.Generator(points.device).manual_seed(self.cfg.seed + accelerator.process_index)
-            scores = self.predict(model, points, category, generator)
-            if self.cfg.eval.num_votes == 1:
-                loss_sum += F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1),
-                                            reduction="sum").item()
-                points_seen += target.numel()
-            if len(shown) < self.cfg.eval.figure_shapes:  # a few shapes of every category, from this process
-                pred = restricted_argmax(scores, category, meter.parts_of).cpu()
-                for b in range(len(category)):
-                    c = int(category[b])
-                    if len(shown) < self.cfg.eval.figure_shapes and per_cat.get(c, 0) < per_cat_max:
-                        per_cat[c] = per_cat.get(c, 0) + 1
-                        shown.append((points[b, :, :3].cpu(), c, target[b].cpu(), pred[b]))
-            scores, category, target = accelerator.gather_for_metrics((scores, category, target))
-            meter.update(scores.cpu(), category.cpu(), target.cpu())
-            if baseline is not None:
-                fixed = torch.tensor([majority[int(c)] for c in category.tolist()])[:, None].expand_as(target)
-                baseline.update(fixed, category.cpu(), target.cpu())
-        m = meter.compute()
-        metrics: dict[str, Any] = {k: v for k, v in m.items() if k != "per_category"}
-        metrics.update({f"per_category/{k}": v for k, v in m["per_category"].items()})
-        if points_seen:
-            metrics["loss"] = loss_sum / points_seen
-        if baseline is not None:
-            b = baseline.compute()
-            metrics.update(baseline_instance_miou=b["instance_miou"], baseline_class_miou=b["class_miou"],
-                           baseline_accuracy=b["accuracy"])
-        if output_dir is not None and accelerator.is_main_process:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
-            table = meter.table() + "\n"
-            if baseline is not None:
-                table += "\nper-category majority-part baseline:\n" + baseline.table() + "\n"
-            (Path(output_dir) / "part_iou_table.txt").write_text(table)
-            if shown:
-                save_part_figure(shown, meter.names, Path(output_dir) / "partseg_predictions.png")
+        per_cat_max = max(1, -(-limit // n_cats))
+        for b in range(len(category)):
+            c = int(category[b])
+            if len(self._shown) < limit and sum(1 for s in self._shown if s[1] == c) < per_cat_max:
+                self._shown.append((points[b, :, :3].cpu(), c, target[b].cpu(), pred[b].cpu()))
+
+    def build_metrics(self, kind: str = "eval") -> list:
+        from zoo.metrics.base import MeanMetric
+        from zoo.metrics.segmentation import PartSegmentationMetric
+
+        seg_classes = _seg_classes(self.eval_dataset)
+        metrics: list = [PartSegmentationMetric(seg_classes)]
+        if self.cfg.eval.num_votes == 1:
+            metrics.append(MeanMetric("loss"))
+        if self.cfg.eval.majority_baseline:
+            metrics.append(PartSegmentationMetric(seg_classes, majority=self.majority_parts, prefix="baseline_"))
         return metrics
+
+    def after_evaluate(self, metrics: Any, values: dict[str, Any], output_dir: Any) -> None:
+        """``part_iou_table.txt`` (per-category IoU, percent; with the majority baseline when on) and
+        ``partseg_predictions.png``."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        seg = metrics.metrics[0].meter
+        table = seg.table() + "\n"
+        if self.cfg.eval.majority_baseline:
+            table += "\nper-category majority-part baseline:\n" + metrics.metrics[-1].meter.table() + "\n"
+        (out / "part_iou_table.txt").write_text(table)
+        if self._shown:
+            save_part_figure(self._shown, seg.names, out / "partseg_predictions.png")
 
     @cached_property
     def majority_parts(self) -> dict[int, int]:

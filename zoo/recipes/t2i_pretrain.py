@@ -6,8 +6,10 @@ Two recipes, run one after the other by ``configs/t2i/pipeline.yaml``:
   ``MSE(x̂, x) + kl_weight · KL(q(z|x) || N(0, I))`` on MNIST digits zero-padded from 28×28 to 32×32 and replicated
   to RGB; a share ``data.colour_prob`` of them are colour/texture composites (:class:`ColourDigits`, skimage
   photos, never the style-benchmark textures) so the frozen VAE can also represent coloured styles later.
-  Evaluation: reconstruction PSNR (grey held-out digits, and colour composites) and the latent std; the final
-  one writes ``vae/`` (a diffusers folder, ``scaling_factor = 1 / std`` of the held-out latents);
+  Evaluation (validation split): reconstruction PSNR (grey digits, and colour composites) and the latent std;
+  the final one writes ``vae/`` (a diffusers folder, ``scaling_factor = 1 / std`` of the latents of the grey
+  *training* digits, :func:`training_latent_stats`: a constant baked into every later stage is never measured on
+  an evaluation split);
 * ``t2i_unet`` — a ``UNet2DConditionModel`` with cross-attention (standard diffusers attention modules
   ``to_q/to_k/to_v/to_out.0``) and a small ``CLIPTextModel`` trained *jointly* from scratch on the frozen VAE's
   latents; captions from :mod:`zoo.diffusion.captions` (paraphrase templates), tokenized by the word-level CLIP
@@ -19,13 +21,15 @@ Two recipes, run one after the other by ``configs/t2i/pipeline.yaml``:
 The model's parts (data, networks, pipeline) are :mod:`zoo.diffusion.t2i`; the denoising objective and its
 fixed-noise validation loss :mod:`zoo.diffusion.denoising`. Evaluations go through the one evaluation loop
 (per-example outputs gathered across processes; the colour composites and the validation noise are fixed per
-held-out example). Split: the shared MNIST is the 10,000-digit t10k file; ``test[:8000]`` trains, ``test[8000:]``
-is held out.
+held-out example). Split (:mod:`zoo.data.splits`): the shared MNIST is the 10,000-digit t10k file; ``test[:7000]``
+trains every part, ``test[7000:8000]`` validates (``best.pt``, the logged evaluations), ``test[8000:]`` is reported
+and read by no pre-training stage (``tests/diffusion/test_t2i_pretrain.py`` checks it).
 Importing this module does not import diffusers; building a recipe does (``pip install -e .[diffusion]``).
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,7 +45,8 @@ from zoo.metrics.base import MeanMetric
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 
 __all__ = ["T2IDataConfig", "VAEModelConfig", "T2IVAEConfig", "T2IVAERecipe", "UNetModelConfig", "T2ISampleConfig",
-           "T2IUNetConfig", "T2IUNetRecipe", "pipeline_from_checkpoint"]
+           "T2IUNetConfig", "T2IUNetRecipe", "pipeline_from_checkpoint", "training_latent_stats",
+           "T2IMeasureSection", "T2IMeasureConfig", "T2IMeasureRecipe"]
 
 _logger = logging.getLogger("zoo")
 
@@ -51,9 +56,9 @@ class T2IDataConfig:
     """Config section ``data`` of both recipes."""
 
     root: str | None = None  # MNIST folder (default: the shared sample data)
-    train_split: str = "test[:8000]"
-    eval_split: str = "test[8000:]"
-    eval_images: int = 512  # first N held-out digits for the evaluation
+    train_split: str = "test[:7000]"
+    eval_split: str = "test[7000:8000]"  # validation (zoo/data/splits.py); test[8000:] is reported, never read here
+    eval_images: int = 512  # first N validation digits for the evaluation
     batch_size: int = 64
     eval_batch_size: int = 128
     colour_prob: float = 0.5  # t2i_vae: share of colour/texture composites in training
@@ -107,7 +112,7 @@ class T2IVAEConfig(RecipeConfig):
 
 @register_recipe("t2i_vae")
 class T2IVAERecipe(Recipe):
-    """Train the tiny model's ``AutoencoderKL`` (see the module doc). Main metric: ``psnr`` (grey, held out)."""
+    """Train the tiny model's ``AutoencoderKL`` (see the module doc). Main metric: ``psnr`` (grey validation digits)."""
 
     Config = T2IVAEConfig
     main_metric = "psnr"
@@ -162,14 +167,47 @@ class T2IVAERecipe(Recipe):
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
         """The gathered metrics; with ``output_dir`` (the final evaluation) also ``vae/`` (a diffusers folder with
-        ``scaling_factor = 1 / latent_std``)."""
+        ``scaling_factor = 1 / std`` of the training digits' latents, :func:`training_latent_stats`; also returned
+        as ``train_latent_std`` / ``train_latent_mean`` / ``scaling_factor``)."""
         values = super().evaluate(model, loader, accelerator)
         if output_dir is not None and accelerator.is_main_process:
             vae = accelerator.unwrap_model(model)
-            vae.register_to_config(scaling_factor=1.0 / values["latent_std"])
+            d = self.cfg.data
+            stats = training_latent_stats(vae, d.train_split, d.root, d.eval_batch_size)
+            values.update(train_latent_std=stats["latent_std"], train_latent_mean=stats["latent_mean"],
+                          scaling_factor=1.0 / stats["latent_std"])
+            vae.register_to_config(scaling_factor=values["scaling_factor"])
             vae.save_pretrained(str(Path(output_dir) / "vae"), safe_serialization=True)
-            _logger.info("saved the VAE to %s (scaling_factor %.4f)", Path(output_dir) / "vae", 1.0 / values["latent_std"])
+            _logger.info("saved the VAE to %s (scaling_factor %.4f = 1 / std of the %s latents)",
+                         Path(output_dir) / "vae", values["scaling_factor"], d.train_split)
         return values
+
+
+@torch.no_grad()
+def training_latent_stats(vae: nn.Module, split: str, root: str | None = None, batch_size: int = 256
+                          ) -> dict[str, float]:
+    """``{"latent_std", "latent_mean"}`` over every entry of the posterior-mode latents ``(N, 4, 8, 8)`` of all grey
+    digits of the *training* ``split`` (the images the UNet is trained on): the VAE's ``scaling_factor`` is
+    ``1 / latent_std`` (SD's convention: unit-variance latents). Runs on the VAE's device, in eval mode."""
+    from zoo.diffusion.t2i import DigitImages
+
+    images = DigitImages(split, root, captions=False)
+    was_training = vae.training
+    vae.eval()
+    device = next(vae.parameters()).device
+    total = total_sq = count = 0.0
+    try:
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([images[i]["pixel_values"] for i in range(start, min(start + batch_size, len(images)))])
+            z = vae.encode(x.to(device)).latent_dist.mode().double()
+            total += z.sum().item()
+            total_sq += z.pow(2).sum().item()
+            count += z.numel()
+    finally:
+        vae.train(was_training)
+    mean = total / count
+    var = (total_sq - count * mean * mean) / max(count - 1, 1)
+    return {"latent_std": math.sqrt(max(var, 0.0)), "latent_mean": mean}
 
 
 # ====================================================================================================== UNet
@@ -294,7 +332,7 @@ class T2IUNetRecipe(Recipe):
         return {"loss": F.mse_loss(model(noisy, t, ids).float(), noise.float())}
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        """``{"val_loss": (B,)}``: the denoising loss of each held-out digit under its canonical prompt at
+        """``{"val_loss": (B,)}``: the denoising loss of each validation digit under its canonical prompt at
         ``eval_timesteps`` fixed timesteps, with the noise of its index (the batches of a one-process evaluation,
         seeded ``eval_seed + batch``)."""
         from zoo.diffusion.captions import prompt
@@ -351,3 +389,89 @@ def pipeline_from_checkpoint(run_dir: str | Path, out_dir: str | Path, ema: bool
     net.load_state_dict(weights)
     text_to_image_pipeline(recipe.vae, net.eval(), recipe.tokenizer).save_pretrained(str(out_dir), safe_serialization=True)
     return Path(out_dir)
+
+
+# ====================================================================================================== measure
+@dataclass
+class T2IMeasureSection:
+    """Config section ``measure`` of ``t2i_measure``."""
+
+    pretrained: str = "tiny_t2i_mnist"  # a shipped pipeline name or a diffusers folder
+    split: str = "test[8000:]"  # the reported split
+    per_digit: int = 20  # prompt fidelity: images per digit (canonical prompt), sampling seeds from ``seed``
+    num_inference_steps: int = 25
+    guidance_scale: float = 4.0
+    batch_size: int = 100
+    psnr_images: int = 512  # VAE PSNR: the first N digits of ``split``
+    colour_seed: int = 4321  # of the colour composites (as the VAE's evaluation)
+    mnist_root: str | None = None
+    classifier: str | None = None  # default: the shipped convnet_small_mnist32
+
+
+@dataclass
+class T2IMeasureConfig(RecipeConfig):
+    recipe: str = "t2i_measure"
+    measure: T2IMeasureSection = field(default_factory=T2IMeasureSection)
+
+
+@register_recipe("t2i_measure")
+class T2IMeasureRecipe(Recipe):
+    """The shipped model's reported numbers on the reported split (``configs/t2i/evaluate.yaml``; one cell per
+    sampling seed ``seed``): ``prompt_fidelity`` — the digit classifier's accuracy (%) on ``per_digit`` images per
+    digit of the canonical prompt (25 DDIM steps, guidance 4; image ``(k, d)`` from the noise of seed
+    ``seed + 1000 k + d``); ``vae_psnr`` / ``vae_psnr_colour`` — reconstruction PSNR (dB, posterior mode) of the
+    first ``psnr_images`` grey digits of ``split`` and of their colour composites; ``classifier_top1`` — the digit
+    classifier's accuracy on every digit of ``split`` (its own reported number). The last three do not depend on
+    the seed; the prompt fidelity's per-image values are saved (``per_example.npz``) for the summary's bootstrap
+    over images. The module's split rule holds here too: this recipe reads only ``measure.split``."""
+
+    Config = T2IMeasureConfig
+    run_shape = "study"
+    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        import numpy as np
+
+        from zoo.data.images.mnist import MNIST
+        from zoo.data.images.style_digits import ColourDigits, pad_digit
+        from zoo.diffusion.composition_eval import collate_items, generate_step
+        from zoo.diffusion.pretrained import PRETRAINED_PIPELINES, load_pretrained_pipeline
+        from zoo.diffusion.style_eval import generation_items
+        from zoo.diffusion.t2i import psnr
+        from zoo.metrics.generation import classifier_logits_features, load_digit_classifier
+        from zoo.studies import save_per_example
+
+        m = self.cfg.measure
+        if m.pretrained in PRETRAINED_PIPELINES:
+            pipe = load_pretrained_pipeline(m.pretrained)
+        else:
+            from zoo.diffusion.pipeline import load_pipeline
+
+            pipe = load_pipeline(m.pretrained, torch_dtype=torch.float32)
+            pipe.set_progress_bar_config(disable=True)
+        classifier = load_digit_classifier(m.classifier)
+        step = generate_step(num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale)
+        items = generation_items("", m.per_digit, self.cfg.seed)
+        hits = []
+        with torch.no_grad():
+            for start in range(0, len(items), m.batch_size):
+                out = step(pipe, collate_items(items[start:start + m.batch_size]))
+                pred = classifier_logits_features(classifier, out["images"])[0].argmax(1)
+                hits.append(100.0 * (pred == out["digit"]).double())
+        fidelity = torch.cat(hits)
+        ds = MNIST(root=m.mnist_root, split=m.split)
+        grey = pad_digit(ds.data.float().div(255.0)[:, None]).expand(-1, 3, -1, -1)
+        top1 = 100.0 * (classifier_logits_features(classifier, grey)[0].argmax(1) == ds.targets).double()
+        x = grey[:m.psnr_images]
+        colour = ColourDigits(1.0, seed=m.colour_seed)
+        xc = torch.stack([colour(img[:1]) for img in x])
+        vae = pipe.vae.eval()
+        with torch.no_grad():
+            rec = vae.decode(vae.encode(x * 2 - 1).latent_dist.mode()).sample
+            rec_c = vae.decode(vae.encode(xc * 2 - 1).latent_dist.mode()).sample
+        p_grey, p_colour = psnr((rec + 1) / 2, x), psnr((rec_c + 1) / 2, xc)
+        save_per_example(ctx.output_dir, {"prompt_fidelity": fidelity}, example_id=np.arange(len(fidelity)))
+        return {"prompt_fidelity": fidelity.mean().item(), "vae_psnr": p_grey.double().mean().item(),
+                "vae_psnr_colour": p_colour.double().mean().item(), "classifier_top1": top1.mean().item(),
+                "per_digit": {str(d): fidelity[d::10].mean().item() for d in range(10)},
+                "images": len(fidelity), "split": m.split}

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from zoo.data.pointcloud.frames import canonical_frame, parse_frame
+
 __all__ = [
     "ArrayCache",
     "PointCloudClassification",
@@ -264,7 +266,14 @@ class PointCloudClassification(Dataset):
     ``drop_nonfinite=True``, which drops them (``dropped_nonfinite`` lists their sources; the count is logged on
     the ``"zoo"`` logger). Stacked arrays are checked at construction, per-file clouds when read (all of them at
     construction with ``drop_nonfinite=True``).
+
+    Frames (``zoo.data.pointcloud.frames``): items are in the standard frame (y up; ``frame == "standard"``).
+    Subclasses set ``source_frame`` (the frame of their files: the format's own, or the ``frame=`` the user
+    gave); ``__getitem__`` maps xyz and normals from it. ``normalization`` records ``"unit_sphere"`` or ``"none"``.
+    The stored ``raw_points`` stay in the files' frame.
     """
+
+    frame = "standard"  # the frame of the items returned (every zoo reader converts to it)
 
     classes: list[str]
     labels: np.ndarray
@@ -294,6 +303,18 @@ class PointCloudClassification(Dataset):
         self._paths: list[Path] = []
         self._blocks: list[tuple[Path, int, int]] = []  # (file, first row, end row) of stacked arrays
         self._rows: np.ndarray | None = None  # storage row of each item once clouds were dropped
+        self.source_frame = "standard"  # frame of the stored clouds; subclasses set it (see set_source_frame)
+        self._frame_map = parse_frame("standard")
+
+    def set_source_frame(self, frame: str) -> None:
+        """Declare the frame of the stored clouds (``"standard"``, ``"off_mesh"`` or an axis map ``"x,z,-y"``)."""
+        self._frame_map = parse_frame(frame)
+        self.source_frame = canonical_frame(frame)
+
+    @property
+    def normalization(self) -> str:
+        """``"unit_sphere"`` when items are centred and scaled into the unit sphere, else ``"none"``."""
+        return "unit_sphere" if self.normalize else "none"
 
     @property
     def num_classes(self) -> int:
@@ -372,6 +393,7 @@ class PointCloudClassification(Dataset):
         if not np.isfinite(pts).all():
             name = f"{type(self).__name__} ({getattr(self, 'split', '?')} split)"
             raise nonfinite_error(name, [self.source(index)])
+        pts = self._frame_map.apply(pts)
         if self.normalize:
             pts[:, :3] = normalize_unit_sphere_np(pts[:, :3])
         out = subsample(torch.from_numpy(pts), self.num_points, self.sampling, self.source(index))

@@ -7,12 +7,20 @@ Formats (``format="auto"`` takes the first one found, in this order):
   are stored in furthest-point order, so ``sampling="first"`` with ``num_points=1024`` is exactly the FPS subset
   PointMamba's evaluation uses.
 * ``h5``: ``modelnet40_ply_hdf5_2048/ply_data_{train,test}{0..4}.h5`` listed in ``{train,test}_files.txt``
-  (keys ``data`` (n, 2048, 3), ``label`` (n, 1), ``normal``; 9840 / 2468 shapes). ModelNet40 only.
+  (keys ``data`` (n, 2048, 3), ``label`` (n, 1), ``normal``; 9840 / 2468 shapes). ModelNet10 reads the shapes of
+  its 10 classes from these files (relabelled by name; ModelNet40's split of those classes is ModelNet10's).
 * ``txt``: ``modelnet40_normal_resampled``: ``modelnet{40,10}_{train,test}.txt`` split files and
   ``<class>/<class>_0001.txt`` (10000 lines ``x,y,z,nx,ny,nz``).
 * ``pcd``: ``<class>/{train,test}/<class>_0001.pcd`` (e.g. ``shared/data/modelnet10``: binary PCD, 1024 points).
 * ``off``: the raw Princeton meshes ``<class>/{train,test}/<class>_0001.off``, surface-sampled once
   (``off_points`` area-weighted samples with normals, open3d when installed else numpy) into a cache.
+
+Frames (``zoo.data.pointcloud.frames``): items are always in the standard frame (y up), the frame of the dat, h5
+and txt files. OFF meshes are in their own frame (z up; standard = ``(x, z, y)`` of it) and are converted. A PCD
+tree is in the frame its ``.prepare_data.json`` records (``tools/prepare_data.py`` writes ``"frame": "standard"``);
+without that record, or with a record from before the tool converted, it is taken as sampled from the OFF meshes
+(``"off_mesh"``), as ``shared/data/modelnet10``. ``frame=`` overrides the format's frame for files in another one
+(``"standard"``, ``"off_mesh"`` or an axis map such as ``"x,z,-y"``).
 
 Tree formats (txt, pcd, off) are read file by file, or with ``cache=True`` stacked once into a memory-mapped
 ``.npy`` cache whose name hashes the parameters and the source files (see ``ArrayCache``).
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import json
 import pickle
 import re
 from collections.abc import Callable
@@ -43,11 +52,12 @@ from zoo.data.pointcloud._common import (
     natural_sorted,
     read_h5_arrays,
 )
+from zoo.data.pointcloud.frames import OFF_MESH, STANDARD, parse_frame
 from zoo.data.pointcloud.io import read_pcd, read_pcd_fields, read_txt
 from zoo.data.pointcloud.mesh import resolve_backend, sample_off
 from zoo.data.registry import register_dataset
 
-__all__ = ["MODELNET10_CLASSES", "MODELNET40_CLASSES", "ModelNet10", "ModelNet40", "load_dat"]
+__all__ = ["MODELNET10_CLASSES", "MODELNET40_CLASSES", "ModelNet10", "ModelNet40", "format_frame", "load_dat"]
 
 MODELNET40_CLASSES = [
     "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone",
@@ -67,7 +77,7 @@ _SUBDIRS = {
     40: ["modelnet40_normal_resampled", "ModelNet/modelnet40_normal_resampled", "modelnet40_ply_hdf5_2048",
          "ModelNet40", "modelnet40", "ModelNet"],
     10: ["modelnet10", "ModelNet10", "modelnet40_normal_resampled", "ModelNet/modelnet40_normal_resampled",
-         "ModelNet"],
+         "ModelNet", "modelnet40_ply_hdf5_2048"],
 }  # fmt: skip
 
 
@@ -86,12 +96,11 @@ def _sources(nc: int, split: str) -> tuple[list[str], str]:
             "https://shapenet.cs.stanford.edu/media/modelnet40_normal_resampled.zip"
         ),
     ]
+    h5_note = "" if nc == 40 else ", ModelNet10's classes are taken from it"
+    expected.insert(1, f"h5: ply_data_{split}0.h5 ... + {split}_files.txt (modelnet40_ply_hdf5_2048{h5_note})")
+    where.append("  - h5: https://shapenet.cs.stanford.edu/media/modelnet40_ply_hdf5_2048.zip")
     if nc == 40:
-        expected.insert(1, f"h5: ply_data_{split}0.h5 ... + {split}_files.txt (modelnet40_ply_hdf5_2048)")
-        where += [
-            "  - h5: https://shapenet.cs.stanford.edu/media/modelnet40_ply_hdf5_2048.zip",
-            "  - off: http://modelnet.cs.princeton.edu/ModelNet40.zip (https://modelnet.cs.princeton.edu/)",
-        ]
+        where.append("  - off: http://modelnet.cs.princeton.edu/ModelNet40.zip (https://modelnet.cs.princeton.edu/)")
     else:
         where.append("  - off: http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip")
     return expected, "\n".join(where)
@@ -148,6 +157,29 @@ def _sample_off(path: Path, num_points: int, seed: int, backend: str) -> np.ndar
     return sample_off(path, num_points, seed=seed, backend=backend)  # looked up at call time (tests patch it)
 
 
+# ----------------------------------------------------------------------------------------------------- frames
+_FORMAT_FRAMES = {"dat": STANDARD, "h5": STANDARD, "txt": STANDARD, "off": OFF_MESH}
+PREPARE_MANIFEST = ".prepare_data.json"  # written by tools/prepare_data.py into its output folder
+
+
+def format_frame(fmt: str, folder: Path) -> str:
+    """The frame of format ``fmt``'s files in ``folder``: dat / h5 / txt are standard, OFF meshes ``"off_mesh"``;
+    a PCD tree is in the frame its ``.prepare_data.json`` records, else (no record, or one written before
+    ``tools/prepare_data.py`` converted) ``"off_mesh"``: sampled from the OFF meshes, as ``shared/data/modelnet10``."""
+    if fmt != "pcd":
+        return _FORMAT_FRAMES[fmt]
+    manifest = folder / PREPARE_MANIFEST
+    if manifest.is_file():
+        try:
+            recorded = json.loads(manifest.read_text()).get("frame")
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"{manifest}: unreadable ({e}); fix or delete it, or pass frame=... "
+                             f"(data.kwargs.frame=standard|off_mesh)") from e
+        if recorded is not None:
+            return str(recorded)
+    return OFF_MESH
+
+
 # ----------------------------------------------------------------------------------------------------- finders
 def _find_dat(d: Path, nc: int, split: str) -> Path | None:
     found = glob.glob(str(d / f"modelnet{nc}_{split}_*pts_fps.dat")) + glob.glob(
@@ -164,8 +196,7 @@ def _find_dat(d: Path, nc: int, split: str) -> Path | None:
 
 
 def _find_h5(d: Path, nc: int, split: str) -> list[Path] | None:
-    if nc != 40:
-        return None
+    """The ``modelnet40_ply_hdf5_2048`` files of ``split`` in ``d`` (ModelNet10 reads its 10 classes from them)."""
     listing = d / f"{split}_files.txt"
     if listing.is_file():
         names = [Path(ln.strip()).name for ln in listing.read_text().splitlines() if ln.strip()]
@@ -221,6 +252,8 @@ class _ModelNet(PointCloudClassification):
             ``"open3d"`` / ``"numpy"``.
         drop_nonfinite: drop clouds with NaN/inf coordinates (their count is logged on the ``"zoo"`` logger and
             their files listed in ``dropped_nonfinite``) instead of raising an error that names them.
+        frame: the frame of the files (``None``: the format's; see the module docstring). Items are converted
+            from it to the standard frame; ``source_frame`` records it.
 
     A cloud with fewer points than ``num_points`` is an error that names its file and the fixes; so is a
     corrupt or truncated file (h5, dat, pcd, txt, off).
@@ -245,15 +278,16 @@ class _ModelNet(PointCloudClassification):
         off_seed: int = 0,
         off_backend: str = "auto",
         drop_nonfinite: bool = False,
+        frame: str | None = None,
     ):
         super().__init__(num_points, transform, use_normals, normalize, sampling, drop_nonfinite)
         self.split = check_split(split)
         if format != "auto" and format not in FORMATS:
             raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
+        if frame is not None:
+            parse_frame(frame)  # a bad spelling fails before any file is read
         nc = self.NUM_CLASSES
         formats = FORMATS if format == "auto" else (format,)
-        if nc == 10 and format == "h5":
-            raise ValueError("format='h5' (modelnet40_ply_hdf5_2048) exists only for ModelNet40")
         looked = candidate_dirs(root, _SUBDIRS[nc])
         for d in looked:
             if not d.is_dir():
@@ -261,6 +295,7 @@ class _ModelNet(PointCloudClassification):
             for fmt in formats:
                 if self._try_format(fmt, d, cache, cache_dir, off_points, off_seed, off_backend):
                     self.format, self.root = fmt, d
+                    self.set_source_frame(frame if frame is not None else format_frame(fmt, d))
                     self._check_clouds()
                     return
         expected, where = _sources(nc, split)
@@ -269,7 +304,7 @@ class _ModelNet(PointCloudClassification):
         raise dataset_not_found(f"ModelNet{nc}", split, looked, expected, where)
 
     def extra_repr(self) -> str:
-        return f", format={self.format!r}, root='{self.root}'"
+        return f", format={self.format!r}, frame={self.source_frame!r}->standard, root='{self.root}'"
 
     # each _try_* returns False when the format is not in folder d, else loads it and returns True
     def _try_format(self, fmt, d, cache, cache_dir, off_points, off_seed, off_backend) -> bool:
@@ -301,7 +336,11 @@ class _ModelNet(PointCloudClassification):
         return True
 
     def _load_h5(self, d: Path, files: list[Path]) -> bool:
-        self.classes = self._names(d, "shape_names.txt", "modelnet40_shape_names.txt")
+        """``modelnet40_ply_hdf5_2048``; ModelNet10 keeps the shapes of its 10 classes (ModelNet40's split of
+        those classes is ModelNet10's), relabelled by class name."""
+        names40 = _shape_names(d, 40, MODELNET40_CLASSES, ("shape_names.txt", "modelnet40_shape_names.txt"))
+        self.classes = names40 if self.NUM_CLASSES == 40 else list(self.CLASSES)
+        relabel = np.array([self.classes.index(n) if n in self.classes else -1 for n in names40], dtype=np.int64)
         where = "  - https://shapenet.cs.stanford.edu/media/modelnet40_ply_hdf5_2048.zip"
         data, labels, blocks = [], [], []
         for f in files:
@@ -311,10 +350,16 @@ class _ModelNet(PointCloudClassification):
                 if "normal" not in h:
                     raise KeyError(f"{f} has no 'normal' dataset; use use_normals=False")
                 pts = np.concatenate([pts, h["normal"].astype(np.float32)], axis=-1)
+            lab = h["label"].reshape(-1).astype(np.int64)
+            if len(lab) and (lab.min() < 0 or lab.max() >= 40):
+                raise ValueError(f"{f}: labels outside [0, 40): min {lab.min()} max {lab.max()}")
+            lab = relabel[lab]
+            keep = lab >= 0
+            pts, lab = pts[keep], lab[keep]
             start = blocks[-1][2] if blocks else 0
             blocks.append((f, start, start + len(pts)))
             data.append(pts)
-            labels.append(h["label"].reshape(-1).astype(np.int64))
+            labels.append(lab)
         self._array, self.labels = np.concatenate(data), np.concatenate(labels)
         self._blocks = blocks
         return True

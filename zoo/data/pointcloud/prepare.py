@@ -1,15 +1,23 @@
-"""Build the ModelNet10 point-cloud layout the shipped numbers use, from the official Princeton OFF meshes.
+"""Build the ModelNet point-cloud layout the shipped numbers use, from the official Princeton OFF meshes.
 
-Input (``ModelNet10.zip`` from http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip, unzipped):
-``<src>/<class>/{train,test}/<class>_NNNN.off`` for the 10 classes (``<src>`` may also be the folder that holds
-``ModelNet10/``). Some official OFF files have the header glued to the counts (``OFF490 518 0``): ``read_off``
-accepts them.
+Input (``ModelNet10.zip`` from http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip, or
+``ModelNet40.zip`` from http://modelnet.cs.princeton.edu/ModelNet40.zip, unzipped):
+``<src>/<class>/{train,test}/<class>_NNNN.off`` for the 10 (40) classes (``<src>`` may also be the folder that holds
+``ModelNet10/`` / ``ModelNet40/``). Some official OFF files have the header glued to the counts (``OFF490 518 0``):
+``read_off`` accepts them.
 
 Output: ``<out>/<class>/{train,test}/<class>_NNNN.pcd``, binary PCD v0.7, fields ``x y z`` float32, ``num_points``
-(1024) points per shape, Poisson-disk sampled on the mesh surface, raw mesh coordinates (not normalised): the
-layout of ``shared/data/modelnet10`` (3991 train / 908 test), which ``zoo.data.build_dataset("modelnet10",
-root=<out>)`` reads. A hidden ``<out>/.prepare_data.json`` records the settings, so a rerun resumes (finished files
-are skipped) and a run with other settings refuses to mix its files in (``overwrite=True`` rebuilds).
+(1024) points per shape, Poisson-disk sampled on the mesh surface, not normalised, **in the standard frame**
+(y up, the frame of ``modelnet40_normal_resampled`` / ``modelnet40_ply_hdf5_2048`` / Point-BERT's ``.dat``): each
+point is ``(x, z, y)`` of the OFF mesh's ``(x, y, z)`` (see ``zoo.data.pointcloud.frames`` for how that map was
+settled). ``zoo.data.build_dataset("modelnet10", root=<out>)`` reads it. A hidden ``<out>/.prepare_data.json``
+records the settings and ``"frame": "standard"`` (the reader takes the PCD tree's frame from it), and
+``<out>/README.md`` says the same for people; a rerun resumes (finished files are skipped) and a run with other
+settings, or into an output of the tool's earlier versions (raw OFF frame, no ``frame`` recorded), refuses to mix
+its files in (``overwrite=True`` rebuilds).
+
+``shared/data/modelnet10`` (3991 train / 908 test) is the same layout but in the raw OFF frame (it was sampled
+before the tool converted; it has no ``.prepare_data.json``): the reader converts it when it loads it.
 
 Sampling (``sampler``): ``"open3d"`` is ``TriangleMesh.sample_points_poisson_disk(num_points, init_factor=5)``;
 ``"numpy"`` is the same weighted sample elimination ported to numpy (``mesh.poisson_disk_eliminate``: given the same
@@ -38,25 +46,35 @@ from typing import Any
 
 import numpy as np
 
+from zoo.data.pointcloud.frames import STANDARD, to_standard
 from zoo.data.pointcloud.io import read_off, read_pcd_fields, write_pcd
 from zoo.data.pointcloud.mesh import resolve_backend, sample_mesh_poisson_disk
 
 __all__ = [
     "MODELNET10_OFFICIAL_COUNTS",
     "MODELNET10_URL",
+    "MODELNET_SOURCES",
     "OutputConflict",
     "SourceLayoutError",
     "find_modelnet10_source",
+    "find_modelnet_source",
+    "plan_modelnet",
     "plan_modelnet10",
+    "prepare_modelnet",
     "prepare_modelnet10",
     "shape_seed",
 ]
 
 MODELNET10_URL = "http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip"
 MODELNET10_OFFICIAL_COUNTS = {"train": 3991, "test": 908}
-MANIFEST = ".prepare_data.json"
+MODELNET_SOURCES = {  # dataset -> (download folder name, url, official shape counts)
+    "modelnet10": ("ModelNet10", MODELNET10_URL, MODELNET10_OFFICIAL_COUNTS),
+    "modelnet40": ("ModelNet40", "http://modelnet.cs.princeton.edu/ModelNet40.zip", {"train": 9843, "test": 2468}),
+}
+MANIFEST = ".prepare_data.json"  # the reader (zoo.data.pointcloud.modelnet.format_frame) takes the frame from it
 SPLITS = ("train", "test")
-_SETTINGS = ("dataset", "num_points", "sampler", "init_factor", "seed")  # what makes two outputs "the same"
+FRAME = STANDARD  # the frame the tool writes; the meshes are in the "off_mesh" frame
+_SETTINGS = ("dataset", "frame", "num_points", "sampler", "init_factor", "seed")  # what makes two outputs "the same"
 
 
 class SourceLayoutError(FileNotFoundError):
@@ -77,30 +95,39 @@ class ShapeJob:
     seed: int
 
 
-def _classes() -> list[str]:
-    from zoo.data.pointcloud.modelnet import MODELNET10_CLASSES
+def _classes(dataset: str = "modelnet10") -> list[str]:
+    from zoo.data.pointcloud.modelnet import MODELNET10_CLASSES, MODELNET40_CLASSES
 
-    return list(MODELNET10_CLASSES)
+    return list(MODELNET10_CLASSES if dataset == "modelnet10" else MODELNET40_CLASSES)
 
 
-def find_modelnet10_source(src: str | os.PathLike) -> Path:
-    """The folder holding the 10 ``<class>/{train,test}/*.off`` trees: ``src`` itself or ``src/ModelNet10``.
+def _check_dataset(dataset: str) -> tuple[str, str, dict[str, int]]:
+    if dataset not in MODELNET_SOURCES:
+        raise ValueError(f"dataset must be one of {sorted(MODELNET_SOURCES)}, got {dataset!r}")
+    return MODELNET_SOURCES[dataset]
+
+
+def find_modelnet_source(dataset: str, src: str | os.PathLike) -> Path:
+    """The folder holding the ``<class>/{train,test}/*.off`` trees of ``dataset`` (``"modelnet10"`` /
+    ``"modelnet40"``): ``src`` itself or ``src/ModelNet10`` (``src/ModelNet40``).
 
     Raises ``SourceLayoutError`` naming the missing class / split folders, the expected layout and the download.
     """
+    folder, url, _ = _check_dataset(dataset)
+    classes = _classes(dataset)
     root = Path(src).expanduser()
     expected = (
         f"Expected the official layout <src>/<class>/{{train,test}}/<class>_NNNN.off for the classes "
-        f"{', '.join(_classes())}.\nDownload and unzip {MODELNET10_URL}, then pass --src <the ModelNet10 folder>."
+        f"{', '.join(classes)}.\nDownload and unzip {url}, then pass --src <the {folder} folder>."
     )
     if not root.is_dir():
         raise SourceLayoutError(f"--src {root} is not a folder.\n{expected}")
-    candidates = [root, root / "ModelNet10"]
-    base = next((c for c in candidates if any((c / k).is_dir() for k in _classes())), None)
+    candidates = [root, root / folder]
+    base = next((c for c in candidates if any((c / k).is_dir() for k in classes)), None)
     if base is None:
-        raise SourceLayoutError(f"--src {root} holds none of the ModelNet10 class folders.\n{expected}")
+        raise SourceLayoutError(f"--src {root} holds none of the {folder} class folders.\n{expected}")
     problems = []
-    for cls in _classes():
+    for cls in classes:
         for split in SPLITS:
             d = base / cls / split
             if not d.is_dir():
@@ -109,8 +136,13 @@ def find_modelnet10_source(src: str | os.PathLike) -> Path:
                 problems.append(f"  - {d} (no .off files)")
     if problems:
         listing = "\n".join(problems)
-        raise SourceLayoutError(f"{base} is not a complete ModelNet10 download:\n{listing}\n{expected}")
+        raise SourceLayoutError(f"{base} is not a complete {folder} download:\n{listing}\n{expected}")
     return base
+
+
+def find_modelnet10_source(src: str | os.PathLike) -> Path:
+    """``find_modelnet_source("modelnet10", src)``."""
+    return find_modelnet_source("modelnet10", src)
 
 
 def shape_seed(seed: int, rel: str) -> int:
@@ -118,17 +150,22 @@ def shape_seed(seed: int, rel: str) -> int:
     return (zlib.crc32(rel.encode()) ^ (int(seed) * 0x9E3779B1)) & 0x7FFFFFFF
 
 
-def plan_modelnet10(src: Path, out: Path, seed: int) -> list[ShapeJob]:
+def plan_modelnet(dataset: str, src: Path, out: Path, seed: int) -> list[ShapeJob]:
     """Every mesh of the (checked) source tree, sorted by class, split and natural name order."""
     from zoo.data.pointcloud._common import natural_sorted
 
     jobs = []
-    for cls in _classes():
+    for cls in _classes(dataset):
         for split in SPLITS:
             for f in natural_sorted((src / cls / split).glob("*.off")):
                 rel = f"{cls}/{split}/{f.stem}"
                 jobs.append(ShapeJob(f, out / cls / split / f"{f.stem}.pcd", rel, shape_seed(seed, rel)))
     return jobs
+
+
+def plan_modelnet10(src: Path, out: Path, seed: int) -> list[ShapeJob]:
+    """``plan_modelnet("modelnet10", ...)``."""
+    return plan_modelnet("modelnet10", src, out, seed)
 
 
 def _is_finished(path: Path, num_points: int) -> bool:
@@ -160,6 +197,7 @@ def _sample_job(job: ShapeJob, num_points: int, init_factor: float, sampler: str
     try:
         vertices, faces = read_off(job.src, dtype=np.float64)
         pts = sample_mesh_poisson_disk(vertices, faces, num_points, job.seed, init_factor, backend=sampler)[:, :3]
+        pts = to_standard(pts, "off_mesh")  # OFF (z up) -> the standard frame (y up): (x, z, y)
         if not np.isfinite(pts).all():
             raise ValueError("the mesh has NaN/inf vertex coordinates")
         job.dst.parent.mkdir(parents=True, exist_ok=True)
@@ -170,8 +208,8 @@ def _sample_job(job: ShapeJob, num_points: int, init_factor: float, sampler: str
     return job.rel, None
 
 
-def _settings(num_points: int, sampler: str, init_factor: float, seed: int) -> dict[str, Any]:
-    return {"dataset": "modelnet10", "num_points": int(num_points), "sampler": sampler,
+def _settings(dataset: str, num_points: int, sampler: str, init_factor: float, seed: int) -> dict[str, Any]:
+    return {"dataset": dataset, "frame": FRAME, "num_points": int(num_points), "sampler": sampler,
             "init_factor": float(init_factor), "seed": int(seed)}  # fmt: skip
 
 
@@ -190,9 +228,12 @@ def _check_output(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
         diff = {k: (old.get(k), settings[k]) for k in _SETTINGS if old.get(k) != settings[k]}
         if diff:
             changes = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            hint = (" (a frame of None: written by an earlier version of this tool, in the raw OFF frame)"
+                    if "frame" in diff and diff["frame"][0] is None else "")
             raise OutputConflict(
-                f"--out {out} was built with other settings ({changes}); its files would be mixed with new ones. "
-                f"Rerun with the same settings to resume, pass --overwrite to rebuild it, or choose another --out."
+                f"--out {out} was built with other settings ({changes}){hint}; its files would be mixed with new "
+                f"ones. Rerun with the same settings to resume, pass --overwrite to rebuild it, or choose another "
+                f"--out."
             )
         return
     entries = sorted(p.name for p in out.iterdir())
@@ -200,15 +241,15 @@ def _check_output(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
         shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
         raise OutputConflict(
             f"--out {out} is not empty ({shown}) and was not written by this tool (no {MANIFEST}). Choose a new or "
-            f"empty folder, or pass --overwrite to write the ModelNet10 layout into it (its "
+            f"empty folder, or pass --overwrite to write the ModelNet layout into it (its "
             f"<class>/{{train,test}}/*.pcd files are replaced)."
         )
 
 
-def _clean(out: Path, jobs: Sequence[ShapeJob], overwrite: bool) -> None:
+def _clean(out: Path, jobs: Sequence[ShapeJob], overwrite: bool, dataset: str = "modelnet10") -> None:
     """Remove temporary files of an interrupted run; with ``overwrite`` also .pcd files not in this source."""
     wanted = {j.dst for j in jobs}
-    for cls in _classes():
+    for cls in _classes(dataset):
         for split in SPLITS:
             d = out / cls / split
             if not d.is_dir():
@@ -220,7 +261,21 @@ def _clean(out: Path, jobs: Sequence[ShapeJob], overwrite: bool) -> None:
                     f.unlink()
 
 
-def prepare_modelnet10(
+def _readme(dataset: str, manifest: dict[str, Any]) -> str:
+    """The ``README.md`` written into the output folder: layout, frame and how it was made."""
+    return (
+        f"# {MODELNET_SOURCES[dataset][0]} point clouds (written by tools/prepare_data.py {dataset})\n\n"
+        f"Layout: {manifest['layout']}.\n\n"
+        f"Frame: **standard** (y up), the frame of modelnet40_normal_resampled, modelnet40_ply_hdf5_2048 and "
+        f"Point-BERT's .dat files: each point is (x, z, y) of the Princeton OFF mesh's (x, y, z). "
+        f"zoo's ModelNet reader reads the frame from .prepare_data.json.\n\n"
+        f"Sampling: {manifest['num_points']} Poisson-disk points per mesh ({manifest['sampler']}, init_factor "
+        f"{manifest['init_factor']}, seed {manifest['seed']}), not normalised. Source: {manifest['source']}.\n"
+    )
+
+
+def prepare_modelnet(
+    dataset: str,
     src: str | os.PathLike,
     out: str | os.PathLike,
     num_points: int = 1024,
@@ -232,56 +287,66 @@ def prepare_modelnet10(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Sample every ModelNet10 mesh of ``src`` into the PCD layout under ``out`` (see the module docstring).
+    """Sample every mesh of ``dataset`` (``"modelnet10"`` / ``"modelnet40"``) in ``src`` into the standard-frame
+    PCD layout under ``out`` (see the module docstring).
 
-    Returns a summary: ``{"out", "sampler", "counts": {split: shapes}, "written", "skipped", "failed": [(rel,
-    message)]}``. Raises ``SourceLayoutError`` (bad ``src``) or ``OutputConflict`` (``out`` holds something else)
-    before writing anything. A shape that fails (e.g. a corrupt mesh) is reported in ``failed`` and the others
-    are still written; rerunning retries only the missing ones.
+    Returns a summary: ``{"out", "sampler", "frame", "counts": {split: shapes}, "written", "skipped", "failed":
+    [(rel, message)]}``. Raises ``SourceLayoutError`` (bad ``src``) or ``OutputConflict`` (``out`` holds something
+    else) before writing anything. A shape that fails (e.g. a corrupt mesh) is reported in ``failed`` and the
+    others are still written; rerunning retries only the missing ones.
     """
+    folder = _check_dataset(dataset)[0]
     if num_points < 1:
         raise ValueError(f"num_points must be >= 1, got {num_points}")
     if init_factor <= 1:
         raise ValueError(f"init_factor must be > 1, got {init_factor}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    base = find_modelnet10_source(src)
+    base = find_modelnet_source(dataset, src)
     out = Path(out).expanduser()
     sampler = resolve_backend(sampler)
-    settings = _settings(num_points, sampler, init_factor, seed)
+    settings = _settings(dataset, num_points, sampler, init_factor, seed)
     _check_output(out, settings, overwrite)
-    jobs = plan_modelnet10(base, out, seed)
+    jobs = plan_modelnet(dataset, base, out, seed)
     out.mkdir(parents=True, exist_ok=True)
-    layout = "<class>/{train,test}/<class>_NNNN.pcd, binary PCD v0.7, x y z float32, raw coordinates"
+    layout = ("<class>/{train,test}/<class>_NNNN.pcd, binary PCD v0.7, x y z float32, standard frame (y up: "
+              "(x, z, y) of the OFF mesh), not normalised")
     manifest = {**settings, "complete": False, "source": str(base.resolve()), "layout": layout}
     if sampler == "open3d":
         import open3d
 
         manifest["open3d"] = open3d.__version__
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    _clean(out, jobs, overwrite)
+    (out / "README.md").write_text(_readme(dataset, manifest))
+    _clean(out, jobs, overwrite, dataset)
 
     todo = [j for j in jobs if overwrite or not _is_finished(j.dst, num_points)]
     log(
-        f"ModelNet10 {base} -> {out}: {len(jobs)} shapes, {len(jobs) - len(todo)} already done, sampling "
-        f"{len(todo)} with {sampler} Poisson-disk ({num_points} points, init_factor {init_factor})"
+        f"{folder} {base} -> {out}: {len(jobs)} shapes, {len(jobs) - len(todo)} already done, sampling "
+        f"{len(todo)} with {sampler} Poisson-disk ({num_points} points, init_factor {init_factor}), written in the "
+        f"standard frame (y up)"
     )
-    failed = _run(todo, num_points, init_factor, sampler, workers, progress)
+    failed = _run(todo, num_points, init_factor, sampler, workers, progress, folder)
 
     counts = {s: sum(1 for j in jobs if f"/{s}/" in j.rel) for s in SPLITS}
     if not failed:
         manifest.update(complete=True, counts=counts)
         (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return {"out": out, "sampler": sampler, "counts": counts, "written": len(todo) - len(failed),
+    return {"out": out, "sampler": sampler, "frame": FRAME, "counts": counts, "written": len(todo) - len(failed),
             "skipped": len(jobs) - len(todo), "failed": failed}  # fmt: skip
 
 
+def prepare_modelnet10(src: str | os.PathLike, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    """``prepare_modelnet("modelnet10", src, out, **kwargs)``: the layout of the shipped ModelNet10 numbers."""
+    return prepare_modelnet("modelnet10", src, out, **kwargs)
+
+
 def _run(todo: Sequence[ShapeJob], num_points: int, init_factor: float, sampler: str, workers: int,
-         progress: bool) -> list[tuple[str, str]]:  # fmt: skip
+         progress: bool, name: str = "ModelNet10") -> list[tuple[str, str]]:  # fmt: skip
     """Sample the jobs (in a spawn process pool when ``workers > 1``) with a tqdm bar -> failures."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), desc="ModelNet10 -> pcd", unit="shape", disable=not progress or None)
+    bar = tqdm(total=len(todo), desc=f"{name} -> pcd", unit="shape", disable=not progress or None)
     failed, pool = [], None
     try:
         if workers == 1 or len(todo) <= 1:

@@ -13,6 +13,11 @@ variant                 files                                                   
 Each file has ``data`` (n, 2048, 3) float32, ``label`` (n,) and ``mask`` (n, 2048; -1 = background). Labels
 follow the official ``shape_names_ext.txt`` order (``SCANOBJECTNN_CLASSES``). Like PointMamba, clouds are not
 re-normalised (``normalize=False``) and all 2048 points are returned by default.
+
+Frame: the h5 files are in the standard frame (y up, ``zoo.data.pointcloud.frames``): the official
+``evaluate_real_trained_on_synthetic.py`` feeds them unchanged to models trained on ModelNet40's
+``modelnet40_ply_hdf5_2048``, and PointMamba / PoinTramba augment them with a rotation about y (``PointcloudRotate``).
+``frame=`` declares another frame for re-exported files; items are converted to the standard one.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class ScanObjectNN(PointCloudClassification):
             (only with ``sampling="first"``; the mask is not transformed).
         drop_nonfinite: drop clouds with NaN/inf coordinates (count logged on the ``"zoo"`` logger, samples
             listed in ``dropped_nonfinite``) instead of raising an error that names the file and sample.
+        frame: the frame of the files (``None``: ``"standard"``, the official files' own).
 
     A corrupt or truncated h5 file is an ``OSError`` that names it and says to download it again.
     """
@@ -105,8 +111,10 @@ class ScanObjectNN(PointCloudClassification):
         sampling: str = "first",
         return_mask: bool = False,
         drop_nonfinite: bool = False,
+        frame: str | None = None,
     ):
         super().__init__(num_points, transform, False, normalize, sampling, drop_nonfinite)
+        self.set_source_frame(frame if frame is not None else "standard")
         self.split = check_split(split)
         self.variant = _variant(variant)
         self.return_mask = return_mask
@@ -154,9 +162,10 @@ def _fixed(variant: str, title: str) -> type:
         sampling: str = "first",
         return_mask: bool = False,
         drop_nonfinite: bool = False,
+        frame: str | None = None,
     ):
         ScanObjectNN.__init__(
-            self, root, split, num_points, transform, variant, normalize, sampling, return_mask, drop_nonfinite
+            self, root, split, num_points, transform, variant, normalize, sampling, return_mask, drop_nonfinite, frame
         )
 
     doc = f"ScanObjectNN {title} (``variant={variant!r}``); same arguments as ``ScanObjectNN`` without ``variant``."

@@ -17,6 +17,10 @@ evaluation so that val / test numbers are reproducible; the official test loader
 returned only with ``use_normals=True`` (the official run does not use them). Category indices are the position of
 the category in :data:`CATEGORIES` (the alphabetical order of the official ``synsetoffset2category.txt``).
 
+Frame: the ``..._v0_normal`` files are in the standard frame (y up, ShapeNet's alignment; see
+``zoo.data.pointcloud.frames``), as are the procedural shapes of ``synthetic_parts``. ``frame=`` declares another
+frame for files exported differently; items (xyz and normals) are converted to the standard one.
+
 The official training augmentation (``provider.random_scale_point_cloud`` (0.8..1.2) then ``shift_point_cloud``
 (+-0.1), per cloud, on xyz) is :func:`scale_shift`, applied per batch by the segmentation recipe.
 """
@@ -33,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from zoo.data.pointcloud._common import candidate_dirs, dataset_not_found, normalize_unit_sphere_np
+from zoo.data.pointcloud.frames import canonical_frame, parse_frame
 from zoo.data.registry import register_dataset
 
 __all__ = [
@@ -169,7 +174,10 @@ class ShapeNetPart(Dataset):
         normalize: centre + unit-sphere scaling of xyz (official: always).
         transform: applied to the ``(num_points, C)`` points tensor.
         cache: keep parsed files in memory (the official loader caches up to 20000 shapes).
+        frame: the frame of the files (``None``: ``"standard"``); items are converted from it to the standard one.
     """
+
+    frame = "standard"  # the frame of the items returned
 
     def __init__(
         self,
@@ -182,7 +190,10 @@ class ShapeNetPart(Dataset):
         normalize: bool = True,
         transform: Callable | None = None,
         cache: bool = True,
+        frame: str | None = None,
     ):
+        self._frame_map = parse_frame(frame if frame is not None else "standard")
+        self.source_frame = canonical_frame(frame if frame is not None else "standard")
         if split not in SPLITS:
             raise ValueError(f"ShapeNetPart: split must be one of {SPLITS}, got {split!r}.")
         if num_points is not None and num_points < 1:
@@ -219,6 +230,11 @@ class ShapeNetPart(Dataset):
         """Part labels over all categories (50)."""
         return NUM_PARTS
 
+    @property
+    def normalization(self) -> str:
+        """``"unit_sphere"`` when items are centred and scaled into the unit sphere, else ``"none"``."""
+        return "unit_sphere" if self.normalize else "none"
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -247,6 +263,7 @@ class ShapeNetPart(Dataset):
         data = self.raw(index)
         pts = np.array(data[:, :6] if self.use_normals else data[:, :3], dtype=np.float32)
         seg = data[:, 6].astype(np.int64)
+        pts = self._frame_map.apply(pts)
         if self.normalize:
             pts[:, :3] = normalize_unit_sphere_np(pts[:, :3])
         if self.num_points is not None:

@@ -251,7 +251,8 @@ class SyntheticShapes(Dataset):
         seed: base seed; the cloud at (split, class, j) is a pure function of ``(seed, split, class, j)``.
         noise: std of the Gaussian noise added to each coordinate (shapes have size ~1 at that point).
         scale_range: per-axis random scale range (anisotropic stretch) applied before the rotation.
-        rotation: ``"so3"`` (uniform random 3D rotation, default), ``"z"`` (about the up axis) or ``"none"``.
+        rotation: ``"so3"`` (uniform random 3D rotation, default), ``"z"`` (about the primitives' own z axis, their
+            axis of symmetry; these clouds have no up direction, so no frame is recorded) or ``"none"``.
         transform: optional callable applied to the ``(N, 3)`` float32 tensor in ``__getitem__`` (augmentation).
         drop_nonfinite: as for the datasets read from files: drop clouds with NaN/inf coordinates (logged on the
             ``"zoo"`` logger) instead of raising. Generated clouds are always finite, so this is only the check

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from zoo._registry_base import Registry
+from zoo.data.pointcloud.frames import STANDARD_UP_AXIS
 
 __all__ = [
     "POINTMAMBA_RECIPES",
@@ -149,21 +150,24 @@ def rotation_matrices(angle: torch.Tensor, axis: str) -> torch.Tensor:
 
 @register_transform("rotate")
 class RotateAxis(PointTransform):
-    """Rotate each cloud by a random angle ``U[0, max_angle)`` about the up axis (``"y"`` by default).
+    """Rotate each cloud by a random angle ``U[0, max_angle)`` about the up axis (``axis="up"``, the default).
 
-    PointMamba ``PointcloudRotate`` (the ScanObjectNN training augmentation): ``points @ R`` with
-    ``R = [[cos, 0, sin], [0, 1, 0], [-sin, 0, cos]]``. Normals in columns 3:6 are rotated too.
+    ``"up"`` is the up axis of the standard frame every zoo reader returns (y; ``zoo.data.pointcloud.frames``), so
+    the rotation turns objects about their vertical whatever format they were read from. ``"x"``, ``"y"``,
+    ``"z"`` name an axis explicitly. PointMamba ``PointcloudRotate`` (the ScanObjectNN training augmentation):
+    ``points @ R`` with ``R = [[cos, 0, sin], [0, 1, 0], [-sin, 0, cos]]``. Normals in columns 3:6 are rotated too.
     """
 
-    def __init__(self, axis: str = "y", max_angle: float = 2 * math.pi, generator: torch.Generator | None = None):
+    def __init__(self, axis: str = "up", max_angle: float = 2 * math.pi, generator: torch.Generator | None = None):
         super().__init__(generator)
-        if axis not in ("x", "y", "z"):
-            raise ValueError(f"axis must be 'x', 'y' or 'z', got {axis!r}")
+        if axis not in ("up", "x", "y", "z"):
+            raise ValueError(f"axis must be 'up' (the standard frame's y), 'x', 'y' or 'z', got {axis!r}")
         self.axis, self.max_angle = axis, max_angle
 
     def apply(self, x, g):
         angle = _uniform((x.shape[0],), 0.0, self.max_angle, g, x.device)
-        R = rotation_matrices(angle.double(), self.axis).to(x.dtype)
+        axis = STANDARD_UP_AXIS if self.axis == "up" else self.axis
+        R = rotation_matrices(angle.double(), axis).to(x.dtype)
         parts = [x[..., :3] @ R]
         if x.shape[-1] >= 6:
             parts += [x[..., 3:6] @ R, x[..., 6:]]
