@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from zoo.metrics.base import Metric
 
 __all__ = ["topk_accuracy", "confusion_matrix", "per_class_accuracy", "classification_metrics", "save_confusion_matrix",
-           "ClassificationMetric"]
+           "ClassificationMetric", "confusion_figure"]
 
 
 def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1,)) -> dict[int, float]:
@@ -77,6 +77,35 @@ class ClassificationMetric(Metric):
         return confusion_matrix(seen["logits"].argmax(1), seen["target"], seen["logits"].shape[1])
 
 
+def confusion_figure(cm: torch.Tensor, class_names: Sequence[str], title: str = "") -> "Any":
+    """A figure of the row-normalised confusion matrix ``cm (C, C)`` (rows: true class; counts written in the cells
+    up to 20 classes) with a colour bar; ``title`` defaults to the overall accuracy. Returns the matplotlib figure."""
+    from zoo.plotting import pyplot
+
+    plt = pyplot()
+    names = list(class_names) if class_names else [str(i) for i in range(cm.shape[0])]
+    norm = (cm.double() / cm.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
+    size = max(4.5, 0.35 * len(names) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    total = int(cm.sum())
+    ax.set_title(title or f"Confusion matrix: {100.0 * float(cm.diag().sum()) / max(total, 1):.2f} % correct of "
+                          f"{total} (colour: share of the true class)", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if len(names) <= 20:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return fig
+
+
 def save_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str], out_dir: str | Path, stem: str = "confusion_matrix") -> list[Path]:
     """Write ``<stem>.csv`` (counts with class names), ``per_class_accuracy.csv`` and ``<stem>.png`` (row-normalised)."""
     out_dir = Path(out_dir)
@@ -96,26 +125,7 @@ def save_confusion_matrix(cm: torch.Tensor, class_names: Sequence[str], out_dir:
         for name, acc, n in zip(names, pca.tolist(), cm.sum(dim=1).tolist()):
             w.writerow([name, f"{acc:.4f}", n])
     png_path = out_dir / f"{stem}.png"
-    import matplotlib
+    from zoo.plotting import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    norm = (cm.double() / cm.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
-    size = max(4.0, 0.35 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(names) <= 20:
-        for i in range(len(names)):
-            for j in range(len(names)):
-                if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    save_figure(confusion_figure(cm, names), png_path, dpi=100)
     return [csv_path, pca_path, png_path]

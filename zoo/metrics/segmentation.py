@@ -14,6 +14,8 @@ Values are fractions in [0, 1] (the official log prints them the same way; multi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ import torch
 from zoo.metrics.base import Metric
 
 __all__ = ["PartSegmentationMeter", "PartSegmentationMetric", "majority_part_by_category", "restricted_argmax",
-           "shape_iou", "part_ious"]
+           "shape_iou", "part_ious", "part_figure", "save_part_figure"]
 
 
 def restricted_argmax(logits: torch.Tensor, categories: torch.Tensor, parts_of: Sequence[Sequence[int]]
@@ -185,3 +187,50 @@ def majority_part_by_category(samples) -> dict[int, int]:
             c = np.pad(c, (0, len(binc) - len(c)))
         counts[int(category)] = c + binc
     return {c: int(v.argmax()) for c, v in counts.items()}
+
+
+def part_figure(shapes: list, category_names: list[str], per_row: int = 2) -> Any:
+    """A figure of ``shapes`` (``(points (N, 3), category, truth (N,), prediction (N,))``): per shape, the ground
+    truth beside the prediction (points coloured by part label, y up), titled with the category and the shape's IoU,
+    a legend of the shape's part colours; ``per_row`` shapes a row. Returns the matplotlib figure."""
+    import math
+
+    from matplotlib.lines import Line2D
+
+    from zoo.data.pointcloud.shapenetpart import SEG_CLASSES
+    from zoo.plotting import pyplot
+
+    plt = pyplot()
+    cmap = plt.get_cmap("tab10")
+    per_row = max(1, min(per_row, len(shapes)))
+    rows, cols = math.ceil(len(shapes) / per_row), 2 * per_row
+    fig = plt.figure(figsize=(2.7 * cols, 3.0 * rows + 0.7))
+    for i, (pts, cat, truth, pred) in enumerate(shapes):
+        name = category_names[cat]
+        parts = list(SEG_CLASSES.get(name, sorted(set(truth.tolist()))))
+        iou = 100 * shape_iou(pred.numpy(), truth.numpy(), parts)
+        r, c = divmod(i, per_row)
+        for k, (labels, title) in enumerate(((truth, f"{name}: ground truth"), (pred, f"prediction (IoU {iou:.1f} %)"))):
+            ax = fig.add_subplot(rows, cols, r * cols + 2 * c + k + 1, projection="3d")
+            colours = [cmap(parts.index(int(v)) % 10) if int(v) in parts else (0, 0, 0, 1) for v in labels.tolist()]
+            ax.scatter(pts[:, 0], pts[:, 2], pts[:, 1], c=colours, s=3, depthshade=False)
+            ax.set_title(title, fontsize=10)
+            ax.set_axis_off()
+            ax.set_box_aspect((1, 1, 1))
+            lim = float(pts.abs().max())
+            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_zlim(-lim, lim)
+            if k == 1:
+                handles = [Line2D([], [], marker="o", linestyle="", color=cmap(j % 10)) for j in range(len(parts))]
+                ax.legend(handles, [f"part {p}" for p in parts], loc="lower center", fontsize=8, ncol=min(4, len(parts)),
+                          frameon=False, bbox_to_anchor=(0.5, -0.12), handletextpad=0.1, columnspacing=0.6)
+    fig.suptitle("Part segmentation: ground truth vs prediction (colour = part label, black = a part of another "
+                 "category; y up)", fontsize=11)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.6 / fig.get_figheight(), bottom=0.04, wspace=0.02, hspace=0.25)
+    return fig
+
+
+def save_part_figure(shapes: list, category_names: list[str], path: Path) -> Path:
+    """:func:`part_figure` written to ``path`` (PNG)."""
+    from zoo.plotting import save_figure
+
+    return save_figure(part_figure(shapes, category_names), path, dpi=100)

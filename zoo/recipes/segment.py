@@ -28,12 +28,12 @@ from torch import nn
 from zoo.data import build_dataset
 from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
-from zoo.metrics.segmentation import restricted_argmax
+from zoo.metrics.segmentation import restricted_argmax, save_part_figure
 from zoo.models._contract import pop_auxiliary_losses
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.registry import create_model
 
-__all__ = ["SegmentConfig", "SegmentDataConfig", "SegmentEvalConfig", "SegmentRecipe", "save_part_figure"]
+__all__ = ["SegmentConfig", "SegmentDataConfig", "SegmentEvalConfig", "SegmentRecipe"]
 
 
 @dataclass
@@ -273,36 +273,3 @@ class SegmentRecipe(Recipe):
         else:
             samples = ((ds[i][1], ds[i][2].numpy()) for i in range(len(ds)))
         return majority_part_by_category(samples)
-
-
-def save_part_figure(shapes: list, category_names: list[str], path: Path) -> Path:
-    """A PNG of ``shapes`` (``(points (N, 3), category, truth (N,), prediction (N,))``): one row per shape, truth
-    on the left, prediction on the right, points coloured by part (y up), with the shape's IoU in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from zoo.data.pointcloud.shapenetpart import SEG_CLASSES
-    from zoo.metrics.segmentation import shape_iou
-
-    cmap = plt.get_cmap("tab10")
-    fig = plt.figure(figsize=(6, 3 * len(shapes)))
-    for row, (pts, cat, truth, pred) in enumerate(shapes):
-        name = category_names[cat]
-        parts = SEG_CLASSES.get(name, sorted(set(truth.tolist())))
-        iou = shape_iou(pred.numpy(), truth.numpy(), parts)
-        for col, (labels, title) in enumerate(((truth, f"{name}: truth"), (pred, f"prediction (IoU {100 * iou:.1f})"))):
-            ax = fig.add_subplot(len(shapes), 2, 2 * row + col + 1, projection="3d")
-            colours = [cmap(parts.index(int(v)) % 10) if int(v) in parts else (0, 0, 0, 1) for v in labels.tolist()]
-            ax.scatter(pts[:, 0], pts[:, 2], pts[:, 1], c=colours, s=2, depthshade=False)
-            ax.set_title(title, fontsize=9)
-            ax.set_axis_off()
-            ax.set_box_aspect((1, 1, 1))
-            lim = float(pts.abs().max())
-            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_zlim(-lim, lim)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
