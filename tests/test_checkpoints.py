@@ -1,9 +1,6 @@
-"""Shipped weights: manifest <-> default_cfgs agreement, sha256, size limits, and that each file loads strictly.
-
-Manifest entries are of three kinds: a registered model's weights file (``name`` = the model, its default_cfgs
-agree), ``kind: weights`` (a file for an architecture given as ``model`` + ``model_kwargs``, e.g. the digit
-classifier of the generation metrics) and ``kind: diffusers`` (a pipeline folder, every file with its sha256).
-"""
+"""Shipped weights: ``checkpoints/manifest.yaml`` is exactly what the pretrained cfgs generate (one source of truth),
+every shipped file matches its cfg's sha256 and the size limits, nothing unlisted is shipped, and each set of
+weights loads strictly under its tagged name and its aliases."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,12 +10,13 @@ import yaml
 
 import zoo
 from zoo.hub import CHECKPOINT_DIR, sha256sum
-from zoo.registry import get_pretrained_cfg
+from zoo.manifest import check_manifest, manifest_entries, render_manifest
+from zoo.pretrained_cfg import pipeline_cfgs
+from zoo.registry import get_pretrained_cfg, list_pipelines
 from zoo.resources import checkpoint_dirs
 
 ALL_ENTRIES = yaml.safe_load((CHECKPOINT_DIR / "manifest.yaml").read_text()) or []
-MANIFEST = [e for e in ALL_ENTRIES if "kind" not in e]  # registered models' weights
-WEIGHTS = [e for e in ALL_ENTRIES if e.get("kind") == "weights"]
+MODELS = [e for e in ALL_ENTRIES if "kind" not in e]  # tagged model weights
 PIPELINES = [e for e in ALL_ENTRIES if e.get("kind") == "diffusers"]
 MB = 1 << 20
 
@@ -28,62 +26,73 @@ def test_checkpoint_dir_is_the_shipped_folder(repo_root):
     assert checkpoint_dirs() == [repo_root / "checkpoints"] and CHECKPOINT_DIR == repo_root / "checkpoints"
 
 
-def test_manifest_entries_match_files_and_cfgs():
+def test_manifest_is_generated_from_the_cfgs():
+    """Edit a model's default_cfgs (or a pipeline's cfg), then run `zoo manifest`: a hand edit fails here."""
+    diff = check_manifest(CHECKPOINT_DIR / "manifest.yaml")
+    assert not diff, "checkpoints/manifest.yaml differs from the pretrained cfgs; run `zoo manifest`:\n" + "\n".join(
+        diff[:60])
+
+
+def test_check_manifest_notices_a_hand_edit(tmp_path):
+    edited = tmp_path / "manifest.yaml"
+    edited.write_text(render_manifest().replace("top1: 91.08", "top1: 92.0"))
+    diff = check_manifest(edited)
+    assert any(line.startswith("-") and "92.0" in line for line in diff)
+    assert any(line.startswith("+") and "91.08" in line for line in diff)
+    assert check_manifest(tmp_path / "absent.yaml")  # a missing manifest differs too
+
+
+def test_manifest_cli_writes_and_checks(tmp_path, capsys):
+    from zoo.manifest import main
+
+    path = tmp_path / "manifest.yaml"
+    assert main(["--check", "--path", str(path)]) == 1
+    assert main(["--path", str(path)]) == 0 and path.read_text() == render_manifest()
+    assert main(["--check", "--path", str(path)]) == 0 and "up to date" in capsys.readouterr().out
+
+
+def test_every_shipped_file_matches_its_cfg():
     total = 0
-    for entry in MANIFEST:
-        path = CHECKPOINT_DIR / entry["file"]
+    for entry in MODELS:
+        cfg = get_pretrained_cfg(entry["name"])
+        path = CHECKPOINT_DIR / cfg.file
         assert path.is_file(), f"{entry['name']}: {path} missing"
         size = path.stat().st_size
         assert size <= 25 * MB, f"{path.name} is {size / MB:.1f} MB (limit 25 MB)"
         total += size
-        assert sha256sum(path) == entry["sha256"], f"{path.name}: sha256 differs from the manifest"
-        cfg = get_pretrained_cfg(entry["name"])
-        assert cfg.file == entry["file"] and cfg.sha256 == entry["sha256"], f"{entry['name']}: default_cfgs disagree with the manifest"
+        assert sha256sum(path) == cfg.sha256, f"{path.name}: sha256 differs from {entry['name']}'s cfg"
         for key in ("metrics", "train_command", "eval_command"):
-            assert entry.get(key), f"{entry['name']}: manifest entry needs '{key}'"
-        for key in ("frame", "normalization"):  # point clouds: the frame / normalisation the weights were trained in
-            assert entry.get(key) == getattr(cfg, key), f"{entry['name']}: manifest and default_cfgs disagree on {key}"
-    for entry in WEIGHTS:
-        path = CHECKPOINT_DIR / entry["file"]
-        assert path.is_file() and path.stat().st_size <= 25 * MB, f"{entry['name']}: {path} missing or > 25 MB"
-        assert sha256sum(path) == entry["sha256"], f"{path.name}: sha256 differs from the manifest"
-        total += path.stat().st_size
-    for entry in PIPELINES:
-        folder = CHECKPOINT_DIR / entry["folder"]
+            assert getattr(cfg, key), f"{entry['name']}: its cfg needs '{key}'"
+    for name in list_pipelines():
+        cfg = pipeline_cfgs()[name]
+        folder = CHECKPOINT_DIR / cfg.folder
         files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-        assert files == set(entry["files"]), f"{entry['name']}: files in {folder} and the manifest differ"
-        for rel, digest in entry["files"].items():
+        assert files == set(cfg.files), f"{name}: files in {folder} and its cfg differ"
+        for rel, digest in cfg.files.items():
             size = (folder / rel).stat().st_size
             assert size <= 25 * MB, f"{rel} is {size / MB:.1f} MB (limit 25 MB)"
-            assert sha256sum(folder / rel) == digest, f"{entry['name']}/{rel}: sha256 differs from the manifest"
+            assert sha256sum(folder / rel) == digest, f"{name}/{rel}: sha256 differs from its cfg"
             total += size
-    for entry in WEIGHTS + PIPELINES:
         for key in ("metrics", "train_command", "eval_command"):
-            assert entry.get(key), f"{entry['name']}: manifest entry needs '{key}'"
+            assert getattr(cfg, key), f"{name}: its cfg needs '{key}'"
     assert total <= 150 * MB
 
 
-def test_every_shipped_cfg_is_in_manifest():
-    listed = {e["name"] for e in MANIFEST}
-    for name in zoo.list_models(pretrained=True):
-        cfg = get_pretrained_cfg(name)
-        if cfg.file and (CHECKPOINT_DIR / cfg.file).exists():
-            assert name in listed, f"{name} ships {cfg.file} but is not in checkpoints/manifest.yaml"
+def test_nothing_shipped_is_missing_from_the_manifest():
     files = {p.name for p in Path(CHECKPOINT_DIR).glob("*.safetensors")}
-    assert files == {e["file"] for e in MANIFEST + WEIGHTS}, "files in checkpoints/ and the manifest differ"
+    assert files == {e["file"] for e in MODELS}, "weights files in checkpoints/ without a cfg (or the reverse)"
     folders = {p.name for p in Path(CHECKPOINT_DIR).iterdir() if p.is_dir() and (p / "model_index.json").is_file()}
-    assert folders == {e["folder"] for e in PIPELINES}, "pipeline folders in checkpoints/ and the manifest differ"
+    assert folders == {e["folder"] for e in PIPELINES}, "pipeline folders in checkpoints/ and the cfgs differ"
+    assert [e["name"] for e in manifest_entries()] == [e["name"] for e in ALL_ENTRIES]
 
 
-@pytest.mark.parametrize("entry", WEIGHTS or [pytest.param(None, marks=pytest.mark.skip("no kind: weights entries"))],
+@pytest.mark.parametrize("entry", MODELS or [pytest.param(None, marks=pytest.mark.skip("no shipped weights yet"))],
                          ids=lambda e: e["name"] if e else "none")
-def test_weights_entries_load_strictly(entry):
-    model = zoo.create_model(entry["model"], checkpoint_path=str(CHECKPOINT_DIR / entry["file"]),
-                             **entry.get("model_kwargs", {}))
-    assert model.num_classes == entry.get("model_kwargs", {}).get("num_classes", model.num_classes)
+def test_pretrained_loads_strictly_under_its_tag_and_aliases(entry):
+    import torch
 
-
-@pytest.mark.parametrize("name", [e["name"] for e in MANIFEST] or [pytest.param("none", marks=pytest.mark.skip("no shipped weights yet"))])
-def test_pretrained_loads_strictly(name):
-    model = zoo.create_model(name, pretrained=True)
-    assert model.pretrained_cfg.sha256
+    model = zoo.create_model(entry["name"], pretrained=True)
+    assert model.pretrained_cfg.sha256 == entry["sha256"] and "." in entry["name"]
+    for alias in entry.get("aliases", []):
+        other = zoo.create_model(alias, pretrained=True)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,11 +132,11 @@ def test_allow_head_reinit_false_refuses_a_class_count_mismatch(tmp_path, source
     assert create_model("toy_mlp", allow_head_reinit=False).num_classes == 3
 
 
-def test_allow_head_reinit_false_on_the_shipped_weights():
+@pytest.mark.parametrize("name", ["pointramba_small.modelnet10", "pointramba_small_modelnet10"])
+def test_allow_head_reinit_false_on_the_shipped_weights(name):
     """issue 14 item 3: the ModelNet10 weights evaluated with a 40-class head must fail, not score 2 %."""
-    name = "pointramba_small_modelnet10"
-    assert name in list_models(pretrained=True)
-    with pytest.raises(RuntimeError, match=r"'pointramba_small_modelnet10'.* 10 classes .*built with 40"):
+    assert "pointramba_small.modelnet10" in list_models(pretrained=True)
+    with pytest.raises(RuntimeError, match=r"'pointramba_small.modelnet10'.* 10 classes .*built with 40"):
         create_model(name, pretrained=True, num_classes=40, allow_head_reinit=False)
     assert create_model(name, pretrained=True, allow_head_reinit=False).num_classes == 10
 
@@ -239,3 +240,94 @@ def test_truncated_safetensors_names_the_file(tmp_path, source, fraction):
     assert str(path) in msg and "truncated or corrupt" in msg and "Re-download" in msg
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         read_safetensors_file(tmp_path / "nope.safetensors")
+
+
+# ------------------------------------------------------------------------------------------------ timm weights
+def _hf_snapshot(cache, repo_id: str, files: dict[str, bytes], commit: str = "0a1b2c3d4e5f") -> Path:
+    """A Hugging Face cache entry in the real layout: blobs/<sha256> holding the bytes, snapshots/<commit>/<file>
+    symlinks to them, refs/main naming the commit. Returns the snapshot folder."""
+    import hashlib
+    import os
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def _resnet18_bytes(seed: int) -> tuple[bytes, dict]:
+    import timm
+    from safetensors.torch import save
+
+    torch.manual_seed(seed)
+    state = timm.create_model("resnet18").state_dict()
+    return save(state), state
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache in tmp_path and no hub (HF_HUB_OFFLINE=1): nothing can be downloaded."""
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return cache
+
+
+def test_timm_pretrained_loads_from_a_local_hf_cache(offline_hub):
+    data, state = _resnet18_bytes(3)
+    _hf_snapshot(offline_hub, "timm/resnet18.a1_in1k", {"model.safetensors": data})
+    model = create_model("timm/resnet18", pretrained=True)  # default tag a1_in1k
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    tagged = create_model("timm/resnet18.a1_in1k", pretrained=True, num_classes=10)  # head re-initialised by timm
+    assert torch.equal(tagged.conv1.weight, state["conv1.weight"]) and tagged.fc.out_features == 10
+
+
+def test_timm_pretrained_offline_without_cached_weights_fails_at_once(offline_hub):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as err:
+        create_model("timm/resnet18", pretrained=True)
+    assert time.perf_counter() - start < 5
+    msg = str(err.value)
+    assert "timm/resnet18" in msg and str(offline_hub / "models--timm--resnet18.a1_in1k") in msg
+    assert "timm.create_model('resnet18.a1_in1k', pretrained=True)" in msg and "checkpoint_path=" in msg
+
+
+def test_hf_hub_names_load_a_cached_snapshot(offline_hub, tmp_path):
+    """timm's hf-hub:ORG/NAME names: config.json + weights of a cached snapshot, read as timm's local-dir."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(5)
+    model = timm.create_model("resnet18", num_classes=7)
+    export = tmp_path / "export"
+    save_for_hf(model, str(export), safe_serialization=True)
+    files = {p.name: p.read_bytes() for p in export.iterdir() if p.name in ("config.json", "model.safetensors")}
+    _hf_snapshot(offline_hub, "someone/resnet18-seven", files)
+    loaded = create_model("hf-hub:someone/resnet18-seven", pretrained=True)
+    assert loaded.fc.out_features == 7 and torch.equal(loaded.fc.weight, model.fc.weight)
+    with pytest.raises(FileNotFoundError, match=r"models--someone--absent"):
+        create_model("hf-hub:someone/absent", pretrained=True)
+
+
+def test_hub_probe_is_fast_when_the_endpoint_refuses(monkeypatch):
+    import time
+
+    from zoo.timm_weights import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens, refused at once
+    start = time.perf_counter()
+    assert hub_reachable() is False and time.perf_counter() - start < 3
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False

@@ -32,21 +32,30 @@ def discover() -> dict[str, object]:
     }
 
 
+def summary(module: object) -> str:
+    """What a benchmark measures: the first paragraph of its module docstring on one line (whole sentences, not the
+    docstring's first line, which stops mid-sentence)."""
+    doc = (getattr(module, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 def main(argv: list[str] | None = None) -> int:
     modules = discover()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     sub = parser.add_subparsers(dest="command")
     for name, module in sorted(modules.items()):
-        doc = (module.__doc__ or "").strip().splitlines()
-        p = sub.add_parser(name, help=doc[0] if doc else name, description=module.__doc__,
+        p = sub.add_parser(name, help=summary(module).replace("%", "%%") or name, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--json", help="also write the measured rows to this JSON file")
         module.add_arguments(p)
     args = parser.parse_args(argv)
     if args.list or not args.command:
+        import textwrap
+
+        width = max(map(len, modules)) + 2
         for name, module in sorted(modules.items()):
-            print(f"{name:12s} {((module.__doc__ or '').strip().splitlines() or [''])[0]}")
+            print(textwrap.fill(summary(module), 120, initial_indent=f"{name:<{width}}", subsequent_indent=" " * width))
         return 0
     print(describe_machine())
     try:

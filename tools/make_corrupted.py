@@ -1,55 +1,16 @@
 #!/usr/bin/env python3
-"""Write a ``-C`` version of an image dataset in the released CIFAR-10-C ``.npy`` layout.
+"""Write a -C version of an image dataset in the CIFAR-10-C layout: ``zoo make-corrupted``.
 
     python tools/make_corrupted.py --dataset mnist --split "test[8000:]" --out data/mnist_c --severities 5
 
-writes ``<out>/<corruption>.npy`` (uint8 ``(5·N, 32, 32, 3)``, severities 1..5 stacked; severities not asked for
-hold the clean images) and ``<out>/labels.npy``, readable with ``build_dataset("cifar10_c", root=<out>,
-split=<corruption>, severity=s)``. Images are made uint8 RGB ``size``×``size`` first (grey replicated, smaller
-images zero-padded centrally: MNIST 28 -> 32). Corruptions: :mod:`zoo.data.images.corruptions` (CIFAR-10-C
-parameters; frost with generated textures, motion blur and snow without ImageMagick).
+A shim: the code is in the package (the wheel has no tools/).
 """
-from __future__ import annotations
-
-import argparse
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout used without pip install -e .
 
-
-def main(argv: list[str] | None = None) -> int:
-    from zoo.data import build_dataset
-    from zoo.data.images.cifar_c import images_as_uint8_rgb, write_corrupted
-    from zoo.data.images.corruptions import CORRUPTIONS
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="a registered dataset name (zoo.data.list_datasets())")
-    p.add_argument("--root", default=None, help="the dataset's root (default: the dataset's own default)")
-    p.add_argument("--split", default="test", help='e.g. "test[8000:]" for MNIST')
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--corruptions", default="all", help=f"comma-separated, or 'all' ({', '.join(CORRUPTIONS)})")
-    p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities to corrupt")
-    p.add_argument("--size", type=int, default=32, help="image side after padding (the CIFAR constants need 32)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-
-    names = list(CORRUPTIONS) if args.corruptions == "all" else [c.strip() for c in args.corruptions.split(",")]
-    unknown = [n for n in names if n not in CORRUPTIONS]
-    if unknown:
-        p.error(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
-    severities = [int(s) for s in args.severities.split(",")]
-    if any(not 1 <= s <= 5 for s in severities):
-        p.error(f"--severities must be in 1..5, got {severities}")
-    dataset = build_dataset(args.dataset, root=args.root, split=args.split)
-    images, labels = images_as_uint8_rgb(dataset, args.size)
-    start = time.time()
-    out = write_corrupted(images, labels, args.out, names, severities, seed=args.seed,
-                          progress=lambda n: print(f"{n}: done ({time.time() - start:.0f} s)", flush=True))
-    print(f"wrote {len(names)} corruptions × {len(images)} images to {out}")
-    return 0
-
+from zoo.cli.make_corrupted import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

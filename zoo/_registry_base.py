@@ -75,7 +75,9 @@ class Registry:
             hint = close_matches(name, self._entries)
             msg = f"Unknown {self.kind} '{name}'."
             msg += f" Did you mean: {', '.join(hint)}?" if hint else f" Registered: {', '.join(self.names()) or 'none'}."
-            raise KeyError(msg) from None
+            from zoo.errors import UnknownNameError  # a user error: one error: line on the command line
+
+            raise UnknownNameError(msg) from None
 
     def __contains__(self, name: str) -> bool:
         self._ensure_populated()

@@ -7,7 +7,8 @@ catches the builtin keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["ZooError", "ConfigError", "ArgumentError", "DataError", "CheckpointError", "MissingDependencyError", "USER_ERRORS"]
+__all__ = ["ZooError", "ConfigError", "ArgumentError", "DataError", "CheckpointError", "MissingDependencyError",
+           "UnknownNameError", "USER_ERRORS"]
 
 
 class ZooError(Exception):
@@ -34,6 +35,14 @@ class CheckpointError(ZooError, RuntimeError):
 
 class MissingDependencyError(ZooError, ImportError):
     """An optional dependency (an extra) is not installed; the message names the package and the install command."""
+
+
+class UnknownNameError(ZooError, KeyError):
+    """A registry has nothing under that name (a model, weights tag, dataset, recipe, method...); the message lists
+    the closest names. Also a ``KeyError``, as any failed lookup."""
+
+    def __str__(self) -> str:  # the message itself, not KeyError's repr of it
+        return str(self.args[0]) if self.args else ""
 
 
 #: what the command line reports as one ``error:`` line (anything else is a bug: traceback)

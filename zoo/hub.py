@@ -76,7 +76,7 @@ def _candidate_paths(cfg: PretrainedCfg) -> list[Path]:
 def _no_weights_error(cfg: PretrainedCfg) -> FileNotFoundError:
     with_weights = names_with_weights()
     return FileNotFoundError(
-        f"'{cfg.architecture}' has no pretrained weights (its pretrained cfg names no file or url). "
+        f"'{cfg.name}' has no pretrained weights (its pretrained cfg names no file or url). "
         f"Models with pretrained weights: {', '.join(with_weights) or 'none'}. "
         "Build it with pretrained=False, or load your own file with checkpoint_path=..."
     )
@@ -109,7 +109,7 @@ def resolve_weights_file(cfg: PretrainedCfg, checkpoint_path: str | os.PathLike 
         if path is None:
             where = "\n  ".join(str(p) for p in tried) or "(the cfg names no local file)"
             raise FileNotFoundError(
-                f"No weights found for '{cfg.architecture}'. Tried:\n  {where}\n"
+                f"No weights found for '{cfg.name}'. Tried:\n  {where}\n"
                 "Put the file in one of these places, set $ZOO_HOME to its folder, or pass checkpoint_path=..."
             )
     if expected_sha256:
@@ -205,7 +205,7 @@ def load_weights(
             if k in model_sd and model_sd[k].shape != sd[k].shape:
                 reinit.append(k)
     if reinit:
-        name = (cfg.architecture if cfg else None) or type(model).__name__
+        name = (cfg.name if cfg else None) or type(model).__name__
         ckpt_classes, model_classes = _class_count(sd, reinit), _class_count(model_sd, reinit)
         if not allow_head_reinit:
             raise CheckpointError(
@@ -244,6 +244,7 @@ def build_model_with_cfg(
     variant: str,
     pretrained: bool = False,
     *,
+    pretrained_cfg: PretrainedCfg | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     pretrained_cfg_overlay: dict[str, Any] | None = None,
     checkpoint_filter_fn: Callable[[dict, nn.Module], dict] | None = None,
@@ -255,15 +256,20 @@ def build_model_with_cfg(
 
     Used by every entry point: ``num_classes`` defaults to the cfg's when pretrained weights are loaded; the
     model gets a ``pretrained_cfg`` attribute. Weights load when ``pretrained`` or ``checkpoint_path`` is given.
-    The loading options (``checkpoint_path``, ``pretrained_cfg_overlay``, ``checkpoint_filter_fn``,
-    ``pretrained_strict``, ``allow_head_reinit``: see :func:`load_weights`) are keyword arguments here, so they
-    never reach ``model_cls``.
+    ``pretrained_cfg``: the cfg of tagged weights (``create_model("arch.tag")`` passes it; default: ``variant``'s
+    own); a tagged cfg's ``num_classes`` and ``model_args`` are the defaults whether or not weights load (the user
+    asked for that variant). The loading options (``checkpoint_path``, ``pretrained_cfg_overlay``,
+    ``checkpoint_filter_fn``, ``pretrained_strict``, ``allow_head_reinit``: see :func:`load_weights`) are keyword
+    arguments here, so they never reach ``model_cls``.
     """
-    cfg = lookup_pretrained_cfg(variant)
+    cfg = pretrained_cfg if pretrained_cfg is not None else lookup_pretrained_cfg(variant)
     if pretrained_cfg_overlay:
         cfg = cfg.replace(**pretrained_cfg_overlay)
     load = pretrained or checkpoint_path is not None
-    if load and cfg.num_classes is not None:
+    if cfg.tag:
+        for key, value in (cfg.model_args or {}).items():
+            kwargs.setdefault(key, value)
+    if (load or cfg.tag) and cfg.num_classes is not None:
         kwargs.setdefault("num_classes", cfg.num_classes)
     if pretrained and checkpoint_path is None and not cfg.has_weights:
         raise _no_weights_error(cfg)  # before building: the model may be large
@@ -273,7 +279,7 @@ def build_model_with_cfg(
     if load:
         overlay_sha = (pretrained_cfg_overlay or {}).get("sha256")
         path = resolve_weights_file(cfg, checkpoint_path, expected_sha256=overlay_sha)
-        _logger.info("Loading %s weights from %s", variant, path)
+        _logger.info("Loading %s weights from %s", cfg.name or variant, path)
         load_weights(model, load_state_dict_file(path), cfg, checkpoint_filter_fn, strict=pretrained_strict,
                      allow_head_reinit=allow_head_reinit)
     return model

@@ -15,8 +15,18 @@ stage, see below)::
 ``${stage:NAME}`` is the run directory of an earlier stage (it must have finished). ``tools/train.py
 PIPELINE.yaml`` runs every stage into ``<output>/<stage name>/``; finished stages are skipped, so running the
 command again continues where it stopped (an interrupted stage needs ``--resume``, as any run). ``--stage
-NAME`` runs that stage only. Command-line overrides apply to every stage run. The pipeline directory gets
-``pipeline.yaml`` (the stages as run) and ``metrics.json`` (each stage's final metrics).
+NAME`` runs that stage only. The pipeline directory gets ``pipeline.yaml`` (the stages as run) and
+``metrics.json`` (each stage's final metrics).
+
+**Command-line overrides.** ``STAGE:key=value`` applies to stage ``STAGE`` only (every cell of a matrix stage);
+a plain ``key=value`` applies to every stage that runs a config, so its key must exist in each of their configs::
+
+    zoo train configs/bignas/mnist_pipeline.yaml search:search.rounds=1 trainer.epochs=1
+
+(``search.rounds`` exists only in the ``search`` stage's config; ``trainer.epochs`` in both.) Every override is
+checked against the stages' config classes before anything runs: a plain key that some stage lacks is an error
+naming the stages whose configs have it (write it as ``STAGE:key=value``); a key no stage has, or a ``STAGE:``
+prefix that names no stage that runs a config, is an error naming the stages (see :func:`route_overrides`).
 
 **Studies.** A stage with ``seeds: [0, 1, 2]`` (and optionally ``variants: {name: overrides, ...}``) runs one cell
 per variant and seed into ``<output>/<stage>/<variant>/seed<k>/`` (variant ``default`` when there are none), each
@@ -45,13 +55,14 @@ import yaml
 
 from zoo.config import stage_scope
 from zoo.engine.rundir import read_summary
+from zoo.engine.stage_overrides import route_overrides, split_stage_override
 from zoo.errors import ConfigError
 from zoo.studies.matrix import (Cell, Matrix, explain_reference, find_references, parse_cell_id, parse_matrix,
                                 reference_dirs)
 from zoo.studies.summarise import RESULTS_FILE, SummariseSpec, summarise_cells, write_results
 
 __all__ = ["Stage", "Step", "is_pipeline", "load_pipeline", "plan_stage", "list_cells", "cell_commands", "run_pipeline",
-           "summary_lines"]
+           "summary_lines", "split_stage_override", "route_overrides"]
 
 _logger = logging.getLogger("zoo")
 
@@ -206,17 +217,21 @@ def list_cells(path: str | os.PathLike, raw: Mapping[str, Any], only: str | None
 
 
 def cell_commands(path: str | os.PathLike, raw: Mapping[str, Any], shown: str, output: str | os.PathLike,
-                  overrides: Sequence[str] = (), only: str | None = None) -> list[str]:
-    """One shell command per cell (``python tools/train.py SHOWN OVERRIDES --cell ID --output OUTPUT``), in run
-    order: what ``--list-cells`` prints for a cluster scheduler. ``shown``: the config as the user wrote it."""
+                  overrides: Sequence[str] = (), only: str | None = None,
+                  launcher: str = "python tools/train.py") -> list[str]:
+    """One shell command per cell (``LAUNCHER SHOWN OVERRIDES --cell ID --output OUTPUT``), in run order: what
+    ``--list-cells`` prints for a cluster scheduler. ``shown``: the config as the user wrote it; ``launcher``: how
+    the user runs the training command (``zoo train`` or ``python tools/train.py``). The overrides are checked
+    (:func:`route_overrides`) first."""
     import shlex
 
+    route_overrides(load_pipeline(path, raw), overrides, path)
     cells = list_cells(path, raw, only)
     if not cells:
         raise ConfigError(f"--list-cells: {path} has no matrix stage{f' called {only}' if only else ''} (a stage with "
                           "'seeds', and optionally 'variants'); run it as any pipeline")
     tail = " ".join(shlex.quote(o) for o in overrides)
-    return [f"python tools/train.py {shlex.quote(str(shown))}{' ' + tail if tail else ''} --cell {c.id} "
+    return [f"{launcher} {shlex.quote(str(shown))}{' ' + tail if tail else ''} --cell {c.id} "
             f"--output {shlex.quote(str(output))}" for c in cells]
 
 
@@ -293,8 +308,9 @@ def run_pipeline(
     stages = load_pipeline(path, raw)
     names = [s.name for s in stages]
     focus, target = _resolve_target(stages, only, cell)
-    if any(o.split("=", 1)[0].strip() == "seed" for o in overrides) and any(
-            s.matrix is not None and focus in (None, s.name) for s in stages):
+    routed = route_overrides(stages, overrides, path)
+    if any(o.split("=", 1)[0].strip() == "seed" for s in stages if s.matrix is not None and focus in (None, s.name)
+           for o in routed.get(s.name, ())):
         raise ConfigError("a command-line override sets 'seed', but matrix stages set seed=<k> per cell from their "
                           "'seeds'; drop it (to run more seeds, add them to the stage's 'seeds')")
     root = Path(output_dir)
@@ -330,13 +346,14 @@ def run_pipeline(
                                  "cell" if step.cell else "stage", step.label, step.run_dir)
             pending = [s for s in selected if done[s.label] is None]
             if pending and jobs > 1 and spawn is not None and stage.matrix is not None and len(pending) > 1:
+                # each spawned cell gets the whole command line (STAGE: prefixes included) and routes it itself
                 _run_parallel(stage, pending, root, spawn, jobs)
             else:
                 for step in pending:
                     _logger.info("pipeline %s: running %s '%s' (stage %d/%d) into %s", Path(path).name,
                                  "cell" if step.cell else "stage", step.label, index + 1, len(stages), step.run_dir)
                     with stage_scope(step.references):
-                        run_stage(stage, step.run_dir, _step_overrides(step, overrides))
+                        run_stage(stage, step.run_dir, _step_overrides(step, routed[stage.name]))
             done = {step.label: _finished(step.run_dir) for step in steps}
         complete = complete and all(d is not None for d in done.values())
         finals = {label: d.get("final", d) for label, d in done.items() if d is not None}
@@ -351,7 +368,8 @@ def run_pipeline(
 
 
 def _step_overrides(step: Step, command: Sequence[str]) -> list[str]:
-    """Stage and variant overrides, then the command line's, then the cell's ``seed=<k>`` (which nothing may change)."""
+    """Stage and variant overrides, then the command line's for this stage (``command``: routed by
+    :func:`route_overrides`, ``STAGE:`` prefixes removed), then the cell's ``seed=<k>`` (which nothing may change)."""
     if step.cell is None:
         return [*step.overrides, *command]
     return [*step.overrides[:-1], *command, step.overrides[-1]]

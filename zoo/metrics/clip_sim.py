@@ -18,7 +18,7 @@ the projected pooled outputs, L2-normalised; similarities are plain cosines in [
 ``2.5 · max(cos, 0)``, not × 100). Everything runs in batches of ``batch_size`` under ``torch.no_grad``.
 
 Importing this module imports neither transformers nor open_clip; :class:`CLIPScorer` raises an ``ImportError``
-naming the extra (``pip install -e .[diffusion]``) when transformers is missing.
+naming the extra (``pip install 'zoo[diffusion]'``) when transformers is missing.
 """
 from __future__ import annotations
 
@@ -81,7 +81,9 @@ class CLIPScorer:
         try:
             from transformers import AutoTokenizer, CLIPModel
         except ImportError as exc:
-            raise ImportError("zoo.metrics.clip_sim needs transformers: pip install -e .[diffusion]") from exc
+            from zoo.errors import MissingDependencyError
+
+            raise MissingDependencyError("zoo.metrics.clip_sim needs transformers: pip install 'zoo[diffusion]'") from exc
         p = Path(path)
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"no CLIP model at {p} (expected a transformers folder with config.json, e.g. "

@@ -139,8 +139,10 @@ class CaptionedImageFolder(Dataset):
         try:
             with Image.open(path) as im:
                 image = im.convert("RGB")
-        except OSError as exc:
-            raise OSError(f"cannot read image {path}: {exc}") from exc
+        except OSError as exc:  # a corrupt or truncated file: a user error (one error: line), naming the file
+            from zoo.errors import DataError
+
+            raise DataError(f"cannot read image {path}: {exc}; replace or remove the file") from exc
         return {"pixel_values": self.transform(image), "caption": self.caption(i)}
 
 
