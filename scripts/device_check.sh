@@ -44,14 +44,14 @@ stage_tests() {  # every kernel test, with the GPU-only ones (Triton vs referenc
 }
 
 stage_bench() {
-    run "bench scan" "$PY" tools/benchmark.py scan --device all --json "$OUT/scan.json"
-    run "bench pointops" "$PY" tools/benchmark.py pointops --device all --json "$OUT/pointops.json"
-    run "bench pointramba" "$PY" tools/benchmark.py pointramba --device cuda --json "$OUT/pointramba.json"
+    run "bench scan" "$PY" -m zoo benchmark scan --device all --json "$OUT/scan.json"
+    run "bench pointops" "$PY" -m zoo benchmark pointops --device all --json "$OUT/pointops.json"
+    run "bench pointramba" "$PY" -m zoo benchmark pointramba --device cuda --json "$OUT/pointramba.json"
 }
 
 stage_sara() {  # the measured goal on the GPU; each variant in its own process (CUDA peak allocated)
     for b in 1 4; do
-        run "bench sara batch $b" "$PY" tools/benchmark.py sara --device cuda --width 1 --latent 64 --batch "$b" \
+        run "bench sara batch $b" "$PY" -m zoo benchmark sara --device cuda --width 1 --latent 64 --batch "$b" \
             --repeat 3 --json "$OUT/sara_b$b.json"
     done
 }

@@ -70,11 +70,10 @@ def test_benchmark_runs_and_writes_json(name, tmp_path):
 # compute something else and assert that the benchmark refuses (and times nothing), and that honest rows pass.
 @pytest.fixture
 def bench(monkeypatch):
-    """tools/benchmarks importable in-process, with ``time_fn`` of each benchmark module recording its calls."""
-    monkeypatch.syspath_prepend(str(REPO / "tools"))
+    """zoo.benchmarks in-process, with ``time_fn`` of each benchmark module recording its calls."""
     import importlib
 
-    mods = {name: importlib.import_module(f"benchmarks.{name}") for name in ("_common", "scan", "pointops", "sara")}
+    mods = {name: importlib.import_module(f"zoo.benchmarks.{name}") for name in ("_common", "scan", "pointops", "sara")}
     timed = []
 
     def recording_time_fn(fn, *, warmup=1, repeat=5, device=None):
@@ -127,7 +126,7 @@ def test_scan_refuses_a_row_with_another_output(bench, monkeypatch, capsys):
                        match=r"scan: row 'zoo_cpu' disagrees with 'reference' on the output .*not timing it"):
         scan.run(_scan_args(bench, monkeypatch, "--skip-reference"))
     assert bench["timed"] == []
-    import benchmark  # tools/benchmark.py: the command line prints the check's message and exits 2
+    from zoo.cli import benchmark  # the command line prints the check's message and exits 2
 
     capsys.readouterr()
     assert benchmark.main(["scan", "--quick", "--device", "cpu", "--threads", "1", "--skip-reference"]) == 2

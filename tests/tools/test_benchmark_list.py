@@ -2,7 +2,6 @@
 the docstring's first line cut mid-sentence."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("zoo_tools_benchmark", REPO / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from zoo.cli import benchmark
+
+    return benchmark
 
 
 def test_summary_is_the_first_paragraph_on_one_line():

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("zoo.cli.prepare_data:main", "build the data layouts of the shipped numbers from the official "
                      "downloads"),
     "make-corrupted": ("zoo.cli.make_corrupted:main", "write a -C version of an image dataset (CIFAR-10-C layout)"),
+    "benchmark": ("zoo.cli.benchmark:main", "speed / memory benchmarks as ratios against a baseline of the same run"),
     "report": ("zoo.cli.report:main", "tables from a study's results.json; update / check the README tables"),
     "list": ("zoo.cli.inventory:list_main", "list models, pretrained weights, configs, recipes, adapters, "
              "tta, datasets"),

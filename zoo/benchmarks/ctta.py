@@ -20,7 +20,7 @@ import copy
 
 import torch
 
-from benchmarks._common import Row, check_close, check_true, describe_machine, peak_memory, print_table, time_fn, write_json
+from zoo.benchmarks._common import Row, check_close, check_true, describe_machine, peak_memory, print_table, time_fn, write_json
 
 _BENCH = "ctta"
 

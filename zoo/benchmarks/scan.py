@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import Row, check_close, peak_memory, print_table, time_fn, write_json
+from zoo.benchmarks._common import Row, check_close, peak_memory, print_table, time_fn, write_json
 
 CPU_CONFIGS = [(32, 768, 16, 512), (2, 768, 16, 8192)]
 QUICK_CONFIGS = [(8, 256, 16, 256), (1, 256, 16, 2048)]
@@ -133,7 +133,7 @@ def check_rows(backends, shape, device, dtype) -> None:
     """Check every row's output and input gradients against the float32 reference before anything is timed.
 
     The inputs are a :func:`check_slice` of the inputs the rows are timed on (``make_inputs(*shape)``); raises
-    :class:`benchmarks._common.BenchmarkCheckError` naming the first row and tensor that disagree by more than
+    :class:`zoo.benchmarks._common.BenchmarkCheckError` naming the first row and tensor that disagree by more than
     ``CHECK_TOL[dtype]`` relative to the reference's largest magnitude.
     """
     sliced = check_slice(make_inputs(*shape, device=device, dtype=dtype))
@@ -186,11 +186,11 @@ def _peak_worker(spec: str) -> None:
 
 
 def cpu_peak_mb(backend, shape, threads):
-    tools = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the checkout (or site-packages) that holds zoo/
     spec = json.dumps({"backend": backend, "shape": list(shape), "threads": threads})
-    code = (f"import sys; sys.path.insert(0, {tools!r}); "
-            "from benchmarks.scan import _peak_worker; _peak_worker(sys.argv[1])")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(tools).parent), os.environ.get("PYTHONPATH", "")]))
+    code = (f"import sys; sys.path.insert(0, {root!r}); "
+            "from zoo.benchmarks.scan import _peak_worker; _peak_worker(sys.argv[1])")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"memory probe of {backend} failed:\n{res.stderr[-2000:]}")

@@ -42,11 +42,10 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import Row, check_true, print_table, time_fn, write_json
+from zoo.benchmarks._common import Row, check_true, print_table, time_fn, write_json
 
 METHODS = ("full", "lora", "sara")
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = {m: REPO / "configs" / "sara" / f"mnist_style_{m}.yaml" for m in METHODS}
+CONFIGS = {m: f"sara/mnist_style_{m}" for m in METHODS}  # packaged config names (zoo.resources.find_config)
 COLUMNS = ("style_gram", "style_colour", "fid_style", "fid_plain", "fid_plain_raw", "fd_plain", "plain_gram")
 
 
@@ -142,7 +141,7 @@ def evaluate_pipe(pipe: Any, classifier: Any, style_images: torch.Tensor, real_f
     }
 
 
-def measure_step(config: Path, overrides: list[str], repeat: int, threads: int = 1) -> tuple[float, int | None]:
+def measure_step(config: str | Path, overrides: list[str], repeat: int, threads: int = 1) -> tuple[float, int | None]:
     """``(median step ms, peak bytes)`` of ``sd_finetune`` training steps, measured in a fresh process (glibc's
     mmap threshold pinned to 64 KiB so freed tensors leave the RSS): peak RSS during the first step (which also
     creates the optimiser state) above the RSS after the model is built; then the median of ``repeat`` steps."""
@@ -152,19 +151,19 @@ def measure_step(config: Path, overrides: list[str], repeat: int, threads: int =
 
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
     code = ("import json, sys, torch; sys.path.insert(0, sys.argv[1]); torch.set_num_threads(int(sys.argv[2])); "
-            "from benchmarks.style import _measure_here; "
+            "from zoo.benchmarks.style import _measure_here; "
             "print('MEASURED', json.dumps(_measure_here(sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5]))))")
-    res = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1]), str(threads),
+    res = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2]), str(threads),
                           str(config), json.dumps(overrides), str(repeat)], env=env, capture_output=True, text=True)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("MEASURED ")), None)
     if res.returncode != 0 or line is None:
-        raise RuntimeError(f"style benchmark: measuring a step of {config.name} failed:\n{res.stderr[-3000:]}")
+        raise RuntimeError(f"style benchmark: measuring a step of {config} failed:\n{res.stderr[-3000:]}")
     ms, peak = json.loads(line[len("MEASURED "):])
     return ms, peak
 
 
 def _measure_here(config: str, overrides: list[str], repeat: int) -> tuple[float, int | None]:
-    from benchmarks._common import memory_in_use, peak_memory_in_use, reset_peak_memory
+    from zoo.benchmarks._common import memory_in_use, peak_memory_in_use, reset_peak_memory
     from zoo.cli import load_run_config
 
     recipe_cls, cfg, _ = load_run_config(str(config), overrides)

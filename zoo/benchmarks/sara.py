@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import (BenchmarkCheckError, Row, check_close, check_true, memory_in_use, peak_memory,
+from zoo.benchmarks._common import (BenchmarkCheckError, Row, check_close, check_true, memory_in_use, peak_memory,
                                 peak_memory_in_use, print_table, reset_peak_memory, sync, time_fn, write_json)
 
 VARIANTS = ("full", "lora", "lora_all", "sara_official", "sara_dense", "sara_kernel", "sara_attn_dense", "sara_attn_kernel")
@@ -324,7 +324,7 @@ def _spawn(variant: str, args: argparse.Namespace) -> dict | None:
     """Measure ``variant`` in a fresh process (isolated peak memory)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmark.py"), "sara", "--only", variant,
+    cmd = [sys.executable, "-m", "zoo", "benchmark", "sara", "--only", variant,
            "--out", out, "--device", args.device, "--width", str(args.width), "--latent", str(args.latent),
            "--batch", str(args.batch), "--fraction", str(args.fraction), "--repeat", str(args.repeat)]
     if args.threshold:

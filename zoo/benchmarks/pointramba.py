@@ -23,7 +23,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import Row, check_close, peak_memory, print_table, time_fn, write_json
+from zoo.benchmarks._common import Row, check_close, peak_memory, print_table, time_fn, write_json
 
 _BENCH = "pointramba"
 _TOL = {"eval logits": 1e-4, "training loss": 1e-4, "gradients": 1e-3}

@@ -42,7 +42,7 @@ import contextlib
 
 import torch
 
-from benchmarks._common import Row, check_true, peak_memory, print_table, time_fn, write_json
+from zoo.benchmarks._common import Row, check_true, peak_memory, print_table, time_fn, write_json
 
 CONFIGS = [(32, 1024, 256, 16), (32, 8192, 512, 16)]  # (B, N, M, K)
 FPS_RTOL = 1e-4  # a chosen point may be this much (relative) closer than the furthest one (matmul-form rounding)

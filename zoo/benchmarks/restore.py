@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks._common import Row, check_close, peak_memory, print_table, sync, time_fn, write_json
+from zoo.benchmarks._common import Row, check_close, peak_memory, print_table, sync, time_fn, write_json
 
 BENCH = "restore"
 EXACT_TOL = 1e-5
@@ -76,12 +76,12 @@ def _child_peak(args: argparse.Namespace, tile: int) -> int | None:
     """CPU peak RSS of one call in a fresh process (glibc's mmap threshold pinned at 64 KiB so freed tensors leave
     the RSS at once; in one process the rows would reuse each other's freed memory and show no peak)."""
     code = ("import sys, json, argparse; sys.path.insert(0, sys.argv[1]); "
-            "from benchmarks import restore as r; a = argparse.Namespace(**json.loads(sys.argv[2])); "
+            "from zoo.benchmarks import restore as r; a = argparse.Namespace(**json.loads(sys.argv[2])); "
             "print(r._peak_here(a, int(sys.argv[3])))")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads or 1)}
     keys = ("model", "size", "overlap", "device", "checkpoint", "threads")
     payload = json.dumps({k: getattr(args, k) for k in keys})
-    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1]), payload, str(tile)],
+    proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2]), payload, str(tile)],
                           capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"restore benchmark: the memory child for tile={tile} failed:\n{proc.stderr[-2000:]}")

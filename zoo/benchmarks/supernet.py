@@ -25,7 +25,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import (Row, check_close, peak_memory, print_table, time_fn,
+from zoo.benchmarks._common import (Row, check_close, peak_memory, print_table, time_fn,
                                 write_json)
 
 BENCH = "supernet"

@@ -1,1 +1,0 @@
-"""Benchmark subcommands of ``tools/benchmark.py``: one module per subcommand with ``add_arguments`` and ``run``."""
