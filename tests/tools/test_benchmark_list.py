@@ -10,9 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _tool():
-    from zoo.cli import benchmark
+    import zoo.benchmarks
 
-    return benchmark
+    return zoo.benchmarks
 
 
 def test_summary_is_the_first_paragraph_on_one_line():

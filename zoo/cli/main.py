@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("zoo.cli.prepare_data:main", "build the data layouts of the shipped numbers from the official "
                      "downloads"),
     "make-corrupted": ("zoo.cli.make_corrupted:main", "write a -C version of an image dataset (CIFAR-10-C layout)"),
-    "benchmark": ("zoo.cli.benchmark:main", "speed / memory benchmarks as ratios against a baseline of the same run"),
+    "benchmark": ("zoo.benchmarks:main", "speed / memory benchmarks as ratios against a baseline of the same run"),
     "report": ("zoo.cli.report:main", "tables from a study's results.json; update / check the README tables"),
     "list": ("zoo.cli.inventory:list_main", "list models, pretrained weights, configs, recipes, adapters, "
              "tta, datasets"),
@@ -75,5 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.argv = [f"{prog} {name}", *rest]  # argparse's prog: usage and printed hints say "zoo train", not "train.py"
     try:
         return _load(COMMANDS[name][0])(rest)
+    except BrokenPipeError:  # output piped into `head` and the pipe closed: not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         sys.argv = saved
