@@ -1,10 +1,9 @@
-"""The style benchmark (tools/benchmarks/style.py) end to end at tiny sizes: style set, matched LoRA rank, the
+"""The style benchmark (zoo/benchmarks/style.py) end to end at tiny sizes: style set, matched LoRA rank, the
 three fine-tuning methods through the sd_finetune recipe on the shipped tiny_t2i_mnist, metrics, table."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("skimage")
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
-
-from benchmarks import style  # noqa: E402
+from zoo.benchmarks import style  # noqa: E402
 from fake_data import fake_mnist  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

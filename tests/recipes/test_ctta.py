@@ -84,6 +84,7 @@ class Recording(CTTARecipe):
         def adapt(m, x, step):
             out = original(m, x, step)
             self.log[-1]["scored"] = out.detach().clone()
+            self.log[-1]["scales"] = getattr(self.algorithm, "scales", None)
             return out
 
         self.algorithm.adapt = adapt
@@ -118,19 +119,27 @@ def test_source_errors_equal_a_plain_evaluation(c_dir, tmp_path):
     assert all(int(r.split(",")[3]) == N for r in rows[1:])
 
 
-@pytest.mark.parametrize("name", ["tent", "cotta"])
+@pytest.mark.parametrize("name", ["source", "bn_adapt", "tent", "cotta", "vida"])
 def test_each_batch_is_scored_before_its_update(c_dir, tmp_path, name):
-    cfg = make_cfg(c_dir, name, **({"aug_threshold": 0.0} if name == "cotta" else {}))  # cotta: no augmentation
+    """All five algorithms: the logits a batch is scored with are those of the model as it was before the batch
+    (the student for source / BN-adapt / Tent; the teacher for CoTTA, and for ViDA with the HKA scales its
+    augmented views of this batch gave), and the algorithms that adapt have moved after it."""
+    settings = {"cotta": {"aug_threshold": 0.0}, "vida": {"lr": 1e-3, "adapter_lr": 1e-3}}.get(name, {})
+    cfg = make_cfg(c_dir, name, **settings)  # cotta: no augmentation (the average is checked in tests/tta)
     recipe = Recording(cfg)
     run(cfg, tmp_path / "run", recipe)
     assert len(recipe.log) == 3 * (N // 8)
     for i, entry in enumerate(recipe.log):
-        scorer = entry["student"] if name == "tent" else entry["teacher"]
+        scorer = entry["teacher"] if name in ("cotta", "vida") else entry["student"]
+        if name == "vida":
+            scorer.train(False)
+            recipe.algorithm.adapter.set_scales(scorer, *entry["scales"])
         with torch.no_grad():
             expected = scorer(entry["x"])
         assert torch.allclose(entry["scored"], expected, atol=1e-5), f"batch {i} was not scored before its update"
         if i + 1 < len(recipe.log):
-            assert not torch.equal(_params(entry["student"]), _params(recipe.log[i + 1]["student"])), "no update"
+            moved = not torch.equal(_params(entry["student"]), _params(recipe.log[i + 1]["student"]))
+            assert moved == (name in ("tent", "cotta", "vida")), f"batch {i}: moved={moved}"
 
 
 def test_continual_and_reset_each_shift_differ_as_they_should(c_dir, tmp_path):
@@ -197,7 +206,8 @@ def test_hka_variants_in_the_loop(c_dir, tmp_path, hka):
     highs = {float(l.deltas[VIDA_HIGH].scale) for l in layers}
     lows = {float(l.deltas[VIDA_LOW].scale) for l in layers}
     assert lows != {1.0}
-    assert highs == ({1.0} if hka == "official" else {2.0 - next(iter(lows))})
+    assert len(highs) == 1 and len(lows) == 1
+    assert highs.pop() == (1.0 if hka == "official" else pytest.approx(2.0 - lows.pop(), abs=1e-6))
     assert "uncertainty" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")  # logged
 
 
@@ -303,6 +313,105 @@ def test_a_vida_model_is_refused_as_a_plain_source(c_dir, tmp_path):
         recipe.build_model()
 
 
+# ------------------------------------------------------------------------------------------------ study scores
+def test_per_example_scores_average_to_the_stream_errors_and_cotta_scores_both_predictions(c_dir, tmp_path):
+    """``per_example.npz`` holds each example's error (and ``error_teacher``: CoTTA's plain teacher logits beside
+    its augmentation average), averaging to the run's metrics; a ``score: teacher`` run of the same seed adapts
+    identically, so its ``error`` is the first run's ``error_teacher``, per example."""
+    from zoo.studies.per_example import load_per_example
+
+    finals, arrays = {}, {}
+    for score in ("augmented", "teacher"):
+        cfg = make_cfg(c_dir, "cotta", score=score, aug_threshold=1.1, num_aug=2, aug_flip=False, aug_soft=True)
+        out = tmp_path / score
+        trainer, summary = run(cfg, out)
+        trainer.recipe.report(summary, out)
+        finals[score], arrays[score] = summary["final"], load_per_example(out)
+    other = {"augmented": "teacher", "teacher": "augmented"}
+    for score, final in finals.items():
+        a = arrays[score]
+        assert set(a) == {"error", f"error_{other[score]}", "example_id"} and a["error"].shape == (3 * N,)
+        assert a["error"].mean() == pytest.approx(final["error"])
+        assert a[f"error_{other[score]}"].mean() == pytest.approx(final[f"error_{other[score]}"])
+        assert f"error_{other[score]}/fog" in final and f"error/fog" in final
+    assert np.array_equal(arrays["augmented"]["error_teacher"], arrays["teacher"]["error"])
+    assert np.array_equal(arrays["teacher"]["error_augmented"], arrays["augmented"]["error"])
+    assert np.array_equal(arrays["augmented"]["example_id"], arrays["teacher"]["example_id"])
+    assert "augmented" in (tmp_path / "teacher" / "metrics.csv").read_text().splitlines()[0]  # the gate, logged
+
+
+def test_per_example_errors_weight_unequal_domains_to_the_mean_over_domains():
+    from zoo.recipes.ctta import per_example_errors
+
+    domains = {"a": {"correct": torch.tensor([1, 0, 0, 1]), "correct_t": torch.tensor([1, 1, 1, 1])},
+               "b": {"correct": torch.tensor([0, 1]), "correct_t": torch.tensor([0, 0])}}
+    arrays, ids = per_example_errors(domains, ("t",))
+    assert float(arrays["error"].mean()) == pytest.approx((50.0 + 50.0) / 2)
+    assert float(arrays["error_t"].mean()) == pytest.approx((0.0 + 100.0) / 2)
+    assert ids.tolist() == [0, 1, 2, 3, 1_000_000, 1_000_001]
+
+
+def test_a_batchnorm_source_runs_bn_adapt_and_tent_on_its_batchnorm_layers(c_dir, tmp_path):
+    """The WRN backbone (zoo/models/wide_resnet.py) in the stream: BN-adapt normalises with the test batch (its
+    scores are the train-mode forward of the source), Tent trains exactly the BatchNorm affine parameters."""
+    raw = make_raw(c_dir, "tent")
+    raw["model"] = {"name": "wrn16_1", "num_classes": 3}
+    trainer, _ = run(validate_config(raw, CTTAConfig), tmp_path / "tent")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {f"{n}.{w}" for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+                       for w in ("weight", "bias")}
+    raw["tta"] = {"name": "bn_adapt"}
+    cfg = validate_config(raw, CTTAConfig)
+    recipe = Recording(cfg)
+    run(cfg, tmp_path / "bn", recipe)
+    from zoo.registry import create_model
+
+    adapted, x, scored = recipe.log[0]["student"], recipe.log[0]["x"], recipe.log[0]["scored"]
+    assert all(m.running_mean is None for m in adapted.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    source = create_model("wrn16_1", num_classes=3)
+    source.load_state_dict(adapted.state_dict(), strict=False)  # the source weights, with running statistics
+    with torch.no_grad():
+        assert torch.allclose(scored, source.train()(x), atol=1e-5)  # the test batch's statistics
+        assert not torch.allclose(scored, source.eval()(x), atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR-10-C
+def test_the_cifar10_c_config_runs_on_a_tiny_file_in_the_released_layout(tmp_path):
+    """configs/vida/cifar10_c.yaml as shipped (ViDA, official HKA settings, the official checkpoint layout as
+    model.checkpoint_path, 15 corruptions at severity 5 of a CIFAR-10-C directory), with a tiny ViT-B/16 stand-in
+    (depth 1, width 16, 32 px) so that it runs in seconds: every corruption is scored."""
+    from tta.official_vida import official_vida_model
+
+    from zoo.cli import load_run_config
+    from zoo.data.images.corruptions import CORRUPTIONS
+    from zoo.registry import create_model
+
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    n = 4
+    for name in CORRUPTIONS:  # the released layout: (5 * n, 32, 32, 3) uint8 per corruption, severities stacked
+        np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
+    np.save(root / "labels.npy", np.tile(rng.integers(0, 10, n), 5).astype(np.uint8))
+    tiny = dict(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2)
+    torch.manual_seed(0)
+    official = official_vida_model(create_model("timm/vit_base_patch16_384", num_classes=10, **tiny), 1, 128)
+    torch.save({"model": {f"module.{k}": v for k, v in official.state_dict().items()}}, tmp_path / "vit_1_128_vida.t7")
+    overrides = [f"model.checkpoint_path={tmp_path / 'vit_1_128_vida.t7'}", f"data.root={root}",
+                 "data.input_size=32", "data.batch_size=2", "trainer.cpu=true",
+                 *(f"model.{k}={v}" for k, v in tiny.items())]
+    recipe_cls, cfg, _ = load_run_config(str(REPO / "configs" / "vida" / "cifar10_c.yaml"), overrides)
+    assert (cfg.tta["name"], cfg.data.severity, cfg.protocol) == ("vida", 5, "continual")
+    _, summary = run(cfg, tmp_path / "run", recipe=recipe_cls(cfg))
+    assert [k for k in summary["final"] if k.startswith("error/")] == [f"error/{c}" for c in CORRUPTIONS]
+    assert 0 <= summary["final"]["error"] <= 100
+    final = summary["final"]
+    assert final["family/noise"] == pytest.approx(np.mean([final[f"error/{c}"] for c in CORRUPTIONS[:3]]))
+    assert {k for k in final if k.startswith("family/")} == {f"family/{f}" for f in ("noise", "blur", "weather",
+                                                                                    "digital")}
+
+
 # ------------------------------------------------------------------------------------------------ config errors
 @pytest.mark.parametrize("change,match", [
     ({"tta": {"name": "memo"}}, "tta.name"),
@@ -337,10 +446,8 @@ def test_the_old_warm_up_section_names_the_new_keys():
 # ------------------------------------------------------------------------------------------------ the benchmark
 def _bench_args(*argv):
     import argparse
-    import sys
 
-    sys.path.insert(0, str(REPO / "tools"))
-    from benchmarks import ctta as bench
+    from zoo.benchmarks import ctta as bench
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
@@ -358,7 +465,7 @@ def test_benchmark_times_checked_rows(capsys):
 
 
 def test_benchmark_refuses_an_algorithm_that_scores_after_its_update(monkeypatch):
-    from benchmarks._common import BenchmarkCheckError
+    from zoo.benchmarks._common import BenchmarkCheckError
 
     from zoo.tta.tent import TentAlgorithm
 
