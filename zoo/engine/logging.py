@@ -13,10 +13,27 @@ __all__ = ["RunLogger", "setup_console_logging", "progress_enabled"]
 _logger = logging.getLogger("zoo")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is at the time of the record (not the stream it was made
+    with: a redirected or replaced stderr -- pytest's capture, a notebook -- gets the records, and a closed old one
+    is never written to)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always follows sys.stderr
+        pass
+
+
 def setup_console_logging(level: int = logging.INFO) -> None:
-    """Send ``zoo`` log records to stderr once (idempotent)."""
+    """Send ``zoo`` log records to (the current) stderr once (idempotent)."""
     if not any(getattr(h, "_zoo", False) for h in _logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler._zoo = True  # type: ignore[attr-defined]
         _logger.addHandler(handler)
