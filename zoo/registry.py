@@ -28,11 +28,14 @@ from zoo.pretrained_cfg import (PretrainedCfg, default_tag, has_pretrained_cfg, 
                                 pretrained_tags, set_pretrained_cfg, split_model_name, weights_cfgs)
 
 __all__ = ["register_model", "create_model", "list_models", "list_pipelines", "model_info", "is_model",
-           "get_pretrained_cfg"]
+           "get_pretrained_cfg", "RECIPES"]
 
 _logger = logging.getLogger(__name__)
 
 _MODELS = Registry("model", populate=("zoo.models",))
+#: recipe classes by the ``recipe:`` name of a config (filled by ``zoo.recipes``; ``zoo.recipes.base.register_recipe``
+#: registers). It lives here, below the engine, so that the engine can look recipes up without importing them.
+RECIPES = Registry("recipe", populate=("zoo.recipes",))
 
 TIMM_PREFIX = "timm/"
 #: timm's own source prefixes, delegated to timm as they are

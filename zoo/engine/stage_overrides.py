@@ -61,11 +61,11 @@ def config_accepts(recipe_cls: type, key: str) -> bool:
 def _stage_recipe(config_path: Any) -> type | None:
     """The recipe class a stage's config names, or ``None`` when that is not known yet (the run reports it)."""
     from zoo.config import load_raw_config
-    from zoo.recipes.base import get_recipe
+    from zoo.registry import RECIPES
 
     try:
         name = load_raw_config(config_path).get("recipe")
-        return get_recipe(str(name)) if name else None
+        return RECIPES.get(str(name)) if name else None
     except (KeyError, ConfigError, FileNotFoundError):
         return None
 
@@ -133,7 +133,7 @@ def route_overrides(stages: Sequence[Any], overrides: Sequence[str], where: Any 
 
 
 def _recipe_name(recipe: type | None) -> str:
-    from zoo.recipes.base import RECIPES
+    from zoo.registry import RECIPES
 
     if recipe is None:
         return "?"

@@ -7,7 +7,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 from torch import nn
 
-from zoo._registry_base import Registry
+from zoo.registry import RECIPES
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 
@@ -19,7 +19,6 @@ __all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe",
 #: trainings)
 RUN_SHAPES = ("plain", "stream", "study")
 
-RECIPES = Registry("recipe", populate=("zoo.recipes",))
 
 
 def register_recipe(name: str) -> Callable:
