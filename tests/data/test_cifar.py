@@ -88,4 +88,5 @@ def test_cifar10_source_config_trains_on_the_pickles(cifar10_root, tmp_path):
     summary = run_training(str(config), [f"data.root={cifar10_root[0]}", "trainer.epochs=1", "data.batch_size=5",
                                          "data.num_workers=0", "model.depth=1", "model.embed_dim=24",
                                          "model.num_heads=2", "trainer.tensorboard=false"], tmp_path / "run")
-    assert summary["final"]["num_samples"] == 4 and (tmp_path / "run" / "best.pt").is_file()
+    assert summary["final"]["num_samples"] == 4 and (tmp_path / "run" / "last.pt").is_file()
+    assert not (tmp_path / "run" / "best.pt").exists()   # its evaluation is CIFAR-10's test set: nothing selected on it
