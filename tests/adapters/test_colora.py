@@ -12,8 +12,8 @@ from torch import nn
 
 from zoo.adapters.base import AdapterMethod, build_adapter
 from zoo.adapters.colora import (CoLoRAMethod, allocate_ranks, colora_ranks, faig, layer_contributions,
-                                 lora_cost_per_rank, lora_param_count, max_lora_rank, resolve_budget, target_layers,
-                                 uniform_ranks)
+                                 lora_cost_per_rank, lora_param_count, max_lora_rank, resolve_budget,
+                                 shuffle_contributions, split_examples, target_layers, uniform_ranks)
 from zoo.errors import ConfigError
 from zoo.registry import create_model
 
@@ -111,7 +111,8 @@ def test_faig_uses_the_path_integral():
     torch.testing.assert_close(s, want, rtol=1e-4, atol=1e-5)
 
 
-def test_faig_goes_through_the_given_backward_and_a_constant_scale_keeps_the_ranks():
+@pytest.mark.parametrize("aggregate", ["per_example", "batch"])
+def test_faig_goes_through_the_given_backward_and_a_constant_scale_keeps_the_ranks(aggregate):
     base, target = _toy_pair(2)
     batches = _batches(target)
     calls = []
@@ -120,14 +121,85 @@ def test_faig_goes_through_the_given_backward_and_a_constant_scale_keeps_the_ran
         calls.append(float(loss.detach()))
         (loss * 8.0).backward()
 
-    plain = layer_contributions(faig(base, base.state_dict(), target.state_dict(), batches, steps=4))
+    plain = layer_contributions(faig(base, base.state_dict(), target.state_dict(), batches, steps=4,
+                                     aggregate=aggregate))
     scaled = layer_contributions(faig(base, base.state_dict(), target.state_dict(), batches, steps=4,
-                                      backward=scaled_backward))
-    assert len(calls) == 4 * len(batches)  # every path point x every batch went through it
+                                      backward=scaled_backward, aggregate=aggregate))
+    # every path point x every example (per_example: one backward per example) or x every batch went through it
+    units = sum(len(b[0]) for b in batches) if aggregate == "per_example" else len(batches)
+    assert len(calls) == 4 * units
     for n in plain:
         assert scaled[n] == pytest.approx(8.0 * plain[n], rel=1e-5, abs=1e-9)
     assert colora_ranks(base, scaled, 800, beta=0.2) == colora_ranks(base, plain, 800, beta=0.2)
     assert all(p.grad is None for p in base.parameters())  # the model given is not touched
+
+
+def test_per_example_faig_is_the_mean_of_each_example_scored_alone_as_the_official_code():
+    """The official faig.py scores one image at a time (|·| of that image's path gradient) and averages the scores
+    over the images; ``aggregate="per_example"`` does that for the examples of every batch."""
+    base, target = _toy_pair(1)
+    batches = _batches(target)
+    got = faig(base, base.state_dict(), target.state_dict(), batches, steps=3)
+    singles = [(lq[i:i + 1], gt[i:i + 1]) for lq, gt in batches for i in range(len(lq))]
+    each = [faig(base, base.state_dict(), target.state_dict(), [one], steps=3, aggregate="batch") for one in singles]
+    for name, score in got.items():
+        torch.testing.assert_close(score, sum(e[name] for e in each) / len(each), rtol=1e-5, atol=1e-8)
+
+
+def test_batch_aggregation_lets_opposite_gradients_cancel_and_per_example_does_not():
+    """Two examples whose path gradients are exact opposites: y = w x, loss (w - g)^2 per example, so the path
+    gradient of example e is 2 M (w̄ - g_e) with w̄ the mean weight on the path (1.55 for w from 2 to 1, M = 10);
+    with g = w̄ ± 1 they cancel. Summing the gradients first (ours before) scores the weight 0; the official
+    per-image |·| gives each example |(w0 - w1) · 2 (w̄ - g_e)| = 2, mean 2."""
+    m = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False))
+    w0, w1 = torch.full((1, 1, 1, 1), 1.0), torch.full((1, 1, 1, 1), 2.0)
+    x = torch.ones(2, 1, 1, 1)
+    gt = torch.tensor([2.55, 0.55]).view(2, 1, 1, 1)
+    args = (m, {"0.weight": w0}, {"0.weight": w1}, [(x, gt)])
+    summed = faig(*args, steps=10, aggregate="batch")["0"]
+    per_example = faig(*args, steps=10, aggregate="per_example")["0"]
+    assert float(summed.sum()) == pytest.approx(0.0, abs=1e-5)
+    assert float(per_example.sum()) == pytest.approx(2.0, rel=1e-5)
+
+
+def test_split_examples_keeps_the_structure():
+    batch = {"lq": torch.rand(3, 2, 4, 4), "gt": torch.rand(3, 2, 4, 4), "name": ["a", "b", "c"]}
+    parts = split_examples(batch)
+    assert len(parts) == 3 and parts[1]["name"] == ["b"] and parts[1]["lq"].shape == (1, 2, 4, 4)
+    torch.testing.assert_close(parts[2]["gt"][0], batch["gt"][2])
+    pairs = split_examples((torch.rand(2, 3), torch.rand(2, 1)))
+    assert isinstance(pairs[0], tuple) and pairs[0][0].shape == (1, 3)
+    with pytest.raises(ValueError, match="no tensor"):
+        split_examples(["a", "b"])
+
+
+def test_controls_shuffled_and_equal_contributions():
+    """faig_shuffled: the same contribution values, permuted across layers (seeded); equal: the rule with every
+    contribution equal, without a probe; both at the same budget as CoLoRA."""
+    contributions = {f"convs.{i}": float(10 ** i) for i in range(4)}
+    shuffled = shuffle_contributions(contributions, seed=3)
+    assert sorted(shuffled.values()) == sorted(contributions.values()) and set(shuffled) == set(contributions)
+    assert shuffled == shuffle_contributions(contributions, seed=3)
+    assert any(shuffle_contributions(contributions, seed=k) != contributions for k in range(5))
+
+    base, target = _toy_pair(2)
+    method = build_adapter({"name": "colora", "rank_rule": "faig_shuffled", "shuffle_seed": 3, "budget": 800,
+                            "probe_steps": 2, "faig_steps": 2, "faig_batches": 1})
+    assert method.needs_calibration
+    method.contributions = contributions  # as calibrate would leave them
+    model = copy.deepcopy(base)
+    method.apply(model)
+    assert method.allocation["rule_contributions"] == shuffled
+    assert method.allocation["ranks"] == colora_ranks(base, shuffled, 800, beta=0.2)
+
+    equal = build_adapter({"name": "colora", "rank_rule": "equal", "budget": 800})
+    assert not equal.needs_calibration
+    model = copy.deepcopy(base)
+    equal.apply(model)
+    assert equal.allocation["ranks"] == colora_ranks(base, {n: 1.0 for n in contributions}, 800, beta=0.2)
+    assert equal.allocation["lora_params"] <= 800
+    with pytest.raises(ConfigError, match="faig_aggregate"):
+        build_adapter({"name": "colora", "faig_aggregate": "median"})
 
 
 def test_faig_scores_linear_layers_per_weight():
@@ -245,7 +317,7 @@ def test_calibrate_then_apply_on_a_conv_linear_model_selected_by_patterns():
 
     method.calibrate(model, data, loss_fn, backward, optimizer_step=optimizer_step)
     assert len(steps) == 4  # probe steps (the 3 batches re-iterated)
-    assert len(backward_calls) == 4 + 3 * 2  # probe + FAIG (path points x kept batches)
+    assert len(backward_calls) == 4 + 3 * 2 * 2  # probe + FAIG (path points x examples of the kept batches)
     assert set(method.contributions) == {"mlp.fc1", "mlp.fc2", "head"}  # the stem is not a target
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is unchanged
     method.apply(model)

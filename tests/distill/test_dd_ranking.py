@@ -27,18 +27,22 @@ def _row(images, labels, top1, label_bytes):
 
 
 def test_score_rows_adds_the_scores_to_the_rows_and_flattens_them(tmp_path):
-    rows = [_row("syn", "hard", 60.0, 0), _row("syn", "stored", 70.0, 400), _row("syn", "projector", 80.0, 4),
-            _row("rdm", "projector", 85.0, 4)]
+    rows = [_row("rded", "hard", 60.0, 0), _row("rded", "stored", 70.0, 400), _row("rded", "projector", 80.0, 4),
+            _row("random", "projector", 85.0, 4), _row("label_gap", "hard", 50.0, 0),
+            _row("label_gap", "projector", 75.0, 4)]
     m = score_rows(rows, real_hard_top1=96.0)
-    assert m["ipc10/projector/hlr"] == rows[2]["hlr"] == pytest.approx(36.0)  # against the hard row of the IPC
-    assert m["ipc10/projector/ior"] == pytest.approx(-5.0) and "ipc10/stored/ior" not in m  # no random stored row
-    assert m["ipc10/projector/lrs"] == pytest.approx(label_robust_score(36.0, -5.0))
-    assert m["ipc10/projector/label_bytes_vs_stored"] == pytest.approx(0.01)
-    assert m["ipc10/random_projector/top1"] == 85.0 and m["ipc10/hard/top1_std"] == 0.5
-    assert "ipc10/hard/hlr" not in score_rows([dict(rows[0])])  # no real-data reference: no HLR
+    assert m["ipc10/rded/projector/hlr"] == rows[2]["hlr"] == pytest.approx(36.0)  # the hard row of its image set
+    assert m["ipc10/label_gap/projector/hlr"] == pytest.approx(46.0)
+    assert m["ipc10/rded/projector/ior"] == pytest.approx(-5.0) and "ipc10/rded/stored/ior" not in m  # no random row
+    assert m["ipc10/label_gap/projector/ior"] == pytest.approx(-10.0)
+    assert m["ipc10/rded/projector/lrs"] == pytest.approx(label_robust_score(36.0, -5.0))
+    assert m["ipc10/rded/projector/label_bytes_vs_stored"] == pytest.approx(0.01)
+    assert "ipc10/label_gap/projector/label_bytes_vs_stored" not in m  # no stored row on that image set
+    assert m["ipc10/random/projector/top1"] == 85.0 and m["ipc10/rded/hard/top1_std"] == 0.5
+    assert "ipc10/rded/hard/hlr" not in score_rows([dict(rows[0])])  # no real-data reference: no HLR
     write_results_csv(tmp_path / "r.csv", rows)
     lines = (tmp_path / "r.csv").read_text().splitlines()
-    assert lines[0].split(",") == RESULT_COLUMNS and len(lines) == 5
+    assert lines[0].split(",") == RESULT_COLUMNS and len(lines) == 7
     assert lines[3].split(",")[RESULT_COLUMNS.index("hlr")] == "36"
 
 

@@ -134,3 +134,22 @@ def test_imagenet_space_builds_and_counts():
     assert 100 < mflops < 250, mflops
     with torch.no_grad():
         assert model.eval()(torch.rand(1, 3, 192, 192)).shape == (1, 1000)
+
+
+def test_child_refuses_or_resizes_an_input_of_another_resolution(tmp_path, supernet):
+    """A child runs at the resolution it was searched for: another size is an error naming both sizes (the default)
+    or, with on_resolution="resize", is bilinearly resized first -- never run silently (28 px into a 24-px child
+    used to give other logits without a word)."""
+    from zoo.models.bignas import load_child, save_child
+
+    arch = dict(supernet.min_subnet(), resolution=24)
+    save_child(supernet.export_subnet(arch).eval(), tmp_path)
+    strict = load_child(tmp_path)
+    x28 = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="searched at 24x24 inputs, got 28x28.*resize_input"):
+        strict(x28)
+    with torch.no_grad():
+        want = strict(resize_input(x28, 24))
+        torch.testing.assert_close(load_child(tmp_path, on_resolution="resize")(x28), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="on_resolution"):
+        load_child(tmp_path, on_resolution="ignore")

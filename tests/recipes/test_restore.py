@@ -317,16 +317,23 @@ def test_pretrain_then_adapt_end_to_end(image_dirs, tmp_path):
         alloc = json.loads((tmp_path / name / "colora_allocation.json").read_text())
         assert alloc["lora_params"] == results[name]["trainable_params"] <= alloc["budget"]
         assert 0 < results[name]["tuned_percent"] <= 30.0
-    assert "contributions" in json.loads((tmp_path / "colora" / "colora_allocation.json").read_text())
+    alloc = json.loads((tmp_path / "colora" / "colora_allocation.json").read_text())
+    assert "contributions" in alloc and alloc["faig_aggregate"] == "per_example"  # the official FAIG aggregation
+    for name in ("none", "full", "colora"):  # per-image scores for a study's paired bootstrap
+        per_image = np.load(tmp_path / name / "per_example.npz")
+        final = none if name == "none" else results[name]
+        assert per_image["psnr"].shape == (final["images"],) and per_image["example_id"].shape == (final["images"],)
+        assert per_image["psnr"].mean() == pytest.approx(final["psnr"])
+        assert per_image["ssim"].mean() == pytest.approx(final["ssim"])
     # the adapted checkpoint reloads through tools/eval.py's path (ranks from the run, weights strict)
     from zoo.config import load_config, validate_config
     from zoo.recipes.restore import RestoreConfig, RestoreRecipe
 
     cfg = validate_config(load_config(str(tmp_path / "colora" / "config.yaml")), RestoreConfig)
     recipe = RestoreRecipe(cfg)
-    model = recipe.build_eval_model(checkpoint_path=str(tmp_path / "colora" / "best.pt"))
+    model = recipe.build_eval_model(checkpoint_path=str(tmp_path / "colora" / "last.pt"))
     assert not recipe.adapter.contributions  # no probe ran: the ranks were read back
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == results["colora"]["trainable_params"]
     (tmp_path / "colora" / "colora_allocation.json").unlink()
     with pytest.raises(ConfigError, match="adapter.ranks"):  # no probe is re-run silently
-        RestoreRecipe(cfg).build_eval_model(checkpoint_path=str(tmp_path / "colora" / "best.pt"))
+        RestoreRecipe(cfg).build_eval_model(checkpoint_path=str(tmp_path / "colora" / "last.pt"))

@@ -237,10 +237,16 @@ def test_supernet_then_search_then_export_end_to_end(tmp_path):
         "search.budgets_mflops=[0.5,2.0]", "search.coarse_top=2", "search.rounds=1", "search.mutations=2",
         "search.calib_batches=1", "search.coarse_levels=[0.0,1.0]", "scratch.enabled=true"], tmp_path / "search")
     results = search["final"]["results"]
-    assert [r["tag"] for r in results] == ["mflops_0.5", "mflops_2"]
+    assert [r["tag"] for r in results] == ["mflops_0p5", "mflops_2"]  # no "." in a tag: summaries read dotted keys
+    per_example = np.load(tmp_path / "search" / "per_example.npz")
     for r in results:
-        budget = float(r["tag"].split("_")[1])
+        budget = float(r["tag"].split("_")[1].replace("p", "."))
         assert r["mflops"] <= budget and 0 <= r["top1_supernet"] <= 100 and 0 <= r["top1_scratch"] <= 100
+        assert r["gap"] == pytest.approx(r["top1_supernet"] - r["top1_scratch"])
+        for key in ("top1_supernet", "top1_scratch", "gap"):  # per evaluation digit, averaging to the metric
+            assert search["final"][f"{r['tag']}/{key}"] == pytest.approx(r[key])
+            assert per_example[f"{r['tag']}/{key}"].shape == (96 - 64,)
+            assert per_example[f"{r['tag']}/{key}"].mean() == pytest.approx(r[key])
         child = load_child(tmp_path / "search" / "children" / r["tag"])
         assert child.arch == r["arch"]
         cfg = json.loads((tmp_path / "search" / "children" / r["tag"] / "config.json").read_text())

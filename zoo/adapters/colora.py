@@ -19,8 +19,12 @@ ranks; ``uniform_mode: rank`` one rank everywhere (the largest that fits). Its d
 FAIG (:func:`faig`), as the official code computes it: the straight path ``θ(α) = α·θ̄ + (1 - α)·θ`` from the
 fine-tuned ``θ`` (α = 0) to the baseline ``θ̄`` (α = 1), ``α = s / M`` for ``s = 0..M-1``; at each point the gradient
 of the attribution loss (the official: ``Σ ||F(x; θ(α)) - gt||²``, MSE with reduction sum) w.r.t. every target
-weight is accumulated over the batches; the score of a filter is ``Σ_kernel |(θ̄ - θ) ⊙ Σ_s ∇L / M|`` (the paper's
-Eq. 6; for a linear layer, one score per weight). Biases are not scored. Gradients come from the caller's
+weight; the score of a filter is ``Σ_kernel |(θ̄ - θ) ⊙ Σ_s ∇L / M|`` (the paper's Eq. 6; for a linear layer, one
+score per weight). Biases are not scored. **Aggregation over images** (``aggregate``): ``"per_example"`` (the
+default, as the official ``faig.py``: each image's path gradient gets its own ``|·|`` filter score, and the scores
+are averaged over the images -- ``faig_average += faig(img)`` over a folder); ``"batch"`` (what this module did
+before: the path gradients of all batches are summed first and ``|·|`` is taken once, so images whose gradients
+point opposite ways cancel). Gradients come from the caller's
 ``backward`` (in a run: the accelerator's, so AMP loss scaling applies; a constant factor on every gradient -- a loss
 scale, gradient-accumulation division -- scales every contribution alike and leaves the ranks unchanged). Our layer
 contribution is the sum of its filter scores (the layer's share of the integrated-gradients attribution, whose
@@ -35,6 +39,12 @@ layer's share under a uniform ratio (its parameter count over the total); contin
 then integer ranks: floors, and +1 rank greedily to the layer with the largest remaining fraction while it fits.
 The total never exceeds the budget ``B`` and what is left is smaller than every affordable increment (the budget
 is used as exactly as integer ranks allow).
+
+**Controls** (``rank_rule``), each at the same budget, to tell what FAIG adds to the rule: ``faig`` (CoLoRA);
+``faig_shuffled`` (the same probe and FAIG, then the layer contributions randomly permuted across the layers with
+``shuffle_seed`` before the rule: the same distribution of contributions, none of their placement); ``equal`` (the
+rule with every contribution equal: no probe; the share of a layer is ``β·u_i + (1 - β) / L``, so cheap layers get
+high ranks); ``uniform`` (the LoRA baseline: the same fraction of every layer, or one rank everywhere).
 
 Reference: Park, Kim, Chun, "Contribution-based Low-Rank Adaptation with Pre-training Model for Real Image
 Restoration", ECCV 2024; Xie et al., "Finding Discriminative Filters for Specific Degradations in Blind
@@ -56,12 +66,18 @@ from zoo.adapters.model import add_lora, match_module_name
 from zoo.errors import ConfigError, DataError
 from zoo.layers.lora import LOWRANK_TYPES, LoRALayer
 
-__all__ = ["LAYER_TYPES", "CoLoRAConfig", "CoLoRAMethod", "target_layers", "lora_cost_per_rank", "max_lora_rank",
-           "lora_param_count", "resolve_budget", "pair_mse_sum", "faig", "layer_contributions", "allocate_ranks",
-           "colora_ranks", "uniform_ranks", "add_colora"]
+__all__ = ["LAYER_TYPES", "RANK_RULES", "FAIG_AGGREGATES", "CoLoRAConfig", "CoLoRAMethod", "target_layers",
+           "lora_cost_per_rank", "max_lora_rank", "lora_param_count", "resolve_budget", "pair_mse_sum",
+           "split_examples", "faig", "layer_contributions", "shuffle_contributions", "allocate_ranks", "colora_ranks",
+           "uniform_ranks", "add_colora"]
 
 #: the layer types ``layer_types`` may name (what :class:`~zoo.layers.lora.LowRankDelta` adapts)
 LAYER_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in LOWRANK_TYPES}
+
+#: ``rank_rule`` values: CoLoRA, its two controls, the uniform-LoRA baseline (see the module doc)
+RANK_RULES = ("faig", "faig_shuffled", "equal", "uniform")
+#: ``faig(aggregate=...)``: |·| per image then averaged (the official code), or once over the summed gradients
+FAIG_AGGREGATES = ("per_example", "batch")
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 Backward = Callable[[torch.Tensor], Any]
@@ -124,40 +140,84 @@ def _plain_backward(loss: torch.Tensor) -> None:
     loss.backward()
 
 
+def split_examples(batch: Any) -> list[Any]:
+    """One batch -> a list of single-example batches of the same structure (each tensor sliced ``[i:i+1]``; a list
+    of plain values such as names sliced to ``[value_i]``; tuples and dicts keep their fields). The batch size is
+    the first dimension of its first tensor; ``ValueError`` when the batch holds no tensor."""
+    n = _batch_size(batch)
+    if n is None:
+        raise ValueError(f"split_examples: the batch holds no tensor ({type(batch).__name__}); FAIG's per-example "
+                         "aggregation needs tensors with the examples on dimension 0")
+    return [_take(batch, i, n) for i in range(n)]
+
+
+def _batch_size(x: Any) -> int | None:
+    if isinstance(x, torch.Tensor):
+        return int(x.shape[0]) if x.ndim else None
+    values = x.values() if isinstance(x, Mapping) else x if isinstance(x, (list, tuple)) else ()
+    for v in values:
+        n = _batch_size(v)
+        if n is not None:
+            return n
+    return None
+
+
+def _take(x: Any, i: int, n: int) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x[i:i + 1] if x.ndim else x
+    if isinstance(x, Mapping):
+        return {k: _take(v, i, n) for k, v in x.items()}
+    if isinstance(x, list) and len(x) == n and not any(isinstance(v, (torch.Tensor, Mapping, list, tuple)) for v in x):
+        return [x[i]]  # per-example plain values (names)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_take(v, i, n) for v in x)
+    return x
+
+
 def _path_gradients(model: nn.Module, baseline: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                    names: Sequence[str], batches: Sequence[Any], steps: int, loss_fn: LossFn,
-                    backward: Backward) -> dict[str, torch.Tensor]:
-    """``{weight: Σ_s Σ_batches ∇L(θ(s / steps))}``: a copy of ``model`` is moved along the path, ``backward``
-    fills the gradients of the ``names`` weights (only they require grad), each batch's added to the total."""
+                    names: Sequence[str], units: Sequence[Sequence[Any]], steps: int, loss_fn: LossFn,
+                    backward: Backward) -> list[dict[str, torch.Tensor]]:
+    """For each attribution unit (a list of batches), ``{weight: Σ_s Σ_batches ∇L(θ(s / steps))}``: a copy of
+    ``model`` is moved along the path, ``backward`` fills the gradients of the ``names`` weights (only they require
+    grad), each batch's added to its unit's total."""
     work = copy.deepcopy(model)
     params = dict(work.named_parameters())
     for n, p in params.items():
         p.requires_grad_(n in names)
         p.grad = None
-    total = {n: torch.zeros_like(target[n]) for n in names}
+    totals = [{n: torch.zeros_like(target[n]) for n in names} for _ in units]
     for s in range(steps):
         a = s / steps
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(a * baseline[n] + (1 - a) * target[n])
-        for batch in batches:
-            backward(loss_fn(work, batch))
-            for n in names:
-                g = params[n].grad
-                if g is not None:
-                    total[n] += g
-                    params[n].grad = None
-    bad = [n for n, g in total.items() if not torch.isfinite(g).all()]
+        for unit, total in zip(units, totals):
+            for batch in unit:
+                backward(loss_fn(work, batch))
+                for n in names:
+                    g = params[n].grad
+                    if g is not None:
+                        total[n] += g
+                        params[n].grad = None
+    bad = sorted({n for total in totals for n, g in total.items() if not torch.isfinite(g).all()})
     if bad:
         raise FloatingPointError(f"FAIG: the path gradients of {bad[:5]} are not finite (an fp16 overflow? "
                                  "calibrate in bf16 or fp32: trainer.mixed_precision)")
-    return total
+    return totals
+
+
+def _attribution_units(batches: Sequence[Any], aggregate: str) -> list[list[Any]]:
+    """``per_example``: one unit per example of every batch; ``batch``: one unit holding every batch."""
+    if aggregate == "batch":
+        return [list(batches)]
+    return [[example] for batch in batches for example in split_examples(batch)]
 
 
 def faig(model: nn.Module, baseline: Mapping[str, torch.Tensor] | nn.Module,
          target: Mapping[str, torch.Tensor] | nn.Module, batches: Iterable[Any], steps: int = 100,
          layers: Sequence[str] | None = None, contrast: Iterable[Any] | None = None,
-         loss_fn: LossFn = pair_mse_sum, backward: Backward | None = None) -> dict[str, torch.Tensor]:
+         loss_fn: LossFn = pair_mse_sum, backward: Backward | None = None,
+         aggregate: str = "per_example") -> dict[str, torch.Tensor]:
     """FAIG filter scores ``{layer: (out, in/groups)}`` (a linear layer: ``(out, in)``) of ``model``'s architecture.
 
     Args:
@@ -172,7 +232,12 @@ def faig(model: nn.Module, baseline: Mapping[str, torch.Tensor] | nn.Module,
         loss_fn: ``(model, batch) -> scalar``; FAIG's is the summed squared error of an ``(input, target)`` pair
             (:func:`pair_mse_sum`).
         backward: back-propagates a loss (the run's accelerator's in a run); default ``loss.backward()``.
+        aggregate: ``"per_example"`` (the official code: each example's score ``Σ_kernel |(θ̄ - θ) ⊙ G_e / M|`` from
+            its own path gradient ``G_e``, averaged over the examples; the batches are split with
+            :func:`split_examples`) or ``"batch"`` (``|·|`` once, of the gradients summed over every batch).
     """
+    if aggregate not in FAIG_AGGREGATES:
+        raise ValueError(f"faig: aggregate must be one of {FAIG_AGGREGATES}, got {aggregate!r}")
     baseline = baseline.state_dict() if isinstance(baseline, nn.Module) else baseline
     target = target.state_dict() if isinstance(target, nn.Module) else target
     names = [f"{n}.weight" for n in (layers if layers is not None else target_layers(model))]
@@ -183,21 +248,24 @@ def faig(model: nn.Module, baseline: Mapping[str, torch.Tensor] | nn.Module,
     if not batches:
         raise ValueError("faig needs at least one batch of the new task")
     backward = backward or _plain_backward
-    grads = _path_gradients(model, baseline, target, names, batches, steps, loss_fn, backward)
-    grads2 = (_path_gradients(model, baseline, target, names, list(contrast), steps, loss_fn, backward)
-              if contrast else None)
 
     def per_filter(x: torch.Tensor) -> torch.Tensor:
         return x.abs().reshape(x.shape[0], x.shape[1], -1).sum(-1)
 
-    scores = {}
-    for n in names:
-        diff = baseline[n] - target[n]
-        sc = per_filter(diff * grads[n] / steps)
-        if grads2 is not None:
-            sc = sc - per_filter(diff * grads2[n] / steps)
-        scores[n[:-len(".weight")]] = sc
-    return scores
+    def scores_of(batch_list: list[Any]) -> dict[str, torch.Tensor]:
+        units = _attribution_units(batch_list, aggregate)
+        totals = _path_gradients(model, baseline, target, names, units, steps, loss_fn, backward)
+        out = {}
+        for n in names:
+            diff = baseline[n] - target[n]
+            out[n] = sum(per_filter(diff * total[n] / steps) for total in totals) / len(totals)
+        return out
+
+    scores = scores_of(batches)
+    if contrast:
+        other = scores_of(list(contrast))
+        scores = {n: scores[n] - other[n] for n in names}
+    return {n[:-len(".weight")]: sc for n, sc in scores.items()}
 
 
 def layer_contributions(filter_scores: Mapping[str, torch.Tensor], reduce: str = "sum") -> dict[str, float]:
@@ -205,6 +273,15 @@ def layer_contributions(filter_scores: Mapping[str, torch.Tensor], reduce: str =
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     return {n: float(s.sum() if reduce == "sum" else s.mean()) for n, s in filter_scores.items()}
+
+
+def shuffle_contributions(contributions: Mapping[str, float], seed: int) -> dict[str, float]:
+    """The control of ``rank_rule: faig_shuffled``: the same contribution values randomly permuted across the layers
+    (a seeded ``torch.randperm``), so the rule sees FAIG's distribution of values but none of their placement."""
+    names = list(contributions)
+    values = [contributions[n] for n in names]
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(int(seed))).tolist()
+    return {n: float(values[j]) for n, j in zip(names, order)}
 
 
 # ================================================================================================ ranks
@@ -320,14 +397,18 @@ def add_colora(model: nn.Module, ranks: Mapping[str, int], name: str = "colora",
 # ================================================================================================ the method
 @dataclass
 class CoLoRAConfig(AdapterConfig):
-    """``adapter:`` section of ``colora`` (defaults: the restore study's settings, README "CoLoRA").
+    """``adapter:`` section of ``colora`` (defaults: the restore study's settings, configs/colora/README.md).
 
     ``budget``: trainable LoRA parameters, a count or a fraction of the model's parameters. ``rank_rule``:
-    ``faig`` (CoLoRA: probe + FAIG contributions, ``alpha`` / ``beta`` of the rank rule) or ``uniform`` (the LoRA
-    baseline at the same budget, ``uniform_mode`` ratio | rank). ``probe_steps`` / ``probe_lr``: the probe's full
-    fine-tuning (Adam); ``faig_steps``: M, points on the path (FAIG's default 100); ``faig_batches``: the probe's
-    first batches FAIG attributes on. ``ranks``: known per-layer ranks (what :meth:`CoLoRAMethod.apply` found,
-    saved in ``adapter_config.json``: a saved adapter loads without a probe). ``init``: of the LoRA factors.
+    ``faig`` (CoLoRA: probe + FAIG contributions, ``alpha`` / ``beta`` of the rank rule), ``faig_shuffled`` (the
+    same, contributions permuted across layers with ``shuffle_seed``), ``equal`` (the rule with equal
+    contributions, no probe) or ``uniform`` (the LoRA baseline at the same budget, ``uniform_mode`` ratio | rank).
+    ``probe_steps`` / ``probe_lr``: the probe's full fine-tuning (Adam); ``faig_steps``: M, points on the path
+    (FAIG's default 100); ``faig_batches``: the probe's first batches FAIG attributes on; ``faig_aggregate``:
+    ``per_example`` (the official code's: |·| per image, then the mean over images) or ``batch`` (ours before:
+    |·| of the gradients summed over the batches). ``ranks``: known per-layer ranks (what
+    :meth:`CoLoRAMethod.apply` found, saved in ``adapter_config.json``: a saved adapter loads without a probe).
+    ``init``: of the LoRA factors.
     """
 
     name: str = "colora"
@@ -342,13 +423,19 @@ class CoLoRAConfig(AdapterConfig):
     probe_lr: float = 1e-4
     faig_steps: int = 20
     faig_batches: int = 2
+    faig_aggregate: str = "per_example"
+    shuffle_seed: int = 0  # rank_rule: faig_shuffled
     init: str = "lora"
     ranks: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.rank_rule not in ("faig", "uniform"):
-            raise ConfigError(f"adapter.rank_rule must be faig (CoLoRA) or uniform (the LoRA baseline), "
+        if self.rank_rule not in RANK_RULES:
+            raise ConfigError(f"adapter.rank_rule must be one of {', '.join(RANK_RULES)} (faig: CoLoRA; "
+                              "faig_shuffled / equal: its controls; uniform: the LoRA baseline), "
                               f"got {self.rank_rule!r}")
+        if self.faig_aggregate not in FAIG_AGGREGATES:
+            raise ConfigError(f"adapter.faig_aggregate must be per_example (the official FAIG code) or batch, "
+                              f"got {self.faig_aggregate!r}")
         if self.uniform_mode not in ("ratio", "rank"):
             raise ConfigError(f"adapter.uniform_mode must be ratio or rank, got {self.uniform_mode!r}")
         if not self.budget > 0:
@@ -382,7 +469,7 @@ class CoLoRAMethod(AdapterMethod):
     @property
     def needs_calibration(self) -> bool:  # type: ignore[override]
         """FAIG ranks not known yet: :meth:`calibrate` must run before :meth:`apply`."""
-        return self.config.rank_rule == "faig" and not self.config.ranks
+        return self.config.rank_rule in ("faig", "faig_shuffled") and not self.config.ranks
 
     def layers(self, model: nn.Module) -> dict[str, nn.Module]:
         """``{name: layer}`` the method may adapt: ``layer_types`` selected by ``target_modules``."""
@@ -440,7 +527,8 @@ class CoLoRAMethod(AdapterMethod):
         was_training = model.training
         try:
             scores = faig(model.eval(), model.state_dict(), probe.state_dict(), kept, steps=c.faig_steps,
-                          layers=list(layers), loss_fn=attribution_loss_fn, backward=backward)
+                          layers=list(layers), loss_fn=attribution_loss_fn, backward=backward,
+                          aggregate=c.faig_aggregate)
         finally:
             model.train(was_training)
         return layer_contributions(scores)
@@ -457,20 +545,32 @@ class CoLoRAMethod(AdapterMethod):
         try:
             if c.rank_rule == "uniform":
                 return uniform_ranks(model, list(layers), budget, mode=c.uniform_mode)
-            if self.contributions is None:
-                raise ConfigError("colora: the FAIG ranks are not known; call calibrate(model, batches, loss_fn, "
-                                  "backward) before apply, or give adapter.ranks")
-            return colora_ranks(model, self.contributions, budget, alpha=c.alpha, beta=c.beta)
+            return colora_ranks(model, self.rule_contributions(model), budget, alpha=c.alpha, beta=c.beta)
         except ValueError as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"adapter.budget={c.budget!r} ({budget} parameters): {exc}") from None
+
+    def rule_contributions(self, model: nn.Module) -> dict[str, float]:
+        """The contributions the rank rule sees: FAIG's (``faig``), FAIG's permuted across layers
+        (``faig_shuffled``, :func:`shuffle_contributions` with ``shuffle_seed``) or 1 for every layer (``equal``)."""
+        c = self.config
+        if c.rank_rule == "equal":
+            return {n: 1.0 for n in self.layers(model)}
+        if self.contributions is None:
+            raise ConfigError("colora: the FAIG ranks are not known; call calibrate(model, batches, loss_fn, "
+                              "backward) before apply, or give adapter.ranks")
+        if c.rank_rule == "faig_shuffled":
+            return shuffle_contributions(self.contributions, c.shuffle_seed)
+        return dict(self.contributions)
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Add the LoRA deltas with the per-layer :meth:`ranks` (``up`` = 0: the model starts as it was); only they
         train. Records ``allocation`` and ``config.ranks``."""
         c = self.config
         model_params = sum(p.numel() for p in model.parameters())
+        rule = (self.rule_contributions(model) if c.rank_rule in ("faig_shuffled", "equal") and not c.ranks
+                else None)
         ranks = self.ranks(model)
         try:
             layers = add_colora(model, ranks, name=self.delta_names[0], init=c.init)
@@ -480,6 +580,9 @@ class CoLoRAMethod(AdapterMethod):
                                 "budget": resolve_budget(model, c.budget), "model_params": model_params}
         if self.contributions is not None:
             info["contributions"] = dict(self.contributions)
+            info["faig_aggregate"] = c.faig_aggregate
+        if rule is not None:
+            info["rule_contributions"] = rule
         info["ranks"] = ranks
         info["lora_params"] = lora_param_count({n: layer.base for n, layer in layers.items()},
                                                {n: r for n, r in ranks.items() if r})

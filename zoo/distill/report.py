@@ -13,8 +13,8 @@ from zoo.distill.labels import LABEL_KINDS
 __all__ = ["RESULT_COLUMNS", "write_results_csv", "save_image_grid", "plot_results"]
 
 #: the columns of ``results.csv``, one row per (IPC, image set, label kind)
-RESULT_COLUMNS = ["ipc", "images", "labels", "top1", "top1_std", "seeds", "label_bytes", "label_bytes_vs_stored",
-                  "hlr", "ior", "lrs"]
+RESULT_COLUMNS = ["ipc", "images", "labels", "top1", "top1_std", "seeds", "val_top1", "ce_weight", "label_bytes",
+                  "stored_epochs", "label_bytes_vs_stored", "hlr", "ior", "lrs"]
 
 
 def write_results_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -52,8 +52,8 @@ def save_image_grid(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Pa
 
 
 def plot_results(rows: list[dict], path: Path, real_top1: tuple[float, float] | None = None) -> None:
-    """Held-out top-1 vs IPC for each label kind (distilled images solid, random real images dashed), with the
-    label bytes of each point on a second panel. ``rows``: dicts with ``ipc, images (syn | rdm), labels, top1,
+    """Held-out top-1 vs IPC for each label kind and image set (random real images dashed), with the label bytes
+    of each point on a second panel. ``rows``: dicts with ``ipc, images (an image set name or random), labels, top1,
     top1_std, label_bytes``; ``real_top1``: (mean, std) of students on the whole training split, a line if given."""
     import matplotlib
 
@@ -61,17 +61,18 @@ def plot_results(rows: list[dict], path: Path, real_top1: tuple[float, float] | 
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    kinds = list(dict.fromkeys(r["images"] for r in rows))
     for labels in LABEL_KINDS:
-        for kind, style in (("syn", "o-"), ("rdm", "s--")):
+        for kind in kinds:
+            style = "s--" if kind == "random" else ("o-" if kind == kinds[0] else "^-.")
             pts = sorted((r["ipc"], r["top1"], r["top1_std"], r["label_bytes"]) for r in rows
                          if r["labels"] == labels and r["images"] == kind)
             if not pts:
                 continue
             ipcs, top1, std, nbytes = zip(*pts)
-            ax.errorbar(ipcs, top1, yerr=std, fmt=style, capsize=3,
-                        label=f"{labels} labels, {'distilled' if kind == 'syn' else 'random real'} images")
-            if kind == "syn" and labels != "hard":
-                bx.plot(ipcs, nbytes, style, label=f"{labels} labels")
+            ax.errorbar(ipcs, top1, yerr=std, fmt=style, capsize=3, label=f"{labels} labels, {kind} images")
+            if kind != "random" and labels != "hard":
+                bx.plot(ipcs, nbytes, style, label=f"{labels} labels ({kind})")
     if real_top1 is not None:
         ax.axhline(real_top1[0], color="0.5", lw=1, label="whole training split, hard labels")
     ax.set_xscale("log")

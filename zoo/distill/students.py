@@ -3,9 +3,11 @@ label kinds of :mod:`zoo.distill.labels`).
 
 :class:`StudentTeaching` gives, for a batch of a fixed image set, the augmented views (crop boxes a pure function of
 ``(seed, epoch, sample)``, :mod:`zoo.distill.views`; stored labels replay their stored boxes) and the loss of the
-student's logits on them: ``hard`` -- cross-entropy; ``stored`` / ``projector`` -- Hinton's ``T^2 KL(soft ||
-student)`` (:func:`zoo.losses.distillation_kl`) ``+ ce_weight * CE``, the soft labels read from the stored tensors or
-asked of the projector on the fly. All three kinds see the same views, so they differ only in their labels.
+student's logits on them: ``hard`` -- cross-entropy; ``stored`` / ``stored_equal`` / ``projector`` -- Hinton's
+``T^2 KL(soft || student)`` (:func:`zoo.losses.distillation_kl`) ``+ ce_weight * CE``, the soft labels read from the
+stored tensors or asked of the projector on the fly. ``hard``, ``stored`` and ``projector`` see the same views, so
+they differ only in their labels; ``stored_equal`` has labels for ``E`` epochs only and cycles through their views
+(epoch ``e`` replays stored epoch ``e mod E``, views regenerated from the seed).
 
 Reference: SRe2L / RDED's FKD-style relabelling (stored); HeLlO (Yu et al., ICCV 2025, arXiv 2408.08201) for the
 projector labels.
@@ -30,10 +32,11 @@ class StudentTeaching:
     """Views and labels of a student trained on ``num_images`` fixed images with label kind ``labels``.
 
     Args:
-        labels: ``hard | stored | projector``.
+        labels: ``hard | stored | stored_equal | projector``.
         num_images: ``N``, the size of the image set (stored tensors must cover it).
-        epochs: the student's epochs (stored tensors must cover them).
-        soft_labels, views: ``(E, N, K)`` logits and ``(E, N, 4)`` crop boxes, for ``stored``.
+        epochs: the student's epochs (``stored`` tensors must cover them; ``stored_equal`` cycles through its ``E``).
+        soft_labels, views: ``(E, N, K)`` logits and ``(E, N, 4)`` crop boxes, for ``stored``; ``stored_equal``
+            takes ``soft_labels`` only (its views are ``view_params(N, e, view_seed)`` for ``e < E``).
         projector: the (stored, reloaded) projector, ``(B, C, H, W) -> (B, K)``, for ``projector``.
         view_seed: seed of the views (hard / projector; stored replays its stored boxes). augment: crop views or not.
         scale: crop area range. temperature, ce_weight: the soft-label loss ``T^2 KL + ce_weight * CE``.
@@ -51,6 +54,10 @@ class StudentTeaching:
             if soft_labels.shape[0] < epochs or soft_labels.shape[1] != num_images:
                 raise ValueError(f"StudentTeaching: stored soft labels {tuple(soft_labels.shape)} do not cover "
                                  f"{epochs} epochs x {num_images} images; regenerate them")
+        if labels == "stored_equal":
+            if soft_labels is None or soft_labels.shape[1] != num_images:
+                raise ValueError("StudentTeaching: labels='stored_equal' needs soft_labels (E, N, K) for the "
+                                 f"{num_images} images")
         if labels == "projector" and projector is None:
             raise ValueError("StudentTeaching: labels='projector' needs the projector")
         self.labels, self.num_images = labels, int(num_images)
@@ -59,10 +66,15 @@ class StudentTeaching:
         self.temperature, self.ce_weight = temperature, ce_weight
         self._epoch_views: tuple[int, torch.Tensor] | None = None
 
+    def label_epoch(self, epoch: int) -> int:
+        """The stored epoch whose views and labels the student's ``epoch`` uses (``stored_equal``: ``epoch mod E``)."""
+        return epoch % self.soft_labels.shape[0] if self.labels == "stored_equal" else epoch
+
     def _boxes(self, epoch: int) -> torch.Tensor:
         """The ``(N, 4)`` crop boxes of ``epoch``."""
         if self.labels == "stored":
             return self.stored_views[epoch].float()
+        epoch = self.label_epoch(epoch)
         if self._epoch_views is None or self._epoch_views[0] != epoch:
             self._epoch_views = (epoch, view_params(self.num_images, epoch, self.view_seed, self.scale))
         return self._epoch_views[1]
@@ -81,8 +93,8 @@ class StudentTeaching:
         if self.labels == "hard":
             loss = F.cross_entropy(logits, target)
             return loss, {"loss": loss.detach()}
-        if self.labels == "stored":
-            soft = self.soft_labels[epoch][idx.cpu()].to(views.device).float()
+        if self.labels in ("stored", "stored_equal"):
+            soft = self.soft_labels[self.label_epoch(epoch)][idx.cpu()].to(views.device).float()
         else:
             with torch.no_grad():
                 self.projector.to(views.device).eval()

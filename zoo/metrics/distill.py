@@ -61,32 +61,33 @@ def storage_report(files: Mapping[str, str | os.PathLike | list]) -> dict[str, i
 def score_rows(rows: Sequence[dict[str, Any]], real_hard_top1: float | None = None) -> dict[str, float]:
     """DD-Ranking's scores of a distillation's result rows, added to the rows in place, and as flat metrics.
 
-    ``rows``: dicts ``{"ipc", "images": "syn" | "rdm", "labels", "top1", "top1_std", "label_bytes", ...}`` (students
-    on distilled ``syn`` or random real ``rdm`` images). A ``syn`` row gets ``hlr`` (against ``real_hard_top1`` and
-    the ``hard`` row of its IPC), ``ior`` (against the ``rdm`` row of its IPC and labels), ``lrs`` (when both exist)
-    and ``label_bytes_vs_stored`` (its label bytes over the ``stored`` row's). Returns ``ipc<k>/<labels>/<name>`` for
-    ``top1, top1_std, label_bytes`` and those scores, and ``ipc<k>/random_<labels>/top1`` for ``rdm`` rows.
+    ``rows``: dicts ``{"ipc", "images", "labels", "top1", "top1_std", "label_bytes", ...}``; ``images`` names the
+    image set: a distilled one (e.g. ``rded``, ``label_gap``) or ``random`` (random real images of the same IPC). A
+    distilled row gets ``hlr`` (against ``real_hard_top1`` and the ``hard`` row of its IPC and image set), ``ior``
+    (against the ``random`` row of its IPC and labels), ``lrs`` (when both exist) and ``label_bytes_vs_stored`` (its
+    label bytes over the ``stored`` row's of its IPC and image set). Returns ``ipc<k>/<images>/<labels>/<name>``
+    for ``top1, top1_std, label_bytes`` and those scores, and ``ipc<k>/random/<labels>/top1`` for random rows.
     """
     def find(ipc, kind, labels):
         return next((r for r in rows if r["ipc"] == ipc and r["images"] == kind and r["labels"] == labels), None)
 
     metrics: dict[str, float] = {}
     for r in rows:
-        if r["images"] != "syn":
-            metrics[f"ipc{r['ipc']}/random_{r['labels']}/top1"] = r["top1"]
+        key = f"ipc{r['ipc']}/{r['images']}/{r['labels']}"
+        if r["images"] == "random":
+            metrics[f"{key}/top1"] = r["top1"]
             continue
-        key = f"ipc{r['ipc']}/{r['labels']}"
         for name in ("top1", "top1_std", "label_bytes"):
             metrics[f"{key}/{name}"] = r[name]
-        hard = find(r["ipc"], "syn", "hard")
+        hard = find(r["ipc"], r["images"], "hard")
         if real_hard_top1 is not None and hard is not None:
             r["hlr"] = metrics[f"{key}/hlr"] = hard_label_recovery(real_hard_top1, hard["top1"])
-        rdm = find(r["ipc"], "rdm", r["labels"])
+        rdm = find(r["ipc"], "random", r["labels"])
         if rdm is not None:
             r["ior"] = metrics[f"{key}/ior"] = improvement_over_random(r["top1"], rdm["top1"])
         if "hlr" in r and "ior" in r:
             r["lrs"] = metrics[f"{key}/lrs"] = label_robust_score(r["hlr"], r["ior"])
-        stored = find(r["ipc"], "syn", "stored")
+        stored = find(r["ipc"], r["images"], "stored")
         if stored is not None and stored["label_bytes"]:
             r["label_bytes_vs_stored"] = metrics[f"{key}/label_bytes_vs_stored"] = r["label_bytes"] / stored["label_bytes"]
     return metrics

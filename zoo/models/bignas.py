@@ -487,17 +487,27 @@ class BigNASNet(_MobileNetBase):
         return [b for stage in self.stages for b in stage if b.residual]
 
 
+#: what a child does with an input whose size is not its ``arch["resolution"]``
+ON_RESOLUTION = ("error", "resize")
+
+
 class BigNASChild(_MobileNetBase):
     """A static child of a :class:`BigNASNet`, built by :meth:`BigNASNet.export_subnet` (plain modules).
 
-    ``arch`` and ``space`` record where it came from; ``arch["resolution"]`` is the input size it was chosen for
-    (resize inputs with :func:`resize_input`). ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)``.
+    ``arch`` and ``space`` record where it came from; ``arch["resolution"]`` is the input size it was searched,
+    scored and BN-recalibrated at. ``forward``: ``(B, in_chans, r, r) -> (B, num_classes)``. An input of another
+    size is refused (``on_resolution="error"``, the default: a ``ValueError`` naming both sizes) or bilinearly
+    resized to ``r`` first (``on_resolution="resize"``: :func:`resize_input`, what the supernet recipes do), never
+    run silently at a size the child was not chosen for.
     """
 
     def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], conv_head: nn.Module, fc: nn.Module,
                  drop_rate: float, arch: Mapping[str, Any], space: SearchSpace, in_chans: int,
-                 feature_info: list[dict[str, Any]]):
+                 feature_info: list[dict[str, Any]], on_resolution: str = "error"):
         super().__init__()
+        if on_resolution not in ON_RESOLUTION:
+            raise ValueError(f"BigNASChild: on_resolution must be one of {ON_RESOLUTION}, got {on_resolution!r}")
+        self.on_resolution = on_resolution
         self.stem, self.stages, self.conv_head = stem, nn.ModuleList(stages), conv_head
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(OrderedDict(drop=nn.Dropout(drop_rate), fc=fc))
@@ -509,6 +519,18 @@ class BigNASChild(_MobileNetBase):
     def _blocks(self, i: int) -> Sequence[nn.Module]:
         return self.stages[i]
 
+    def _run(self, x: torch.Tensor, take: set[int], last: int | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        self._check_input(x)
+        r = int(self.arch["resolution"])
+        if tuple(x.shape[-2:]) != (r, r):
+            if self.on_resolution == "error":
+                raise ValueError(f"BigNASChild: this child was searched at {r}x{r} inputs, got "
+                                 f"{x.shape[-2]}x{x.shape[-1]}; resize first "
+                                 f"(zoo.models.bignas.resize_input(x, {r})) or load it with "
+                                 "load_child(dir, on_resolution='resize')")
+            x = resize_input(x, r)
+        return super()._run(x, take, last)
+
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh ``nn.Linear`` classifier for ``num_classes`` (0: identity)."""
         self.num_classes = int(num_classes)
@@ -516,10 +538,15 @@ class BigNASChild(_MobileNetBase):
 
 
 def _build_child(space: str | Mapping[str, Any] = "mnist", arch: Mapping[str, Any] | None = None,
-                 num_classes: int = 10, in_chans: int = 1, drop_rate: float = 0.0) -> BigNASChild:
+                 num_classes: int = 10, in_chans: int = 1, drop_rate: float = 0.0,
+                 on_resolution: str = "error") -> BigNASChild:
     """A static child of ``arch`` (default: the largest) of a freshly initialised supernet over ``space``."""
     supernet = BigNASNet(space, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
-    return supernet.export_subnet(arch if arch is not None else supernet.max_subnet())
+    child = supernet.export_subnet(arch if arch is not None else supernet.max_subnet())
+    if on_resolution not in ON_RESOLUTION:
+        raise ValueError(f"bignas_child: on_resolution must be one of {ON_RESOLUTION}, got {on_resolution!r}")
+    child.on_resolution = on_resolution
+    return child
 
 
 # ---------------------------------------------------------------------------------------------------- files
@@ -552,8 +579,10 @@ def save_child(child: BigNASChild, directory: str | os.PathLike, source: str = "
     return path
 
 
-def load_child(directory: str | os.PathLike) -> BigNASChild:
-    """The child :func:`save_child` wrote into ``directory`` (weights loaded, eval mode)."""
+def load_child(directory: str | os.PathLike, on_resolution: str = "error") -> BigNASChild:
+    """The child :func:`save_child` wrote into ``directory`` (weights loaded, eval mode). It takes inputs of its own
+    resolution (``config.json``'s ``input_size``); another size is an error (``on_resolution="error"``) or is
+    bilinearly resized to it (``"resize"``) -- see :class:`BigNASChild`."""
     from zoo.registry import create_model
 
     directory = Path(directory)
@@ -561,7 +590,8 @@ def load_child(directory: str | os.PathLike) -> BigNASChild:
     if not path.is_file():
         raise FileNotFoundError(f"load_child: no {CHILD_CONFIG} in {directory}; write one with tools/export.py")
     cfg = json.loads(path.read_text())
-    return create_model(cfg["model"], **cfg["kwargs"], checkpoint_path=str(directory / CHILD_WEIGHTS)).eval()
+    return create_model(cfg["model"], **cfg["kwargs"], on_resolution=on_resolution,
+                        checkpoint_path=str(directory / CHILD_WEIGHTS)).eval()
 
 
 # ---------------------------------------------------------------------------------------------------- registry

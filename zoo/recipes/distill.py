@@ -9,12 +9,22 @@ inside it is a nested run in its own sub-directory (finished ones are reused on 
                     prediction on the training images, labels unused; or encoder.model.checkpoint_path / a local CLIP)
     projector/      the HeLlO projector: frozen encoder + head (class means / CLIP text embeddings) + the
                     ``hello_projector`` adaptation method trained on the teachers' soft labels + CE;
-                    projector.safetensors is what is stored
-    ipc<k>/         images.safetensors (distilled, uint8), random.safetensors (random real images, for IOR),
-                    soft_labels*.safetensors + views*.safetensors (stored labels, one per view per epoch),
-                    <syn|rdm>_<hard|stored|projector>/seed<s>/ (student runs)
+                    projector.safetensors (adapters + head) and encoder.safetensors (the encoder's weights in fp16,
+                    unless encoder.public names a model anyone can download) are what ships with the images
+    ipc<k>/         images_<objective>.safetensors (distilled, uint8: rded = RDED selection, label_gap = RDED + our
+                    pixel steps), random.safetensors (random real images, for IOR), <images>_soft_labels*.safetensors
+                    + views (stored labels; _equal: cut to the projector side's bytes),
+                    <images>_<labels>/[ce<w>/]seed<s>/ (student runs; reported/ = the chosen one on data.eval_split)
     real_hard/      students on the whole training split with hard labels (DD-Ranking's Acc(real, hard))
-    results.csv, storage.json, metrics.json, hello_<dataset>.png   (written by ``report``)
+    results.csv, storage.json, metrics.json, per_example.npz, hello_<dataset>.png   (written by ``run`` / ``report``)
+
+Splits: everything trains on ``data.train_split``; every choice (the students' cross-entropy weight among
+``students.ce_weights``, per label kind) and every evaluation inside a nested run reads ``data.val_split``; only the
+chosen students are evaluated on ``data.eval_split``, the reported numbers.
+
+A study shares one seed's teacher, encoder, projector and image sets between cells: a cell with
+``students.labels: []`` prepares them, the others copy them with ``prepare_from`` (its run directory; the settings
+that made them must agree) and train one label kind on one image set each (configs/hello/study.yaml).
 
 The algorithms live in :mod:`zoo.distill` (views, RDED sets and the image objective, stored labels, the students'
 views and losses, the rotation pretext task, the projector's training loss, files, figures), the projector in
@@ -31,6 +41,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,11 +49,13 @@ from torch.utils.data import Dataset
 
 from zoo.distill.data import IndexedImages, dataset_targets, image_dataset
 from zoo.distill.images import optimise_images, random_image_set, rded_image_set
-from zoo.distill.labels import LABEL_DTYPES, LABEL_KINDS, generate_soft_labels
+from zoo.distill.labels import (LABEL_DTYPES, LABEL_KINDS, SOFT_LABEL_KINDS, epochs_within_bytes,
+                                generate_soft_labels)
 from zoo.distill.projector import projector_training_loss
 from zoo.distill.report import plot_results, save_image_grid, write_results_csv
 from zoo.distill.rotation import NUM_ROTATIONS, random_rotations, rotation_hits
-from zoo.distill.storage import load_image_set, load_tensors, save_image_set, save_tensors
+from zoo.distill.storage import (load_image_set, load_module_weights, load_tensors, save_image_set,
+                                 save_module_weights, save_tensors)
 from zoo.distill.students import StudentTeaching
 from zoo.engine.data import build_loader
 from zoo.engine.optim import OptimConfig, ScheduleConfig
@@ -69,11 +82,13 @@ def _check_scale(name: str, scale: Sequence[float]) -> None:
 @dataclass
 class DistillDataConfig:
     """Config section ``data``: the real data (``train_split`` = teacher / projector / candidate pool,
-    ``eval_split`` = held out, only for the reported accuracies)."""
+    ``val_split`` = every choice and every evaluation inside a nested run, ``eval_split`` = held out, only for the
+    reported accuracies of the chosen students)."""
 
     name: str = "mnist"  # a registered dataset, or imagefolder (root/<split>/<class>/<image>)
     root: str | None = None
-    train_split: str = "test[:8000]"
+    train_split: str = "test[:7000]"
+    val_split: str = "test[7000:8000]"
     eval_split: str = "test[8000:]"
     image_size: int = 224  # imagefolder only
     batch_size: int = 64
@@ -110,6 +125,9 @@ class EncoderSection:
     clip_backend: str | None = None  # transformers | open_clip (default from the path)
     clip_model_name: str | None = None  # open_clip architecture, e.g. RN50
     clip_template: str = "a photo of a {}."
+    # a public model anyone can download (e.g. "openai/clip RN50"): its bytes are reported but not counted in the
+    # label-side bytes; None: the encoder ships with the labels (encoder.safetensors, fp16), as ours must
+    public: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("rotation", "checkpoint", "clip"):
@@ -166,16 +184,22 @@ class ProjectorSection:
                              where="projector")
 
 
+#: the distilled image sets: RDED's selection alone, or RDED + our label-gap pixel steps
+IMAGE_OBJECTIVES = ("rded", "label_gap")
+
+
 @dataclass
 class ImagesSection:
-    """Config section ``images``: the distilled sets (RDED init, then the label-gap objective)."""
+    """Config section ``images``: the distilled sets, one per entry of ``objectives`` (``rded``: RDED's selection
+    and stitching; ``label_gap``: then ``steps`` Adam steps on the pixels against the teacher-projector gap). Every
+    label kind trains on each of them, so label kinds compare on the same images."""
 
     ipcs: list[int] = field(default_factory=lambda: [1, 10, 50])
     mipc: int = 300  # real candidates per class (RDED: 300)
     num_crop: int = 5  # RDED: 5
     factor: int = 1  # RDED: 2 on ImageNet, 1 on CIFAR
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    objective: str = "label_gap"  # label_gap | none (RDED only)
+    objectives: list[str] = field(default_factory=lambda: ["rded", "label_gap"])
     steps: int = 30
     lr: float = 0.01
     temperature: float = 1.0
@@ -187,8 +211,10 @@ class ImagesSection:
             raise ConfigError(f"images.ipcs must be a list of integers >= 1, got {self.ipcs!r}")
         if self.factor < 1 or self.num_crop < 1 or self.mipc < 1 or self.steps < 0:
             raise ConfigError("images.factor, images.num_crop, images.mipc must be >= 1 and images.steps >= 0")
-        if self.objective not in ("label_gap", "none"):
-            raise ConfigError(f"images.objective must be label_gap or none, got {self.objective!r}")
+        bad = [o for o in self.objectives if o not in IMAGE_OBJECTIVES]
+        if bad or not self.objectives or len(set(self.objectives)) != len(self.objectives):
+            raise ConfigError(f"images.objectives must list some of {list(IMAGE_OBJECTIVES)} once each, "
+                              f"got {self.objectives!r}")
         _check_scale("images.crop_scale", self.crop_scale)
 
 
@@ -197,26 +223,29 @@ class StudentsSection:
     """Config section ``students``."""
 
     model: dict[str, Any] = field(default_factory=lambda: {"name": "convnet_small"})
-    labels: list[str] = field(default_factory=lambda: list(LABEL_KINDS))
+    labels: list[str] = field(default_factory=lambda: list(LABEL_KINDS))  # []: prepare only (a study's first cell)
     epochs: int = 300
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
     temperature: float = 4.0
-    ce_weight: float = 0.0  # projector labels: the paper's beta * CE on the true class
-    stored_ce_weight: float = 0.0  # stored labels (SRe2L / RDED train on the soft labels only)
+    # soft-label kinds: T^2 KL + w * CE on the true class, w chosen among these on data.val_split per IPC, image set
+    # and label kind (the paper's beta for projector labels; SRe2L / RDED use 0 for stored labels)
+    ce_weights: list[float] = field(default_factory=lambda: [0.0, 0.5])
     augment: bool = True
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     label_dtype: str = "float16"  # stored soft labels
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] | None = None  # student seeds (default: [seed])
     real_epochs: int = 3  # students on the whole training split (hard labels); 0 = skip (no HLR)
 
     def __post_init__(self) -> None:
         bad = [k for k in self.labels if k not in LABEL_KINDS]
-        if bad or not self.labels:
+        if bad:
             raise ConfigError(f"students.labels: unknown label kind(s) {bad}; use some of {list(LABEL_KINDS)}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.seeds:
+        if self.epochs < 1 or self.batch_size < 1 or (self.seeds is not None and not self.seeds):
             raise ConfigError("students.epochs and students.batch_size must be >= 1, students.seeds non-empty")
+        if not self.ce_weights or any(w < 0 for w in self.ce_weights):
+            raise ConfigError(f"students.ce_weights must list at least one weight >= 0, got {self.ce_weights!r}")
         if self.label_dtype not in LABEL_DTYPES:
             raise ConfigError(f"students.label_dtype must be one of {sorted(LABEL_DTYPES)}, got {self.label_dtype!r}")
         if self.real_epochs < 0:
@@ -230,6 +259,7 @@ class HelloDistillConfig(RecipeConfig):
     each nested training has its own settings in its section (see ``HelloDistillRecipe.unread_keys``)."""
 
     recipe: str = "hello_distill"
+    prepare_from: str | None = None  # a finished run whose teacher, encoder, projector and image sets this run copies
     data: DistillDataConfig = field(default_factory=DistillDataConfig)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     encoder: EncoderSection = field(default_factory=EncoderSection)
@@ -239,13 +269,16 @@ class HelloDistillConfig(RecipeConfig):
 
 
 def _classify_cfg(model: dict, data: DistillDataConfig, *, epochs: int, lr: float, batch_size: int, seed: int,
-                  weight_decay: float = 0.0, save_every: int | None = None, cpu: bool = False) -> ClassifyConfig:
+                  weight_decay: float = 0.0, save_every: int | None = None, cpu: bool = False,
+                  eval_split: str | None = None) -> ClassifyConfig:
     """A ``classify`` config for the nested runs (AdamW, cosine schedule; no tensorboard, no bars, evaluation at the
-    end only)."""
+    end only, on ``eval_split`` -- by default ``data.val_split``: a nested run never reads the reported split; no
+    checkpoint is selected)."""
     d = ClassifyDataConfig(name=data.name, root=data.root, batch_size=batch_size, eval_batch_size=data.eval_batch_size,
-                           num_workers=data.num_workers, train_split=data.train_split, eval_split=data.eval_split)
+                           num_workers=data.num_workers, train_split=data.train_split,
+                           eval_split=eval_split or data.val_split)
     trainer = TrainerConfig(epochs=epochs, eval_every=epochs, save_every=save_every or epochs, log_every=50,
-                            tensorboard=False, progress=False, cpu=cpu)
+                            tensorboard=False, progress=False, cpu=cpu, save_best=False)
     return ClassifyConfig(recipe="classify", seed=seed, model=dict(model), data=d, loss=LossConfig(),
                           eval=EvalConfig(topk=[1]), trainer=trainer,
                           optim=OptimConfig(name="adamw", lr=lr, weight_decay=weight_decay),
@@ -381,6 +414,9 @@ class StudentRecipe(_DistillData, ClassifyRecipe):
 
 
 # ================================================================================================ the recipe
+#: the file the projector's encoder is stored in (projector/), when it must ship with the labels
+ENCODER_FILE = "encoder.safetensors"
+
 _NESTED = "each nested training takes its settings from its own section: teacher, encoder, projector, students"
 
 
@@ -398,6 +434,11 @@ class HelloDistillRecipe(Recipe):
         "schedule": f"{_NESTED}; they use a cosine schedule",
         "teacher.checkpoint": "renamed: a trained teacher is teacher.model.checkpoint_path",
         "encoder.checkpoint": "renamed: the encoder's weights are encoder.model.checkpoint_path",
+        "images.objective": "replaced by images.objectives, a list of image sets every label kind trains on "
+                            "(rded = RDED selection only, label_gap = RDED + pixel steps; 'none' is now 'rded')",
+        "students.ce_weight": "replaced by students.ce_weights: candidates chosen on data.val_split per label kind",
+        "students.stored_ce_weight": "replaced by students.ce_weights: candidates chosen on data.val_split per label "
+                                     "kind (stored labels included)",
     }
 
     def __init__(self, cfg: HelloDistillConfig):
@@ -424,11 +465,17 @@ class HelloDistillRecipe(Recipe):
         return len(self.class_names)
 
     def _nested(self, model: dict, *, epochs: int, lr: float, batch_size: int | None = None, seed: int | None = None,
-                weight_decay: float = 0.0, save_every: int | None = None) -> ClassifyConfig:
+                weight_decay: float = 0.0, save_every: int | None = None,
+                eval_split: str | None = None) -> ClassifyConfig:
         d = self.cfg.data
         return _classify_cfg(model, d, epochs=epochs, lr=lr, batch_size=batch_size or d.batch_size,
                              seed=self.cfg.seed if seed is None else seed, weight_decay=weight_decay,
-                             save_every=save_every, cpu=self.cfg.trainer.cpu)
+                             save_every=save_every, cpu=self.cfg.trainer.cpu, eval_split=eval_split)
+
+    @property
+    def student_seeds(self) -> list[int]:
+        """``students.seeds``, or ``[seed]``."""
+        return list(self.cfg.students.seeds) if self.cfg.students.seeds is not None else [self.cfg.seed]
 
     # ------------------------------------------------------------------ stages
     def teacher_models(self, ctx: Any) -> tuple[nn.Module, list[nn.Module], dict]:
@@ -468,7 +515,10 @@ class HelloDistillRecipe(Recipe):
         return final, [build(p, "a teacher snapshot") for p in snaps] or [final], summary
 
     def build_encoder(self, ctx: Any) -> tuple[nn.Module, int, Any]:
-        """(encoder module ``(B, C, H, W) -> (B, D)``, D, CLIP handle or None) for the projector."""
+        """(encoder module ``(B, C, H, W) -> (B, D)``, D, CLIP handle or None) for the projector. An encoder that
+        ships with the labels (not ``encoder.public``, not CLIP) is written to ``projector/encoder.safetensors`` in
+        the projector's storage dtype and reloaded from it: the projector is trained, and labels the students'
+        views, with exactly the weights that are stored."""
         from zoo.adapters.hello import FeatureEncoder, clip_preprocess, load_clip
 
         e = self.cfg.encoder
@@ -489,6 +539,13 @@ class HelloDistillRecipe(Recipe):
                             what="encoder.model.checkpoint_path")
         if hasattr(backbone, "reset_classifier"):
             backbone.reset_classifier(0)
+        if not e.public:
+            from zoo.adapters.hello import STORAGE_DTYPES
+
+            path = ctx.subdir("projector") / ENCODER_FILE
+            if not path.is_file():  # written once (a resumed run reuses it)
+                save_module_weights(backbone, path, STORAGE_DTYPES[self.cfg.projector.storage_dtype])
+            load_module_weights(backbone, path)
         dim = e.num_features or int(getattr(backbone, "num_features"))
         return FeatureEncoder(backbone.eval()), dim, None
 
@@ -535,126 +592,288 @@ class HelloDistillRecipe(Recipe):
         method.load(stored, path)  # students use exactly what is stored (rounded to storage_dtype)
         return stored.eval(), path, summary
 
+    def label_side_storage(self, ctx: Any, projector_file: Path) -> dict[str, Any]:
+        """The bytes that must ship for projector labels to be regenerated: ``projector`` (adapters + head file),
+        ``encoder`` (``encoder.safetensors``; for CLIP, the size of ``encoder.clip_path``), ``encoder_public`` (the
+        name of a public encoder, whose bytes are then not counted) and ``projector_side`` (what counts)."""
+        from zoo.metrics.distill import storage_report
+
+        e = self.cfg.encoder
+        out: dict[str, Any] = {"projector": storage_report({"p": projector_file})["p"]}
+        if e.kind == "clip":
+            clip = Path(e.clip_path)
+            out["encoder"] = (sum(f.stat().st_size for f in clip.rglob("*") if f.is_file()) if clip.is_dir()
+                              else clip.stat().st_size)
+        else:
+            out["encoder"] = storage_report({"e": ctx.output_dir / "projector" / ENCODER_FILE})["e"] \
+                if not e.public else None
+        public = e.public or (f"CLIP ({e.clip_model_name or Path(e.clip_path).name})" if e.kind == "clip" else None)
+        out["encoder_public"] = public
+        out["projector_side"] = out["projector"] + (0 if public else int(out["encoder"] or 0))
+        return out
+
+    # ------------------------------------------------------------------ image sets and stored labels
     def image_sets(self, ctx: Any, ipc: int, teacher: nn.Module, projector: nn.Module) -> dict[str, Path]:
-        """Write (or reuse) ``ipc<k>/images.safetensors`` (distilled) and ``ipc<k>/random.safetensors``."""
+        """Write (or reuse) ``ipc<k>/images_<objective>.safetensors`` for every ``images.objectives`` (the RDED set
+        is selected once; ``label_gap`` optimises a copy of it) and ``ipc<k>/random.safetensors``."""
         im, seed = self.cfg.images, self.cfg.seed
         out = ctx.subdir(f"ipc{ipc}")
-        files = {"syn": out / "images.safetensors"}
+        files = {o: out / f"images_{o}.safetensors" for o in im.objectives}
         targets = dataset_targets(self.pool)
-        if not files["syn"].is_file():
+        if not all(f.is_file() for f in files.values()):
             images, labels = rded_image_set(self.pool, targets, teacher, self.num_classes, ipc, mipc=im.mipc,
                                             num_crop=im.num_crop, factor=im.factor, scale=im.crop_scale, seed=seed,
                                             device=self.device)
-            history: list[float] = []
-            if im.objective == "label_gap" and im.steps:
-                dev = self.device
-                images, history = optimise_images(images.to(dev), labels.to(dev), teacher.to(dev), projector.to(dev),
-                                                  steps=im.steps, lr=im.lr, temperature=im.temperature,
-                                                  ce_weight=im.ce_weight, scale=im.crop_scale, seed=seed)
-            (out / "image_objective.json").write_text(json.dumps({"objective": im.objective, "history": history}))
-            save_image_set(files["syn"], images, labels)
+            for objective, path in files.items():
+                if path.is_file():
+                    continue
+                history: list[float] = []
+                result = images
+                if objective == "label_gap" and im.steps:
+                    dev = self.device
+                    result, history = optimise_images(images.to(dev), labels.to(dev), teacher.to(dev),
+                                                      projector.to(dev), steps=im.steps, lr=im.lr,
+                                                      temperature=im.temperature, ce_weight=im.ce_weight,
+                                                      scale=im.crop_scale, seed=seed)
+                (out / f"image_objective_{objective}.json").write_text(
+                    json.dumps({"objective": objective, "history": history}))
+                save_image_set(path, result, labels)
         if im.random_baseline:
-            files["rdm"] = out / "random.safetensors"
-            if not files["rdm"].is_file():
-                save_image_set(files["rdm"], *random_image_set(self.pool, targets, self.num_classes, ipc, seed=seed))
+            files["random"] = out / "random.safetensors"
+            if not files["random"].is_file():
+                save_image_set(files["random"], *random_image_set(self.pool, targets, self.num_classes, ipc, seed=seed))
         return files
 
-    def stored_labels(self, ctx: Any, ipc: int, kind: str, images: torch.Tensor, teacher: nn.Module) -> dict[str, Path]:
-        """Write (or reuse) the stored soft labels and their views for one image set (``kind``: syn | rdm)."""
+    def stored_labels(self, ctx: Any, ipc: int, kind: str, images: torch.Tensor, teacher: nn.Module,
+                      budget_bytes: int | None = None) -> dict[str, Path]:
+        """Write (or reuse) the stored soft labels (and views) of one image set (``kind``: an objective or
+        ``random``): every epoch's views (``budget_bytes`` None), or as many epochs as fit in ``budget_bytes``
+        (``stored_equal``: labels only, the views are regenerated from the seed; never more than the student's
+        epochs)."""
         s = self.cfg.students
         out = ctx.subdir(f"ipc{ipc}")
-        suffix = "" if kind == "syn" else "_rdm"
-        files = {"labels": out / f"soft_labels{suffix}.safetensors", "views": out / f"views{suffix}.safetensors"}
-        if not (files["labels"].is_file() and files["views"].is_file()):
-            labels, views = generate_soft_labels(teacher.to(self.device), images.to(self.device), s.epochs,
-                                                 self.cfg.seed, scale=s.crop_scale,
-                                                 dtype=s.label_dtype, augment=s.augment)
+        if budget_bytes is None:
+            files = {"labels": out / f"{kind}_soft_labels.safetensors", "views": out / f"{kind}_views.safetensors"}
+            epochs = s.epochs
+        else:
+            files = {"labels": out / f"{kind}_soft_labels_equal.safetensors"}
+            epochs = min(s.epochs, epochs_within_bytes(budget_bytes, len(images), self.num_classes, s.label_dtype))
+        if not all(f.is_file() for f in files.values()):
+            labels, views = generate_soft_labels(teacher.to(self.device), images.to(self.device), epochs,
+                                                 self.cfg.seed, scale=s.crop_scale, dtype=s.label_dtype,
+                                                 augment=s.augment)
             save_tensors(files["labels"], {"soft_labels": labels})
-            save_tensors(files["views"], {"views": views})
+            if "views" in files:
+                save_tensors(files["views"], {"views": views})
         return files
 
+    # ------------------------------------------------------------------ students
     def student(self, images: torch.Tensor, targets: torch.Tensor, labels: str, seed: int, *, epochs: int | None = None,
-                soft: dict[str, Path] | None = None, projector: nn.Module | None = None) -> StudentRecipe:
-        """A student recipe on ``images`` with label kind ``labels`` (``soft``: the stored files; ``projector``)."""
+                soft: dict[str, Path] | None = None, projector: nn.Module | None = None, ce_weight: float = 0.0,
+                eval_split: str | None = None) -> StudentRecipe:
+        """A student recipe on ``images`` with label kind ``labels`` (``soft``: the stored files; ``projector``;
+        ``ce_weight``: of the cross-entropy term of soft-label kinds), evaluated on ``eval_split`` (default: the
+        validation split)."""
         s = self.cfg.students
         epochs = epochs or s.epochs
         cfg = self._nested(s.model | {"num_classes": self.num_classes}, epochs=epochs, lr=s.lr,
                            batch_size=s.batch_size, seed=seed, weight_decay=s.weight_decay,
-                           save_every=max(1, epochs // 4))
+                           save_every=max(1, epochs // 4), eval_split=eval_split)
         stored = {}
-        if labels == "stored":
-            stored = {"soft_labels": load_tensors(soft["labels"])["soft_labels"],
-                      "views": load_tensors(soft["views"])["views"]}
+        if labels in ("stored", "stored_equal"):
+            stored = {"soft_labels": load_tensors(soft["labels"])["soft_labels"]}
+            if "views" in soft:
+                stored["views"] = load_tensors(soft["views"])["views"]
         teaching = StudentTeaching(labels, len(images), epochs, projector=projector, view_seed=self.cfg.seed,
                                    augment=s.augment, scale=s.crop_scale, temperature=s.temperature,
-                                   ce_weight=s.stored_ce_weight if labels == "stored" else s.ce_weight, **stored)
+                                   ce_weight=ce_weight if labels in SOFT_LABEL_KINDS else 0.0, **stored)
         return StudentRecipe(cfg, self.cfg.data, images, targets, teaching, classes=self.class_names)
+
+    def train_student(self, ctx: Any, name: str, images: torch.Tensor, targets: torch.Tensor, labels: str, seed: int,
+                      **kwargs: Any) -> dict[str, Any]:
+        """Train the student candidates of one label kind on one image set (one per ``students.ce_weights`` for
+        soft labels) into ``name/[ce<w>/]seed<s>``, keep the one with the best ``data.val_split`` top-1 (ties: the
+        first listed), and evaluate it on ``data.eval_split`` into ``<its run>/reported/``. Returns ``{top1 (reported),
+        val_top1, ce_weight, per_example (reported, 100/0 per example), run}``."""
+        weights = list(self.cfg.students.ce_weights) if labels in SOFT_LABEL_KINDS else [0.0]
+        best = None
+        for w in weights:
+            sub = f"{name}/ce{w:g}/seed{seed}" if labels in SOFT_LABEL_KINDS else f"{name}/seed{seed}"
+            summ = ctx.train(self.student(images, targets, labels, seed, ce_weight=w, **kwargs), sub)
+            val = float(summ["final"]["top1"])
+            if best is None or val > best[1]:
+                best = (w, val, sub)
+        w, val, sub = best
+        top1, per_example = self.evaluate_reported(ctx, sub, images, targets, labels, seed, ce_weight=w, **kwargs)
+        return {"top1": top1, "val_top1": val, "ce_weight": w, "per_example": per_example, "run": sub}
+
+    def evaluate_reported(self, ctx: Any, sub: str, images: torch.Tensor, targets: torch.Tensor, labels: str,
+                          seed: int, **kwargs: Any) -> tuple[float, np.ndarray]:
+        """The student of run ``sub`` (its ``last.pt``) on ``data.eval_split``: (top-1, per-example 100/0), written
+        to ``<sub>/reported/`` (reused when there)."""
+        from zoo.engine.checkpoint import read_checkpoint
+        from zoo.engine.evaluate import evaluate_model
+        from zoo.studies.per_example import load_per_example
+
+        out = ctx.output_dir / sub / "reported"
+        done = out / "metrics.json"
+        if not done.is_file():
+            recipe = self.student(images, targets, labels, seed, eval_split=self.cfg.data.eval_split, **kwargs)
+            model = recipe.build_model()
+            state = read_checkpoint(ctx.output_dir / sub / "last.pt", what="a student's last.pt")["model"]
+            model.load_state_dict(state)
+            out.mkdir(parents=True, exist_ok=True)
+            values = evaluate_model(recipe, model, output_dir=out, cpu=True if self.cfg.trainer.cpu else None)
+            done.write_text(json.dumps({"split": self.cfg.data.eval_split, "top1": float(values["top1"])}))
+        return float(json.loads(done.read_text())["top1"]), load_per_example(out)["top1"]
+
+    # ------------------------------------------------------------------ sharing a prepared run
+    _PREPARED = ("teacher", "encoder", "projector")
+
+    def copy_prepared(self, ctx: Any) -> None:
+        """``prepare_from``: copy the teacher, encoder and projector runs and the image sets of a finished run
+        (which must have been made with the same data, teacher, encoder, projector and image settings and seed)
+        into this run's directory, where the stages below find and reuse them."""
+        import shutil
+
+        import yaml
+
+        src = Path(self.cfg.prepare_from)
+        cfg_file = src / "config.yaml"
+        if not (src / "metrics.json").is_file() or not cfg_file.is_file():
+            raise FileNotFoundError(f"prepare_from: {src} is not a finished hello_distill run (no metrics.json / "
+                                    "config.yaml); run the preparing cell first")
+        theirs = yaml.safe_load(cfg_file.read_text())
+        mine = ctx.config
+        for key in ("seed", "data", "teacher", "encoder", "projector", "images"):
+            a, b = theirs.get(key), mine.get(key)
+            if key == "images":
+                a = {k: v for k, v in (a or {}).items() if k not in ("objectives", "random_baseline")}
+                b = {k: v for k, v in (b or {}).items() if k not in ("objectives", "random_baseline")}
+            if a != b:
+                raise ConfigError(f"prepare_from: {src} was made with other '{key}' settings ({a!r} there, {b!r} "
+                                  "here); prepare with this run's settings")
+        missing = [o for o in self.cfg.images.objectives if o not in theirs.get("images", {}).get("objectives", [])]
+        if missing:
+            raise ConfigError(f"prepare_from: {src} has no image sets for images.objectives {missing}")
+        for name in self._PREPARED:
+            if (src / name).is_dir() and not (ctx.output_dir / name).exists():
+                shutil.copytree(src / name, ctx.output_dir / name)
+        names = [f"{prefix}{o}{suffix}" for o in self.cfg.images.objectives
+                 for prefix, suffix in (("images_", ".safetensors"), ("image_objective_", ".json"))]
+        names += ["random.safetensors"] if self.cfg.images.random_baseline else []
+        for ipc in self.cfg.images.ipcs:
+            for name in names:
+                f, dst = src / f"ipc{ipc}" / name, ctx.output_dir / f"ipc{ipc}" / name
+                if f.is_file() and not dst.exists():
+                    ctx.subdir(f"ipc{ipc}")
+                    shutil.copy2(f, dst)
 
     # ------------------------------------------------------------------ the run
     def run(self, ctx: Any) -> dict[str, Any]:
-        """Every stage in order (finished ones reused); returns the metrics (``ipc<k>/<labels>/top1`` ...,
-        ``results``: the table's rows, ``storage_bytes``: the size of every file a method stores)."""
+        """Every stage in order (finished ones reused); returns the metrics (``ipc<k>/<images>/<labels>/top1`` ...,
+        with one image set and one label kind also ``ipc<k>``; ``results``: the table's rows, ``storage_bytes``:
+        the size of every file a method stores) and writes ``per_example.npz`` (the reported students' scores)."""
         from zoo.metrics.distill import score_rows, storage_report
+        from zoo.studies.per_example import save_per_example
 
         c, s = self.cfg, self.cfg.students
         torch.manual_seed(c.seed)
+        if c.prepare_from:
+            self.copy_prepared(ctx)
         teacher, teachers, teacher_summary = self.teacher_models(ctx)
         projector, projector_file, projector_summary = self.train_projector(ctx, teachers)
+        storage: dict[str, Any] = self.label_side_storage(ctx, projector_file)
+        budget = storage["projector_side"]
         rows: list[dict[str, Any]] = []
-        storage: dict[str, Any] = {"projector": storage_report({"projector": projector_file})["projector"]}
+        per_example: dict[str, np.ndarray] = {}
         real_top1 = None
-        if s.real_epochs:
+        if s.real_epochs and s.labels:
             pool_loader = build_loader(self.pool, c.data.eval_batch_size, shuffle=False)
             xs, ys = zip(*pool_loader)
             real_x, real_y = torch.cat(xs).float(), torch.cat(ys).long()
-            accs = []
-            for seed in s.seeds:
-                summ = ctx.train(self.student(real_x, real_y, "hard", seed, epochs=s.real_epochs), f"real_hard/seed{seed}")
-                accs.append(float(summ["final"]["top1"]))
+            accs = [self.train_student(ctx, "real_hard", real_x, real_y, "hard", seed, epochs=s.real_epochs)["top1"]
+                    for seed in self.student_seeds]
             real_top1 = _mean_std(accs)
             del real_x, real_y
         for ipc in c.images.ipcs:
             files = self.image_sets(ctx, ipc, teacher, projector)
-            storage[f"ipc{ipc}/images"] = storage_report({"x": files["syn"]})["x"]
             for kind, path in files.items():
+                if kind != "random":
+                    storage[f"ipc{ipc}/images_{kind}"] = storage_report({"x": path})["x"]
+                if not s.labels:
+                    continue
                 images, targets = load_image_set(path)
-                soft = self.stored_labels(ctx, ipc, kind, images, teacher) if "stored" in s.labels else None
-                if soft is not None:
-                    rep = storage_report({"labels": soft["labels"], "views": soft["views"]})
-                    storage[f"ipc{ipc}/{kind}/stored_labels"], storage[f"ipc{ipc}/{kind}/stored_views"] = rep["labels"], rep["views"]
                 for labels in s.labels:
-                    accs = []
-                    for seed in s.seeds:
-                        recipe = self.student(images, targets, labels, seed, soft=soft,
-                                              projector=projector if labels == "projector" else None)
-                        summ = ctx.train(recipe, f"ipc{ipc}/{kind}_{labels}/seed{seed}")
-                        accs.append(float(summ["final"]["top1"]))
+                    soft, epochs_stored, label_bytes = None, None, 0
+                    if labels == "stored":
+                        soft = self.stored_labels(ctx, ipc, kind, images, teacher)
+                        rep = storage_report(soft)
+                        storage[f"ipc{ipc}/{kind}/stored_labels"] = label_bytes = rep["labels"]
+                        storage[f"ipc{ipc}/{kind}/stored_views"] = rep["views"]
+                        epochs_stored = s.epochs
+                    elif labels == "stored_equal":
+                        soft = self.stored_labels(ctx, ipc, kind, images, teacher, budget_bytes=budget)
+                        label_bytes = storage_report(soft)["labels"]
+                        storage[f"ipc{ipc}/{kind}/stored_equal_labels"] = label_bytes
+                        epochs_stored = int(load_tensors(soft["labels"])["soft_labels"].shape[0])
+                    elif labels == "projector":
+                        label_bytes = budget
+                    outs = [self.train_student(ctx, f"ipc{ipc}/{kind}_{labels}", images, targets, labels, seed,
+                                               soft=soft, projector=projector if labels == "projector" else None)
+                            for seed in self.student_seeds]
+                    accs = [o["top1"] for o in outs]
                     mean, std = _mean_std(accs)
-                    label_bytes = {"hard": 0, "stored": storage.get(f"ipc{ipc}/{kind}/stored_labels", 0),
-                                   "projector": storage["projector"]}[labels]
-                    rows.append({"ipc": ipc, "images": kind, "labels": labels, "top1": mean, "top1_std": std,
-                                 "seeds": len(accs), "label_bytes": label_bytes, "per_seed": accs})
-        metrics: dict[str, Any] = {"storage_bytes": storage}
+                    row = {"ipc": ipc, "images": kind, "labels": labels, "top1": mean, "top1_std": std,
+                           "seeds": len(accs), "val_top1": statistics.fmean(o["val_top1"] for o in outs),
+                           "ce_weight": [o["ce_weight"] for o in outs], "label_bytes": label_bytes,
+                           "per_seed": accs}
+                    if epochs_stored is not None:
+                        row["stored_epochs"] = epochs_stored
+                    rows.append(row)
+                    per_example[f"ipc{ipc}/{kind}/{labels}"] = np.mean([o["per_example"] for o in outs], axis=0)
+        metrics: dict[str, Any] = {"storage_bytes": storage, "label_side_bytes": budget}
         if teacher_summary.get("final"):
-            metrics["teacher_top1"] = float(teacher_summary["final"]["top1"])
+            metrics["teacher_val_top1"] = float(teacher_summary["final"]["top1"])
         if projector_summary.get("final"):
-            metrics["projector_top1"] = float(projector_summary["final"]["top1"])
+            metrics["projector_val_top1"] = float(projector_summary["final"]["top1"])
         if real_top1 is not None:
             metrics["real_hard_top1"] = real_top1[0]
         metrics.update(score_rows(rows, None if real_top1 is None else real_top1[0]))
+        for r in rows:
+            key = f"ipc{r['ipc']}/{r['images']}/{r['labels']}"
+            metrics[f"{key}/val_top1"] = r["val_top1"]
+            metrics[f"{key}/ce_weight"] = r["ce_weight"][0]
+            if "stored_epochs" in r:
+                metrics[f"{key}/stored_epochs"] = r["stored_epochs"]
+        distilled = [r for r in rows if r["images"] != "random"]
+        if distilled and len({(r["images"], r["labels"]) for r in distilled}) == 1:
+            # one image set and one label kind (a study cell): short names, one per IPC
+            for r in distilled:
+                k = f"ipc{r['ipc']}"
+                metrics.update({k: r["top1"], f"{k}_val": r["val_top1"], f"{k}_label_bytes": r["label_bytes"],
+                                f"{k}_ce_weight": r["ce_weight"][0]})
+                if "stored_epochs" in r:
+                    metrics[f"{k}_stored_epochs"] = r["stored_epochs"]
+                per_example[k] = per_example[f"ipc{r['ipc']}/{r['images']}/{r['labels']}"]
         metrics["results"] = rows
+        if per_example:
+            save_per_example(ctx.output_dir, per_example)
         return metrics
 
     def report(self, summary: dict[str, Any], run_dir: Any) -> None:
         """``results.csv``, ``storage.json``, the figure ``hello_<dataset>.png`` and ``ipc<k>/images.png``."""
         out, m = Path(run_dir), summary["final"]
-        write_results_csv(out / "results.csv", m["results"])
         (out / "storage.json").write_text(json.dumps(m["storage_bytes"], indent=2))
+        if not m["results"]:
+            return
+        write_results_csv(out / "results.csv", m["results"])
         real = m.get("real_hard_top1")
         try:
             plot_results(m["results"], out / f"hello_{self.cfg.data.name}.png", None if real is None else (real, 0.0))
             for ipc in self.cfg.images.ipcs:
-                sets = {f"IPC {ipc} distilled": load_image_set(out / f"ipc{ipc}" / "images.safetensors")}
+                sets = {f"IPC {ipc} {o}": load_image_set(out / f"ipc{ipc}" / f"images_{o}.safetensors")
+                        for o in self.cfg.images.objectives}
                 if (out / f"ipc{ipc}" / "random.safetensors").is_file():
                     sets[f"IPC {ipc} random real"] = load_image_set(out / f"ipc{ipc}" / "random.safetensors")
                 save_image_grid(sets, out / f"ipc{ipc}" / "images.png", per_class=min(ipc, 10))

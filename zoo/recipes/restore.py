@@ -140,16 +140,19 @@ class RestoreRecipe(Recipe):
         self._saved: list[tuple] = []  # (name, lq, output, gt) of this evaluation's first images (eval.save_images)
 
     # ---------------------------------------------------------------- data
-    def _dataset(self, spec: DatasetSpec):
-        return build_dataset(spec.name, root=spec.root, split=spec.split, **spec.kwargs)
+    def _dataset(self, spec: DatasetSpec, key: str):
+        try:
+            return build_dataset(spec.name, root=spec.root, split=spec.split, **spec.kwargs)
+        except FileNotFoundError as exc:  # the image datasets name "data.root"; this recipe's keys are data.train/eval
+            raise FileNotFoundError(str(exc).replace("config key data.root", f"config key {key}.root")) from None
 
     @cached_property
     def train_dataset(self):
-        return self._dataset(self.cfg.data.train)
+        return self._dataset(self.cfg.data.train, "data.train")
 
     @cached_property
     def eval_dataset(self):
-        return self._dataset(self.cfg.data.eval)
+        return self._dataset(self.cfg.data.eval, "data.eval")
 
     def _train_loader(self, seed: int):
         d = self.cfg.data
@@ -263,7 +266,15 @@ class RestoreRecipe(Recipe):
         return metrics
 
     def after_evaluate(self, metrics: Any, values: dict[str, Any], output_dir: Any) -> None:
+        """``per_example.npz`` (PSNR / SSIM per evaluation image, named: a study's paired bootstrap), the adapter's
+        allocation (``colora_allocation.json``) and the first ``eval.save_images`` triplets."""
+        from zoo.studies.per_example import save_per_example
+
         out_dir = Path(output_dir)
+        seen = metrics.metrics[0].per_example()
+        names = [str(n) for n in getattr(self.eval_dataset, "names", [])]
+        save_per_example(out_dir, {k: seen[k] for k in ("psnr", "ssim")},
+                         example_id=names if len(names) == len(seen["psnr"]) else None)
         allocation = getattr(self.adapter, "allocation", None)
         if allocation is not None:
             (out_dir / ALLOCATION_FILE).write_text(json.dumps(allocation, indent=2))

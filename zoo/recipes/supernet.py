@@ -19,7 +19,14 @@ table and the search itself):
   evaluated on ``data.eval_split`` without retraining, exported (``children/<budget>/``) and, with
   ``scratch.enabled``, trained from scratch with this config's trainer/optim/schedule sections (nested runs).
   Writes ``search.csv``, ``latency_table.json`` (latency budgets), then (:meth:`SupernetSearchRecipe.report`)
-  ``results.json`` and ``pareto.png``.
+  ``results.json`` and ``pareto.png``. The final metrics hold, per budget tag (``mflops_0p8``: the budget with
+  ``.`` written ``p``, so a study's summary can name it), ``<tag>/top1_supernet``, ``<tag>/top1_scratch`` and
+  ``<tag>/gap`` (child − twin, points of top-1 on ``data.eval_split``), ``<tag>/mflops``, ``<tag>/params``; with one
+  budget also without the prefix. ``per_example.npz`` holds the same accuracies per evaluation example (100 /
+  0, and their difference for the gap) for a study's paired bootstrap.
+
+Splits (``configs/bignas``, zoo/data/splits.py): the supernet and the twins train on ``test[:7000]``, candidates are
+scored on ``test[7000:8000]`` (held out from all training), and only ``test[8000:]`` is reported.
 """
 from __future__ import annotations
 
@@ -48,8 +55,15 @@ from zoo.nas import (CandidateMemo, LatencyTable, coarse_skeletons, coarse_to_fi
 from zoo.nas.report import read_candidates_csv, write_candidates_csv
 from zoo.recipes.base import register_recipe
 from zoo.recipes.classify import ClassifyConfig, ClassifyDataConfig, ClassifyRecipe, EvalConfig, LossConfig
+from zoo.studies.per_example import load_per_example, save_per_example
 
-__all__ = ["SupernetConfig", "SupernetRecipe", "SearchConfig", "SupernetSearchRecipe"]
+__all__ = ["SupernetConfig", "SupernetRecipe", "SearchConfig", "SupernetSearchRecipe", "budget_tag"]
+
+
+def budget_tag(kind: str, budget: float) -> str:
+    """The name of a budget's results and folders: ``("mflops", 0.8) -> "mflops_0p8"`` (no ``.``, so that a study's
+    summary, which reads dotted names as nested keys, can name ``mflops_0p8/gap``)."""
+    return f"{kind}_{budget:g}".replace(".", "p")
 
 _logger = logging.getLogger("zoo")
 
@@ -205,10 +219,15 @@ class SearchSection:
 
 @dataclass
 class ScratchSection:
-    """Config section ``scratch``: train each searched child from scratch (this config's trainer/optim/schedule)."""
+    """Config section ``scratch``: train each searched child from scratch (this config's trainer/optim/schedule),
+    with the regularisation the supernet's largest child gets (``drop_rate`` before the classifier, the L2 penalty
+    ``0.5 * weight_decay * ||w||^2`` in the loss, ``label_smoothing``): a standalone network trained as BigNAS
+    trains its biggest child."""
 
     enabled: bool = False
     label_smoothing: float = 0.0
+    drop_rate: float = 0.0
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -225,12 +244,20 @@ class SearchConfig(ClassifyConfig):
 
 
 class _ChildClassifyRecipe(_SupernetMixin, ClassifyRecipe):
-    """``classify`` for a static BigNAS child: inputs resized to the child's resolution (train and eval)."""
+    """``classify`` for a static BigNAS child: inputs resized to the child's resolution (train and eval), plus the L2
+    penalty ``0.5 * weight_decay * ||w||^2`` in the loss (the supernet's largest-child regularisation)."""
+
+    def __init__(self, cfg: ClassifyConfig, weight_decay: float = 0.0):
+        super().__init__(cfg)
+        self.l2 = float(weight_decay)
 
     def training_step(self, model, batch):
         inputs, target = batch
         res = unwrap_model(model).arch["resolution"]
-        return super().training_step(model, (resize_input(inputs, res), target))
+        losses = super().training_step(model, (resize_input(inputs, res), target))
+        if self.l2:
+            losses = {**losses, "loss": losses["loss"] + self.l2 * _l2(unwrap_model(model))}
+        return losses
 
 
 @register_recipe("supernet_search")
@@ -268,10 +295,12 @@ class SupernetSearchRecipe(_SupernetMixin, ClassifyRecipe):
 
         return RunAccelerator(cpu=True)  # the search runs in this process, on the CPU
 
-    def accuracy(self, net: BigNASNet, arch: dict[str, Any], dataset: Any, max_batches: int | None = None) -> float:
+    def accuracy(self, net: BigNASNet, arch: dict[str, Any], dataset: Any, max_batches: int | None = None,
+                 output_dir: Any = None) -> float:
         """Top-1 (percent) of ``arch`` on ``dataset`` (its first ``max_batches`` batches) without retraining,
         after BN recalibration on ``search.calib_batches`` training batches (the classification evaluation: the one
-        evaluation loop, inputs resized to the child's resolution)."""
+        evaluation loop, inputs resized to the child's resolution). With ``output_dir``, the evaluation's files go
+        there (confusion matrix, ``per_example.npz``)."""
         net.set_subnet(arch)
         recalibrate_batchnorm(net, self.calibration_batches(arch["resolution"], self.cfg.search.calib_batches))
         net.eval()
@@ -281,7 +310,7 @@ class SupernetSearchRecipe(_SupernetMixin, ClassifyRecipe):
             dataset = torch.utils.data.Subset(dataset, range(min(len(dataset), max_batches * batch_size)))
         loader = build_loader(dataset, batch_size, shuffle=False)
         with self._accelerator.active() as accelerator:
-            return self.evaluate(net, loader, accelerator)["top1"]
+            return self.evaluate(net, loader, accelerator, output_dir)["top1"]
 
     # ------------------------------------------------------------------ the search
     def run(self, ctx: Any) -> dict[str, Any]:
@@ -300,17 +329,19 @@ class SupernetSearchRecipe(_SupernetMixin, ClassifyRecipe):
         skeletons = coarse_skeletons(net, s.coarse_levels)
         jobs = [("mflops", b) for b in s.budgets_mflops] + [("ms", b) for b in s.budgets_ms]
         results = []
+        per_example: dict[str, Any] = {}
         for kind, budget in jobs:
             t0 = time.perf_counter()
             arch = coarse_to_fine_search(skeletons, memo.fn(kind), memo.fn("search_top1"), budget,
                                          lambda a: mutate_arch(net, a, s.mutation_prob, rng), coarse_top=s.coarse_top,
                                          rounds=s.rounds, mutations=s.mutations)
-            tag = f"{kind}_{budget:g}"
+            tag = budget_tag(kind, budget)
             rec = {"budget": f"{budget:g} {'MFLOPs' if kind == 'mflops' else 'ms'}", "tag": tag, "arch": arch,
                    "mflops": memo.value("mflops", arch), "params": net.subnet_params(arch),
                    "search_top1": memo.value("search_top1", arch),
-                   "top1_supernet": self.accuracy(net, arch, self.eval_dataset),
+                   "top1_supernet": self.accuracy(net, arch, self.eval_dataset, output_dir=ctx.subdir(f"eval/{tag}")),
                    "search_seconds": time.perf_counter() - t0}
+            per_example[f"{tag}/top1_supernet"] = load_per_example(ctx.output_dir / "eval" / tag)["top1"]
             if kind == "ms":
                 rec["latency_ms"] = memo.value("ms", arch)
             net.set_subnet(arch)
@@ -320,28 +351,37 @@ class SupernetSearchRecipe(_SupernetMixin, ClassifyRecipe):
             if self.cfg.scratch.enabled:
                 summary = ctx.train(self.scratch_recipe(net, arch), f"scratch/{tag}")
                 rec["top1_scratch"] = float(summary["final"]["top1"])
+                rec["gap"] = rec["top1_supernet"] - rec["top1_scratch"]
+                twin = load_per_example(ctx.output_dir / "scratch" / tag)["top1"]
+                per_example[f"{tag}/top1_scratch"] = twin
+                per_example[f"{tag}/gap"] = per_example[f"{tag}/top1_supernet"] - twin
             results.append(rec)
             _logger.info("budget %s: %s", rec["budget"], {k: v for k, v in rec.items() if k != "arch"})
         scored = memo.scored("search_top1")
         write_candidates_csv(out_dir / "search.csv", [{**r, "mflops": memo.value("mflops", r["arch"])} for r in scored])
         metrics: dict[str, Any] = {"results": results}
         for r in results:
-            metrics[f"{r['tag']}/top1_supernet"] = r["top1_supernet"]
-            if "top1_scratch" in r:
-                metrics[f"{r['tag']}/top1_scratch"] = r["top1_scratch"]
+            for key in ("top1_supernet", "top1_scratch", "gap", "mflops", "params", "search_top1"):
+                if key in r:
+                    metrics[f"{r['tag']}/{key}"] = r[key]
+        if len(results) == 1:  # one budget (a study cell per budget): the names without the tag, too
+            metrics.update({k.split("/", 1)[1]: v for k, v in list(metrics.items()) if "/" in k})
+            per_example.update({k.split("/", 1)[1]: v for k, v in list(per_example.items())})
+        save_per_example(out_dir, per_example)
         return metrics
 
     def scratch_recipe(self, net: BigNASNet, arch: dict) -> ClassifyRecipe:
-        """A ``classify`` recipe training ``arch`` from scratch (same data, this config's trainer/optim/schedule)."""
+        """A ``classify`` recipe training ``arch`` from scratch (same data, this config's trainer/optim/schedule,
+        the ``scratch`` section's regularisation)."""
+        sc = self.cfg.scratch
         model = {"name": "bignas_child", "space": net.space.to_dict(), "arch": arch, "in_chans": net.in_chans,
-                 "num_classes": net.num_classes}
+                 "num_classes": net.num_classes, "drop_rate": sc.drop_rate}
         d = self.cfg.data
         data = ClassifyDataConfig(**{k: getattr(d, k) for k in ClassifyDataConfig.__dataclass_fields__})
         cfg = ClassifyConfig(recipe="classify", seed=self.cfg.seed, trainer=self.cfg.trainer, optim=self.cfg.optim,
                              schedule=self.cfg.schedule, model=model, data=data,
-                             loss=LossConfig(label_smoothing=self.cfg.scratch.label_smoothing),
-                             eval=EvalConfig(topk=[1]))
-        return _ChildClassifyRecipe(cfg)
+                             loss=LossConfig(label_smoothing=sc.label_smoothing), eval=EvalConfig(topk=[1]))
+        return _ChildClassifyRecipe(cfg, weight_decay=sc.weight_decay)
 
     def report(self, summary: dict[str, Any], run_dir: Any) -> None:
         """``results.json`` (the winners' records) and ``pareto.png`` (winners, twins and the candidates of
