@@ -32,7 +32,7 @@ from zoo.registry import get_pretrained_cfg, model_info
 NAMES = [n for n in zoo.list_models() if model_info(n)["module"].startswith("zoo.models")]
 IMAGE_TO_IMAGE = {n for n in NAMES if get_pretrained_cfg(n).num_classes is None}
 SLOW = {"pointramba", "pointramba_partseg", "nafnet_width32", "nafnet_width64", "nafnet_gopro_width32",
-        "nafnet_gopro_width64"}
+        "nafnet_gopro_width64", "wrn28_10"}
 
 
 def _params(names: list[str]) -> list:

@@ -68,3 +68,62 @@ def test_cotta_step_follows_its_definition():
     assert max(moved) == pytest.approx(0.1, rel=1e-3)
     for t, before, s in zip(algorithm.teacher.parameters(), teacher_before, model.parameters()):
         assert torch.allclose(t, 0.5 * before + 0.5 * s.detach(), atol=1e-6)
+
+
+def _cotta(section: dict):
+    torch.manual_seed(0)
+    algorithm = build_tta({"name": "cotta", "num_aug": 2, **section})
+    model = create_model("timm/vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                         num_classes=5)
+    model = algorithm.prepare_model(load_source_model(model, None, None))
+    algorithm.capture_source(model)
+    algorithm.setup(model)
+    return algorithm, model
+
+
+def test_cotta_trains_only_weights_and_biases_as_the_official_collect_params():
+    algorithm, model = _cotta({})
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "pos_embed" not in trained and "cls_token" not in trained
+    assert trained == {n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in ("weight", "bias")}
+    assert sum(len(g["params"]) for g in algorithm.optimizer.param_groups) == len(trained)
+    pos = model.pos_embed.detach().clone()
+    algorithm.adapt(model, torch.rand(4, 3, 16, 16), LocalStep(model))
+    assert torch.equal(model.pos_embed, pos)
+
+
+@pytest.mark.parametrize("gate", [0.0, 1.1])
+def test_cotta_scores_either_prediction_and_adapts_the_same(gate):
+    """``score: augmented`` returns the pseudo-label and keeps the teacher's plain logits as an extra prediction;
+    ``score: teacher`` the reverse; the two runs adapt identically (same seed)."""
+    runs = {}
+    for score in ("augmented", "teacher"):
+        algorithm, model = _cotta({"score": score, "aug_threshold": gate, "lr": 1e-2})
+        torch.manual_seed(1)
+        out = []
+        for _ in range(3):
+            x = torch.rand(4, 3, 16, 16)
+            returned = algorithm.adapt(model, x, LocalStep(model))
+            out.append((returned, dict(algorithm.extra_predictions), algorithm.logs["augmented"]))
+        runs[score] = (out, [p.detach().clone() for p in model.parameters()])
+    assert build_tta({"name": "cotta"}).extra_prediction_names == ("teacher",)
+    for (ret_a, extra_a, aug_a), (ret_t, extra_t, aug_t) in zip(runs["augmented"][0], runs["teacher"][0]):
+        assert torch.equal(ret_a, extra_t["augmented"]) and torch.equal(ret_t, extra_a["teacher"])
+        assert aug_a == aug_t == float(gate > 1)
+        assert torch.equal(ret_a, ret_t) == (gate == 0.0)  # no augmentation: both are the teacher's logits
+    assert all(torch.equal(a, b) for a, b in zip(runs["augmented"][1], runs["teacher"][1]))
+
+
+def test_cotta_without_update_scores_the_source_augmentation_average():
+    algorithm, model = _cotta({"update": False, "aug_threshold": 1.1})
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.rand(4, 3, 16, 16)
+    torch.manual_seed(2)
+    algorithm.aug_rng.seed_from_global()
+    pred = algorithm.adapt(model, x, LocalStep(model))
+    torch.manual_seed(2)
+    algorithm.aug_rng.seed_from_global()
+    with torch.no_grad():
+        expected = torch.stack([model(algorithm.augment(x)) for _ in range(2)]).mean(0)
+    assert torch.allclose(pred, expected, atol=1e-6)
+    assert algorithm.optimizer is None and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

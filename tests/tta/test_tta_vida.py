@@ -113,3 +113,61 @@ def test_scales_from_an_uncertainty_follow_the_threshold():
     assert torch.allclose(low, torch.tensor([1.01, 0.7])) and torch.allclose(high, torch.tensor([0.99, 1.3]))
     with pytest.raises(ValueError, match="paper"):
         hka_scales_from_uncertainty(torch.tensor(0.1), 0.05, variant="both")
+
+
+# ------------------------------------------------------------------------------------------------ update vs control
+def _stream(n: int = 5) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.rand(6, 3, 16, 16, generator=g) for _ in range(n)]
+
+
+def _scores(section: dict) -> tuple[list[torch.Tensor], list[float], object, torch.nn.Module]:
+    """The scored logits and uncertainties of a ViDA run over :func:`_stream` (run seed 3), and the algorithm."""
+    algorithm, model = prepared({"hka": "official", **section})
+    torch.manual_seed(3)  # the run's seed: augmentation stream and restore masks
+    algorithm.aug_rng.seed_from_global()
+    scored, uncertainties = [], []
+    for x in _stream():
+        scored.append(algorithm.adapt(model, x, LocalStep(model)).detach().clone())
+        uncertainties.append(algorithm.last_uncertainty)
+    return scored, uncertainties, algorithm, model
+
+
+def test_the_no_update_control_sees_the_same_views_as_the_run_that_adapts():
+    """Lockstep: a run that steps (lr 0, teacher EMA 1, stochastic restore drawing its masks from the global RNG)
+    scores bit for bit what the ``update: false`` control scores: the augmented views come from their own stream."""
+    stepped, u_stepped, algorithm, _ = _scores({"lr": 0.0, "adapter_lr": 0.0, "ema": 1.0, "ema_adapter": 1.0,
+                                                "restore_prob": 0.5})
+    control, u_control, frozen, model = _scores({"update": False})
+    assert algorithm.optimizer is not None and frozen.optimizer is None
+    assert not any(p.requires_grad for p in model.parameters())
+    for a, b in zip(stepped, control):
+        assert torch.equal(a, b)
+    assert u_stepped == u_control
+
+
+def test_vidas_update_reaches_its_predictions_at_a_learning_rate_where_it_should():
+    """At lr 1e-2 (model and adapters), teacher EMA 0.5, no restore, the scored (teacher) predictions leave the
+    no-update control's after the first batch, which both score before any update; at the official rates (1e-4 /
+    1e-5, EMA 0.999, restore 0.1) they stay within ~1e-3 of it over the same batches."""
+    control, u_control, _, _ = _scores({"update": False})
+    fast, u_fast, algorithm, _ = _scores({"lr": 1e-2, "adapter_lr": 1e-2, "ema": 0.5, "ema_adapter": 0.5,
+                                          "restore_prob": 0.0})
+    official, _, _, _ = _scores({})
+    assert torch.equal(fast[0], control[0]) and u_fast[0] == u_control[0]  # scored before the first update
+    gaps = [float((a - b).abs().max()) for a, b in zip(fast, control)]
+    assert all(g > 0.05 for g in gaps[1:]), gaps
+    assert gaps[-1] > gaps[1]  # and it keeps moving
+    official_gaps = [float((a - b).abs().max()) for a, b in zip(official, control)]
+    assert official_gaps[0] == 0.0 and max(official_gaps) < 1e-2, official_gaps
+
+
+def test_hka_none_keeps_the_scales_and_computes_no_views():
+    algorithm, model = prepared({"hka": "none", "update": False})
+    calls = []
+    algorithm.augment = lambda x: calls.append(1) or x
+    x = torch.rand(3, 3, 16, 16)
+    pred = algorithm.adapt(model, x, LocalStep(model))
+    assert not calls and algorithm.scales == (1.0, 1.0)
+    with torch.no_grad():
+        assert torch.equal(pred, model(x))  # teacher = student = the starting model, nothing moved

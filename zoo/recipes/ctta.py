@@ -6,8 +6,10 @@ Recipes (wiring only: the algorithms are :mod:`zoo.tta`, the ViDA adapters :mod:
   protocol), ``reset_each_shift`` (back to the source model at every domain: episodic per domain) or
   ``mixed_domains`` (all domains shuffled into one stream, errors still counted per corruption). Every batch is
   **scored before the update it causes** (``ctx.record``, gathered across processes into
-  :class:`~zoo.metrics.stream.OnlineErrorMetric`); error per domain and mean go to ``metrics.json`` and
-  ``stream.csv``, then :meth:`CTTARecipe.report` writes ``errors.csv`` / ``errors.png``. The algorithm is the
+  :class:`StreamErrorMetric`); error per domain and mean go to ``metrics.json`` and ``stream.csv``, then
+  :meth:`CTTARecipe.report` writes ``errors.csv`` / ``errors.png`` and ``per_example.npz`` (each example's error,
+  for a study's paired bootstrap). An algorithm's other predictions of a batch (CoTTA's plain teacher beside its
+  augmentation average) are scored too: ``error_<name>``. The algorithm is the
   ``tta:`` section (``tta.name``: ``source``, ``bn_adapt``, ``tent``, ``cotta``, ``vida``; see
   :mod:`zoo.tta.base`); ``vida`` adapts the ``adapter:`` section's ViDA adapters.
 * ``ctta_source`` — trains the source model (the ``classify`` recipe on images made uint8 RGB ``rgb_size``², the
@@ -39,14 +41,25 @@ from zoo.data.images.cifar_c import ArrayImageDataset, images_as_uint8_rgb
 from zoo.data.images.corruptions import CORRUPTIONS
 from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
+from zoo.metrics.stream import OnlineErrorMetric
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.recipes.classify import ClassifyConfig, ClassifyRecipe
 from zoo.registry import create_model
 from zoo.tta.base import TTAAlgorithm, build_tta, load_source_model, read_start_weights
 
-__all__ = ["CTTADataConfig", "CTTAConfig", "CTTARecipe", "CTTASourceConfig", "CTTASourceRecipe", "PROTOCOLS"]
+__all__ = ["CTTADataConfig", "CTTAConfig", "CTTARecipe", "CTTASourceConfig", "CTTASourceRecipe", "PROTOCOLS",
+           "CORRUPTION_FAMILIES",
+           "StreamErrorMetric", "per_example_errors"]
 
 PROTOCOLS = ("continual", "reset_each_shift", "mixed_domains")
+#: the four corruption categories of Hendrycks & Dietterich (ICLR 2019); a stream reports each category's mean error
+#: (``family/<name>``) when it holds all of its corruptions
+CORRUPTION_FAMILIES = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather": ("snow", "frost", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+}
 MIXED = "mixed"  # the one stream domain of the mixed_domains protocol
 
 
@@ -55,6 +68,64 @@ def _refuse_moved_keys(cfg: Any, moved: dict[str, str]) -> None:
     for key, instead in moved.items():
         if getattr(cfg, key) is not None:
             raise ConfigError(f"config key '{key}' of recipe '{cfg.recipe}' was replaced: {instead}")
+
+
+# ============================================================================================ scores
+class StreamErrorMetric(OnlineErrorMetric):
+    """The online error of one stream domain (:class:`~zoo.metrics.stream.OnlineErrorMetric`: ``error``,
+    ``correct``, ``count``, per group when domains are mixed), plus ``error_<name>`` of each extra prediction
+    ``name`` (per-example output ``correct_<name>``), and it hands the domain's per-example outputs to ``keep``
+    (``keep(outputs)``, called by :meth:`compute`; the recipe stores them for ``per_example.npz``)."""
+
+    def __init__(self, group_names: Any = None, extra: tuple[str, ...] = (), keep: Any = None):
+        self.extra = tuple(extra)
+        self.keep = keep
+        super().__init__(group_names)
+        self.keys = (*self.keys, *(f"correct_{n}" for n in self.extra))
+
+    def compute_from(self, correct: torch.Tensor, group: torch.Tensor | None = None,
+                     **extra: torch.Tensor) -> dict[str, Any]:
+        out = super().compute_from(correct, group)
+        for name in self.extra:
+            other = extra[f"correct_{name}"]
+            out[f"error_{name}"] = 100.0 * (1 - int(other.sum()) / int(other.numel()))
+            for i, g in enumerate(self.group_names or ()):
+                selected = group == i
+                if int(selected.sum()):
+                    out[f"error_{name}/{g}"] = 100.0 * (1 - int(other[selected].sum()) / int(selected.sum()))
+        if self.keep is not None:
+            self.keep({"correct": correct, **({"group": group} if group is not None else {}), **extra})
+        return out
+
+
+def per_example_errors(domains: dict[str, dict[str, torch.Tensor]],
+                       extra: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-example errors whose plain mean is the stream's mean error over corruptions: ``({"error": (N,),
+    "error_<name>": (N,)}, example_id (N,))`` from each domain's per-example outputs ``{"correct": (n_d,),
+    "correct_<name>": ..., "group": ...}`` (domains in stream order; a mixed stream is one domain whose examples'
+    corruption is ``group``).
+
+    An example of corruption ``c`` (``n_c`` examples, ``C`` corruptions, ``N`` in all) counts
+    ``100 · wrong · N / (C · n_c)``, so equal domain sizes give plain 0 / 100 scores. ``example_id`` is
+    ``corruption index · 10^6 + position in its corruption`` (the order the examples were scored)."""
+    parts: dict[str, list[torch.Tensor]] = {"error": [], **{f"error_{n}": [] for n in extra}}
+    ids, labels = [], []
+    for d, (name, out) in enumerate(domains.items()):
+        n = int(out["correct"].numel())
+        label = out["group"].long() if "group" in out else torch.full((n,), d, dtype=torch.long)
+        labels.append(label)
+        for key in parts:
+            parts[key].append(1 - out["correct" if key == "error" else f"correct_{key[len('error_'):]}"].double())
+        position = torch.zeros(n, dtype=torch.long)
+        for g in label.unique():
+            sel = label == g
+            position[sel] = torch.arange(int(sel.sum()))
+        ids.append(label * 1_000_000 + position)
+    label = torch.cat(labels)
+    counts = torch.bincount(label).double()
+    present = counts > 0
+    weight = label.numel() / (int(present.sum()) * counts[label])
+    return {k: 100.0 * torch.cat(v) * weight for k, v in parts.items()}, torch.cat(ids)
 
 
 # ============================================================================================ the stream
@@ -140,6 +211,8 @@ class CTTARecipe(Recipe):
         self.algorithm: TTAAlgorithm = build_tta(cfg.tta, cfg.adapter)
         self._ready = False
         self._pending: dict[str, Any] | None = None
+        self._domain: str | None = None
+        self.examples: dict[str, dict[str, torch.Tensor]] = {}  # domain -> its per-example outputs
 
     # ---------------------------------------------------------------- model and data
     def build_model(self) -> nn.Module:
@@ -183,57 +256,74 @@ class CTTARecipe(Recipe):
                 self._pending = None
 
     def on_domain_start(self, model: nn.Module, name: str, index: int) -> None:
+        self._domain = name
         self._ensure_ready(model)
         if index > 0 and self.cfg.protocol == "reset_each_shift":
             self.algorithm.reset(model)
 
     def train_step(self, model: nn.Module, batch: Any, ctx: Any) -> dict[str, Any]:
-        """Score the batch, then adapt on it (:meth:`TTAAlgorithm.adapt`); records ``correct`` (and, mixing domains,
-        each example's corruption as ``group``) for the stream metrics."""
+        """Score the batch, then adapt on it (:meth:`TTAAlgorithm.adapt`); records ``correct`` (``correct_<name>`` for
+        each of the algorithm's extra predictions; mixing domains, each example's corruption as ``group``) for the
+        stream metrics, and logs the algorithm's scalars (:attr:`TTAAlgorithm.logs`)."""
         module = ctx.accelerator.unwrap_model(model)
+        self._domain = getattr(ctx, "domain", None) or self._domain
         self._ensure_ready(module)
         x, y = batch[0], batch[1]
         if self.cfg.data.input_size and x.shape[-1] != self.cfg.data.input_size:
             s = self.cfg.data.input_size
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)  # as the official loop
         logits = self.algorithm.adapt(module, x, ctx)
-        correct = (logits.argmax(1) == y).long()
+        recorded = {"correct": (logits.argmax(1) == y).long()}
+        for name in self.algorithm.extra_prediction_names:
+            recorded[f"correct_{name}"] = (self.algorithm.extra_predictions[name].argmax(1) == y).long()
         if self.cfg.protocol == "mixed_domains":
-            ctx.record(correct=correct, group=batch[2].long())
-        else:
-            ctx.record(correct=correct)
-        if getattr(self.algorithm, "last_uncertainty", None) is not None:
-            ctx.log(uncertainty=self.algorithm.last_uncertainty)
+            recorded["group"] = batch[2].long()
+        ctx.record(**recorded)
+        if self.algorithm.logs:
+            ctx.log(**self.algorithm.logs)
         return {}
 
     def build_metrics(self, kind: str = "stream") -> Any:
-        """The online error of a domain (:class:`~zoo.metrics.stream.OnlineErrorMetric`; per corruption when the
-        domains are mixed)."""
-        from zoo.metrics.stream import OnlineErrorMetric
-
+        """The online error of a domain (:class:`StreamErrorMetric`; per corruption when the domains are mixed;
+        ``error_<name>`` of the algorithm's extra predictions), keeping each domain's per-example outputs."""
         mixed = self.cfg.protocol == "mixed_domains"
-        return [OnlineErrorMetric(self.cfg.data.corruptions if mixed else None)]
+        return [StreamErrorMetric(self.cfg.data.corruptions if mixed else None,
+                                  extra=self.algorithm.extra_prediction_names, keep=self._keep_examples)]
+
+    def _keep_examples(self, outputs: dict[str, torch.Tensor]) -> None:
+        self.examples[self._domain or MIXED] = {k: v.detach().cpu().to(torch.int8) for k, v in outputs.items()}
 
     def stream_metrics(self, per_domain: dict[str, dict[str, float]]) -> dict[str, Any]:
-        """``error`` (mean over corruptions, %) and ``error/<corruption>``; ``error_all`` over all examples."""
-        errors: dict[str, float] = {}
-        for name, m in per_domain.items():
-            if name == MIXED:
-                errors.update({c: m[f"error/{c}"] for c in self.cfg.data.corruptions if f"error/{c}" in m})
-            else:
-                errors[name] = m["error"]
+        """``error`` (mean over corruptions, %) and ``error/<corruption>``; ``error_all`` over all examples; the same
+        (``error_<name>``, ``error_<name>/<corruption>``) for each extra prediction of the algorithm; ``family/<f>``:
+        the mean error of each corruption category whose corruptions the stream holds (:data:`CORRUPTION_FAMILIES`)."""
+        out: dict[str, Any] = {}
+        domains: dict[str, dict[str, float]] = {}
+        for prefix in ("error", *(f"error_{n}" for n in self.algorithm.extra_prediction_names)):
+            errors: dict[str, float] = {}
+            for name, m in per_domain.items():
+                if name == MIXED:
+                    errors.update({c: m[f"{prefix}/{c}"] for c in self.cfg.data.corruptions if f"{prefix}/{c}" in m})
+                else:
+                    errors[name] = m[prefix]
+            out[prefix] = sum(errors.values()) / max(len(errors), 1)
+            out.update({f"{prefix}/{k}": v for k, v in errors.items()})
+            if prefix == "error":
+                out.update({f"family/{f}": sum(errors[c] for c in names) / len(names)
+                            for f, names in CORRUPTION_FAMILIES.items() if all(c in errors for c in names)})
+            for k, v in errors.items():
+                domains.setdefault(k, {})[prefix] = v
         total = sum(m["count"] for m in per_domain.values())
         right = sum(m["correct"] for m in per_domain.values())
-        out: dict[str, Any] = {"error": sum(errors.values()) / max(len(errors), 1),
-                               "error_all": 100.0 * (1 - right / max(total, 1))}
-        out.update({f"error/{k}": v for k, v in errors.items()})
-        out["domains"] = {k: {"error": v} for k, v in errors.items()}
+        out["error_all"] = 100.0 * (1 - right / max(total, 1))
+        out["domains"] = domains
         return out
 
     def recipe_state(self) -> dict[str, Any]:
-        return {"tta": self.algorithm.state_dict()} if self._ready else {}
+        return {"tta": self.algorithm.state_dict(), "examples": self.examples} if self._ready else {}
 
     def load_recipe_state(self, state: dict[str, Any]) -> None:
+        self.examples = dict(state.get("examples", {}))
         if "tta" in state:
             if self._ready:
                 self.algorithm.load_state_dict(state["tta"])
@@ -243,10 +333,17 @@ class CTTARecipe(Recipe):
     # ---------------------------------------------------------------- report
     def report(self, summary: dict[str, Any], run_dir: Any) -> None:
         """``errors.csv`` (domain, error %) and ``errors.png`` in ``run_dir``
-        (:func:`zoo.metrics.stream.save_domain_errors`)."""
+        (:func:`zoo.metrics.stream.save_domain_errors`), and ``per_example.npz`` (:func:`per_example_errors`: each
+        example's ``error`` and ``error_<name>``, whose means are the run's; for a study's paired bootstrap)."""
         from zoo.metrics.stream import save_domain_errors
+        from zoo.studies.per_example import save_per_example
 
         final = summary.get("final", {})
+        order = [d for d in (*self.cfg.data.corruptions, MIXED) if d in self.examples]
+        if order:
+            arrays, ids = per_example_errors({d: self.examples[d] for d in order},
+                                             self.algorithm.extra_prediction_names)
+            save_per_example(run_dir, arrays, example_id=ids)
         errors = {d: final[f"error/{d}"] for d in self.cfg.data.corruptions if f"error/{d}" in final}
         save_domain_errors(errors, final.get("error", float("nan")), run_dir,
                            title=f"{self.algorithm.name} ({self.cfg.protocol})")

@@ -131,6 +131,11 @@ class TTAAlgorithm:
 
     ``self.config`` is the validated config; ``self.adapter`` the :class:`~zoo.adapters.base.AdapterMethod` the
     algorithm trains (``None`` unless :attr:`adapter_name` is set).
+
+    After :meth:`adapt`, ``self.extra_predictions`` holds other predictions of the same batch that the run scores
+    beside the returned one (``{name: (B, classes) logits}``, the names of :attr:`extra_prediction_names`; e.g.
+    CoTTA's plain teacher logits beside its augmentation average), and ``self.logs`` scalars to log
+    (``{name: float}``, e.g. whether CoTTA's gate augmented this batch).
     """
 
     name: ClassVar[str] = ""
@@ -143,6 +148,13 @@ class TTAAlgorithm:
         self.adapter = adapter
         self.optimizer: torch.optim.Optimizer | None = None
         self.source_state: dict[str, torch.Tensor] = {}
+        self.extra_predictions: dict[str, torch.Tensor] = {}
+        self.logs: dict[str, float] = {}
+
+    @property
+    def extra_prediction_names(self) -> tuple[str, ...]:
+        """The names of :attr:`extra_predictions` every :meth:`adapt` call sets (none by default)."""
+        return ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

@@ -17,7 +17,7 @@ from zoo.errors import ConfigError
 from zoo.tta.augment import tta_augment
 from zoo.tta.base import AdamTTAConfig, TTAAlgorithm
 
-__all__ = ["ema_update", "stochastic_restore", "TeacherConfig", "TeacherStudentAlgorithm"]
+__all__ = ["ema_update", "stochastic_restore", "TeacherConfig", "TeacherStudentAlgorithm", "AugmentationRNG"]
 
 
 @torch.no_grad()
@@ -56,6 +56,8 @@ class TeacherConfig(AdamTTAConfig):
     num_aug: int = 10  # teacher passes over augmented views
     aug_noise_std: float = 0.005  # the official augmentation's Gaussian noise
     aug_flip: bool = True  # the official augmentation's horizontal flip (false: a deviation, e.g. for digits)
+    aug_soft: bool = False  # the official code's soft ranges (get_tta_transforms(soft=True)), unused there by default
+    update: bool = True  # false: the no-update control (predictions as the algorithm makes them, nothing trained)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,8 +69,60 @@ class TeacherConfig(AdamTTAConfig):
             raise ConfigError(f"tta.num_aug must be >= 2 (a variance needs two views), got {self.num_aug!r}")
 
 
+class AugmentationRNG:
+    """A random stream of its own for the test-time augmentation, so that the augmented views of a run do not
+    depend on the other draws of the update (stochastic restore masks): a run with ``update: false`` sees the same
+    views, batch for batch, as the run that adapts (a paired, lockstep control).
+
+    The augmentation draws from torch's global generator (torchvision's random transforms take no generator), so
+    :meth:`draw` swaps this stream's state in around the call (``torch.random.fork_rng``; on a CUDA batch the
+    device's generator too) and keeps the state it leaves. The stream is seeded once from the initial
+    seed of the global generator (:meth:`seed_from_global`, which draws nothing from it), hence by the run's seed."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, torch.Tensor] = {}
+
+    def seed_from_global(self) -> None:
+        """Start the stream from the global generator's initial seed (``torch.initial_seed()``, the run's seed) mixed
+        with a constant, so that it differs from the global stream; the global generator is not advanced (a run
+        that resumes mid-stream draws what the uninterrupted one drew)."""
+        seed = (torch.initial_seed() * 1_000_003 + 0x5EED) % (2 ** 63)
+        self.states = {"cpu": torch.Generator().manual_seed(seed).get_state()}
+        self._seed = seed
+
+    def draw(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)`` with the global generator(s) set to this stream's state; the stream advances."""
+        if not self.states:
+            self.seed_from_global()
+        cuda = x.device.type == "cuda"
+        devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()] if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.states["cpu"])
+            if cuda:
+                if "cuda" not in self.states:
+                    torch.cuda.manual_seed(self._seed)
+                else:
+                    torch.cuda.set_rng_state(self.states["cuda"], devices[0])
+            out = fn(x)
+            self.states["cpu"] = torch.get_rng_state()
+            if cuda:
+                self.states["cuda"] = torch.cuda.get_rng_state(devices[0])
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.clone() for k, v in self.states.items()} | ({"seed": self._seed} if self.states else {})
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._seed = int(state.get("seed", 0))
+        self.states = {k: v for k, v in state.items() if k != "seed"}
+
+
 class TeacherStudentAlgorithm(TTAAlgorithm):
-    """A student adapted by Adam and an EMA teacher copied from it at :meth:`setup` (CoTTA, ViDA)."""
+    """A student adapted by Adam and an EMA teacher copied from it at :meth:`setup` (CoTTA, ViDA).
+
+    ``update: false`` gives the algorithm's no-update control: the same predictions pipeline (teacher, augmented
+    views, gates, scales), no optimiser step, no EMA, no restore. The augmented views come from a random stream of
+    their own (:class:`AugmentationRNG`), the same whether the run updates or not."""
 
     config: TeacherConfig
 
@@ -77,15 +131,23 @@ class TeacherStudentAlgorithm(TTAAlgorithm):
         self.teacher = copy.deepcopy(model)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        if not getattr(self, "aug_rng", None) or not self.aug_rng.states:
+            self.aug_rng = AugmentationRNG()
+            self.aug_rng.seed_from_global()
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """One augmented view of the batch ``x`` (:func:`zoo.tta.augment.tta_augment`, the config's noise / flip)."""
-        return tta_augment(x, noise_std=self.config.aug_noise_std, flip=self.config.aug_flip)
+        """One augmented view of the batch ``x`` (:func:`zoo.tta.augment.tta_augment` with the config's noise /
+        flip / soft ranges), drawn from the augmentation's own random stream."""
+        cfg = self.config
+        return self.aug_rng.draw(lambda t: tta_augment(t, noise_std=cfg.aug_noise_std, soft=cfg.aug_soft,
+                                                       flip=cfg.aug_flip), x)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "teacher": self.teacher.state_dict()}
+        return {**super().state_dict(), "teacher": self.teacher.state_dict(), "aug_rng": self.aug_rng.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         if "teacher" in state:
             self.teacher.load_state_dict(state["teacher"])
+        if "aug_rng" in state:
+            self.aug_rng.load_state_dict(state["aug_rng"])

@@ -29,6 +29,8 @@ from zoo.tta.teacher import TeacherConfig, TeacherStudentAlgorithm, ema_update, 
 __all__ = ["ViDATTAConfig", "ViDAAlgorithm", "hka_uncertainty", "hka_scales", "hka_scales_from_uncertainty"]
 
 HKA_VARIANTS = ("paper", "official")
+#: ``tta.hka`` values: the two rules, or ``none`` (both scales stay 1; no augmented views are computed)
+HKA_CHOICES = (*HKA_VARIANTS, "none")
 
 
 # ============================================================================================ HKA
@@ -81,14 +83,14 @@ class ViDATTAConfig(TeacherConfig):
     restore_prob: float = 0.1  # the official CIFAR code (its ImageNet code has the restore commented out)
     num_aug: int = 10
     unc_threshold: float = 0.05  # HKA threshold (official --unc_thr: 0.05 CIFAR, 0.2 ImageNet)
-    hka: str = "paper"  # paper (both scales) | official (only the low adapter's scale, the released code)
+    hka: str = "paper"  # paper (both scales) | official (only the low adapter's scale, the released code) | none
     per_sample_uncertainty: bool = False  # one uncertainty (and scale) per sample instead of per batch (official)
     train: str = "all"  # all (official: whole model + adapters) | adapters
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.hka not in HKA_VARIANTS:
-            raise ConfigError(f"tta.hka must be 'paper' or 'official', got {self.hka!r}")
+        if self.hka not in HKA_CHOICES:
+            raise ConfigError(f"tta.hka must be one of {', '.join(HKA_CHOICES)}, got {self.hka!r}")
         if self.train not in ("all", "adapters"):
             raise ConfigError(f"tta.train must be 'all' or 'adapters', got {self.train!r}")
         if not 0 <= self.ema_adapter <= 1:
@@ -111,6 +113,11 @@ class ViDAAlgorithm(TeacherStudentAlgorithm):
     3. EMA teacher update (0.999; adapter weights with ``ema_adapter``); stochastic restore of every trainable
        element with probability 0.1.
 
+    ``hka: none`` keeps both scales at 1 and computes no augmented views (the warm-up adapters as they are);
+    ``update: false`` skips step 2's optimiser step and step 3 (the no-update control: the warm-up model with the
+    same HKA scales, teacher = student = the starting weights). The views come from the augmentation's own random
+    stream, so the control sees the views the adapting run sees.
+
     The teacher's augmented passes of step 1 use the scales of the previous batch, as the official code does (the
     scales are set after them); with per-sample scales the previous batch's mean is used there. Under DDP the
     per-batch uncertainty (and that mean) is taken over the whole batch, so every process sets the same scales.
@@ -130,7 +137,9 @@ class ViDAAlgorithm(TeacherStudentAlgorithm):
         self.last_uncertainty: float | None = None
 
     def prepare_model(self, model):
-        if self.config.train == "all":
+        if not self.config.update:
+            model.requires_grad_(False)
+        elif self.config.train == "all":
             model.requires_grad_(True)
         else:
             model.requires_grad_(False)
@@ -146,6 +155,8 @@ class ViDAAlgorithm(TeacherStudentAlgorithm):
         self.adapter_names = {n for n, p in model.named_parameters() if id(p) in adapter_ids}
 
     def param_groups(self, model):
+        if not self.config.update:
+            return []
         adapter_params = self.adapter.trainable_parameters(model)
         adapter_ids = {id(p) for p in adapter_params}
         base = [p for p in model.parameters() if p.requires_grad and id(p) not in adapter_ids]
@@ -163,19 +174,23 @@ class ViDAAlgorithm(TeacherStudentAlgorithm):
             low, high = float(mean_over_processes(low.mean(), ctx)), float(mean_over_processes(high.mean(), ctx))
         self._set_scales(model, low, high)
         with torch.no_grad():
-            views = torch.stack([self.teacher(self.augment(x)) for _ in range(cfg.num_aug)])
-            u = hka_uncertainty(views, per_sample=cfg.per_sample_uncertainty)
-            if not cfg.per_sample_uncertainty:
-                u = mean_over_processes(u, ctx)
-            low, high = hka_scales_from_uncertainty(u, cfg.unc_threshold, cfg.hka)
-            self.scales = (low, high)
-            self.last_uncertainty = float(mean_over_processes(u.mean(), ctx))
-            self._set_scales(model, low, high)
+            if cfg.hka != "none":
+                views = torch.stack([self.teacher(self.augment(x)) for _ in range(cfg.num_aug)])
+                u = hka_uncertainty(views, per_sample=cfg.per_sample_uncertainty)
+                if not cfg.per_sample_uncertainty:
+                    u = mean_over_processes(u, ctx)
+                low, high = hka_scales_from_uncertainty(u, cfg.unc_threshold, cfg.hka)
+                self.scales = (low, high)
+                self.last_uncertainty = float(mean_over_processes(u.mean(), ctx))
+                self.logs = {"uncertainty": self.last_uncertainty,
+                             "uncertain": float((u >= cfg.unc_threshold).float().mean())}
+                self._set_scales(model, low, high)
             pred = self.teacher(x)
-        with torch.enable_grad():
-            self.update(soft_cross_entropy(ctx.model(x), pred.softmax(1)), ctx)
-        ema_update(self.teacher, model, cfg.ema, adapter_rate=cfg.ema_adapter, adapter_names=self.adapter_names)
-        stochastic_restore(model, self.source_state, cfg.restore_prob)
+        if cfg.update:
+            with torch.enable_grad():
+                self.update(soft_cross_entropy(ctx.model(x), pred.softmax(1)), ctx)
+            ema_update(self.teacher, model, cfg.ema, adapter_rate=cfg.ema_adapter, adapter_names=self.adapter_names)
+            stochastic_restore(model, self.source_state, cfg.restore_prob)
         return pred
 
     def state_dict(self):
