@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -50,34 +49,25 @@ def sample_images(
 
 
 def make_grid(rows: Sequence[Sequence[Any]], row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),
-              label_height: int = 14, min_size: int = 128) -> Any:
-    """A PIL image of ``rows`` (lists of equally sized PIL images) with optional column titles and row captions.
+              min_size: int = 128, *, title: str = "", caption: str = "",
+              col_groups: Sequence[tuple[str, int]] = ()) -> Any:
+    """A PIL image of ``rows`` (lists of PIL images, ``R x C``): row labels on the left (a prompt or a method) and
+    column labels on top, wrapped onto several lines and never cut; optional ``title``, ``caption`` and
+    ``col_groups`` (headings over runs of columns, e.g. ``[("style prompt", 10), ("plain prompt", 10)]``).
 
-    Images smaller than ``min_size`` are enlarged (nearest neighbour) so that tiny test renders stay readable.
+    Each cell is drawn at least ``min_size`` pixels wide (nearest-neighbour enlarged, so tiny renders stay
+    readable); drawn by :func:`zoo.plotting.image_grid`, so every grid of the zoo has the same layout.
     """
-    from PIL import Image, ImageDraw
+    import numpy as np
 
-    w, h = rows[0][0].size
-    if w < min_size:
-        factor = -(-min_size // w)
-        w, h = w * factor, h * factor
-    n_cols = max(len(r) for r in rows)
-    chars = max(4, w // 6)  # the default bitmap font is ~6 px per character
-    col_lines = [textwrap.wrap(str(label), chars) or [""] for label in col_labels]  # long prompts wrap, not cut
-    top = label_height * max(len(lines) for lines in col_lines) if col_labels else 0
-    row_gap = label_height if row_labels else 0
-    grid = Image.new("RGB", (n_cols * w, top + len(rows) * (h + row_gap)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, lines in enumerate(col_lines):
-        for i, line in enumerate(lines):
-            draw.text((c * w + 2, 1 + i * label_height), line, fill="black")
-    for r, row in enumerate(rows):
-        y = top + r * (h + row_gap)
-        if row_labels:
-            draw.text((2, y + 1), str(row_labels[r])[: chars * n_cols], fill="black")
-        for c, im in enumerate(row):
-            grid.paste(im.resize((w, h), Image.NEAREST if im.size[0] < w else Image.BICUBIC), (c * w, y + row_gap))
-    return grid
+    from zoo.plotting import figure_to_image, image_grid
+
+    dpi = 100
+    cell_px = max(rows[0][0].size[0], min_size, 64)
+    arrays = [[np.asarray(im.convert("RGB")) for im in row] for row in rows]
+    fig = image_grid(arrays, row_labels=[str(r) for r in row_labels], col_labels=[str(c) for c in col_labels],
+                     col_groups=col_groups, title=title, caption=caption, cell_inches=cell_px / dpi)
+    return figure_to_image(fig, dpi=dpi)
 
 
 def comparison_grid(

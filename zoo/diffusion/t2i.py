@@ -231,9 +231,11 @@ def text_to_image_pipeline(vae: Any, net: TextToImage, tokenizer: Any) -> Any:
 
 
 def digit_grid(pipe: Any, seeds: Sequence[int], num_inference_steps: int, guidance_scale: float) -> Any:
-    """A PIL grid: rows digits 0-9 (canonical prompt), columns ``seeds`` (one generated batch each)."""
+    """A PIL grid: rows digits 0-9 (labelled with their canonical prompt), columns ``seeds`` (one generated batch
+    each, labelled "seed S"), titled with the sampler settings."""
     from PIL import Image
 
+    from zoo.diffusion.captions import prompt
     from zoo.diffusion.generate import generate_digits
     from zoo.diffusion.sampling import make_grid
 
@@ -241,4 +243,6 @@ def digit_grid(pipe: Any, seeds: Sequence[int], num_inference_steps: int, guidan
                             guidance_scale=guidance_scale) for seed in seeds]
     cols = torch.stack(rows, 1)  # (10, S, 3, 32, 32)
     to_pil = lambda t: Image.fromarray((t.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy())  # noqa: E731
-    return make_grid([[to_pil(t) for t in row] for row in cols], [str(d) for d in range(10)], min_size=32)
+    return make_grid([[to_pil(t) for t in row] for row in cols], [f'"{prompt(d)}"' for d in range(10)],
+                     [f"seed {s}" for s in seeds], min_size=32,
+                     title=f"Samples: {num_inference_steps} DDIM steps, guidance {guidance_scale:g}")

@@ -13,7 +13,7 @@ import torch
 
 from zoo.metrics.base import Metric
 
-__all__ = ["OnlineErrorMetric", "save_domain_errors"]
+__all__ = ["OnlineErrorMetric", "errors_figure", "save_domain_errors"]
 
 
 class OnlineErrorMetric(Metric):
@@ -44,9 +44,34 @@ class OnlineErrorMetric(Metric):
         return out
 
 
+def errors_figure(errors: Mapping[str, float], mean: float, title: str = "") -> Any:
+    """The figure of ``errors.png``: one bar per domain in stream order (its error printed on it), the mean as a
+    dashed line with a legend, axes labelled, titled "Online error per domain" plus ``title`` (e.g. the algorithm
+    and protocol). Returns the matplotlib figure (:func:`zoo.plotting.save_figure` writes it)."""
+    from zoo.plotting import pyplot
+
+    plt = pyplot()
+    names, values = list(errors), [float(v) for v in errors.values()]
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.55 * len(names) + 2.5), 4.2))
+    bars = ax.bar(range(len(names)), values, color="#4c72b0", label="error of the domain")
+    ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=7, padding=1)
+    ax.axhline(mean, color="#c44e52", ls="--", label=f"mean over the stream: {mean:.2f} %")
+    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=45, ha="right", fontsize=9)
+    ax.set_xlabel("domain, in stream order")
+    ax.set_ylabel("online error (%), lower is better")
+    ax.set_ylim(0, max([100.0 if max(values, default=0) > 60 else 0.0, *values, mean]) * 1.08 or 1.0)
+    ax.set_title("Online error per domain" + (f": {title}" if title else "") + " (each batch scored before the "
+                 "update)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def save_domain_errors(errors: Mapping[str, float], mean: float, out_dir: str | Path, title: str = "") -> list[Path]:
     """Write ``errors.csv`` (``domain,error`` rows in the order of ``errors``, then ``mean``; percent, 2 decimals) and
-    ``errors.png`` (a bar per domain, the mean as a dashed line) into ``out_dir``. Returns both paths."""
+    ``errors.png`` (:func:`errors_figure`) into ``out_dir``. Returns both paths."""
+    from zoo.plotting import save_figure
+
     out_dir = Path(out_dir)
     csv_path, png_path = out_dir / "errors.csv", out_dir / "errors.png"
     with open(csv_path, "w", newline="") as f:
@@ -55,19 +80,5 @@ def save_domain_errors(errors: Mapping[str, float], mean: float, out_dir: str | 
         for name, value in errors.items():
             w.writerow([name, f"{value:.2f}"])
         w.writerow(["mean", f"{mean:.2f}"])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(errors) + 2), 3.5))
-    ax.bar(range(len(errors)), list(errors.values()), color="#4c72b0")
-    ax.axhline(mean, color="#c44e52", ls="--", label=f"mean {mean:.2f} %")
-    ax.set_xticks(range(len(errors)), list(errors), rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("online error (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
+    save_figure(errors_figure(errors, mean, title), png_path, dpi=110)
     return [csv_path, png_path]
