@@ -177,7 +177,8 @@ def test_merge_stage_loads_after_init_and_trains_with_adamwr(data, tmp_path):
                 d.up.copy_(torch.randn(d.up.shape, generator=g))
     save_diffusers_lora(src, tmp_path / "c", "c")
     save_diffusers_lora(src, tmp_path / "s", "s")
-    merge = {"b4m.stage": "merge", "b4m.content_adapter": tmp_path / "c", "b4m.style_adapter": tmp_path / "s"}
+    merge = {"b4m.stage": "merge", "b4m.content_adapter": tmp_path / "c", "b4m.style_adapter": tmp_path / "s",
+             "b4m.stage2_optimizer": "adamwr"}
     recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **merge))
     model = recipe.build_model()
     merged = plp_deltas(model, "plp")
@@ -244,8 +245,14 @@ def test_b4m_sets_from_the_shared_mnist(tmp_path):
     for key in ("content", "content_eval", "style"):
         assert find_captioned_images(sets[key])
     assert len(sets["style_aux"]) == 2 and len(sets["content_aux"]) == 3
-    caps = [json.loads(r)["text"] for r in (sets["content_aux"][0] / "metadata.jsonl").read_text().splitlines()]
-    assert caps == ["a handwritten digit one"] * 2
+    # MCP's auxiliary subjects are new subjects with their own identifier (the official's "snq teapot / vase")
+    caps = [[json.loads(r)["text"] for r in (d / "metadata.jsonl").read_text().splitlines()]
+            for d in sets["content_aux"]]
+    assert caps == [["a handwritten glyph snq asterisk"] * 2, ["a handwritten glyph snq lambda"] * 2,
+                    ["a handwritten glyph snq hourglass"] * 2]
+    digits = build_b4m_sets(tmp_path / "digits", num_content=2, num_style=4, num_aux=2, aux_content=[1])
+    caps = [json.loads(r)["text"] for r in (digits["content_aux"][0] / "metadata.jsonl").read_text().splitlines()]
+    assert caps == ["a handwritten digit one"] * 2  # a digit: a subject the base model already draws
 
 
 def test_style_sets_on_black_keep_the_strokes_and_their_style(tmp_path):
@@ -381,3 +388,102 @@ def test_scores_compare_at_equal_prompt_fidelity():
     rows = equal_fidelity_comparison(results, "b4m", "weighted_sum")
     assert [r["row"] for r in rows] == ["b4m", "b4m ×0.5"]
     assert rows[0]["baseline_score"] == pytest.approx(0.20) and rows[1]["baseline_score"] is None
+
+
+# ------------------------------------------------------------------------------------------------ the study's stages
+@pytest.mark.parametrize("name", ["adamw", "adamwr"])
+def test_stage_two_optimiser_is_a_choice_and_snapshots_every_n_steps(data, pipeline_run, tmp_path, name):
+    """b4m.stage2_optimizer: adamw (the official's effective stage 2: AdamW on up and down) or adamwr (AdamWr alone);
+    b4m.snapshot_every writes the adapter after every N optimiser steps, the last step being the run's own file."""
+    from zoo.adapters.adamwr import AdamWr
+    from zoo.cli import build_recipe, run_training
+    from zoo.recipes.b4m_study import merge_snapshots
+
+    merge = {"b4m.stage": "merge", "b4m.content_adapter": pipeline_run / "content",
+             "b4m.style_adapter": pipeline_run / "style", "b4m.stage2_optimizer": name}
+    recipe, cfg, _ = build_recipe(str(TINY), _overrides(data, **merge))
+    model = recipe.build_model()
+    opt = recipe.configure_optimizer(model, cfg.optim)
+    assert isinstance(opt, AdamWr) == (name == "adamwr") and isinstance(opt, torch.optim.AdamW) == (name == "adamw")
+    trained = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert {id(p) for p in model.parameters() if p.requires_grad} == trained  # up and down, nothing else
+    run = tmp_path / "merge"
+    run_training(str(TINY), _overrides(data, **merge, **{"b4m.snapshot_every": 1, "trainer.max_steps": 3,
+                                                          "sample.enabled": False}), run)
+    snaps = merge_snapshots(run)
+    assert list(snaps) == [1, 2, 3] and snaps[3] == run / "pytorch_lora_weights.safetensors"
+    files = [_lora(p.parent) for p in snaps.values()]
+    key = next(k for k in files[0] if "lora_B" in k)
+    assert not torch.equal(files[0][key], files[2][key])  # the adapter moved between snapshots
+    with pytest.raises(Exception, match="stage2_optimizer"):
+        build_recipe(str(TINY), _overrides(data, **{**merge, "b4m.stage2_optimizer": "sgd"}))
+
+
+def test_curve_at_reads_equal_prompt_fidelity_with_per_image_scores():
+    import numpy as np
+
+    from zoo.diffusion.composition_eval import curve_at
+
+    ids = np.arange(4)
+    base = ({"prompt_fidelity": 100.0, "score": 0.0}, {"content_fidelity": np.zeros(4), "example_id": ids})
+    half = ({"prompt_fidelity": 90.0, "score": 0.1},
+            {"content_fidelity": np.array([100.0, 0, 0, 0]), "example_id": ids})
+    full = ({"prompt_fidelity": 50.0, "score": 0.5}, {"content_fidelity": np.array([100.0, 100, 100, 0]),
+                                                     "example_id": ids})
+    points = [(1.0, *full), (0.0, *base), (0.5, *half)]
+    at = curve_at(points, 80.0)
+    assert at["reached"] == 1.0 and at["scale"] == pytest.approx(0.5 + 0.25 * 0.5)
+    assert at["metrics"]["score"] == pytest.approx(0.1 + 0.25 * 0.4)
+    assert at["per_example"]["content_fidelity"].mean() == pytest.approx(0.75 * 25 + 0.25 * 75)
+    never = curve_at([(0.0, *base), (1.0, {"prompt_fidelity": 95.0, "score": 0.2}, half[1])], 80.0)
+    assert never["reached"] == 0.0 and never["scale"] == 1.0 and never["metrics"]["score"] == 0.2
+
+
+@pytest.mark.slow
+def test_select_and_compose_cells_score_at_equal_prompt_fidelity(data, pipeline_run, tmp_path):
+    """b4m_select picks a snapshot on validation and copies it; b4m_compose scores the base (reference) and a
+    composition on its scale curve, read at the target prompt fidelity, with per-image scores saved."""
+    from zoo.data.images.mnist import MNIST
+    from zoo.metrics.generation import load_digit_classifier
+
+    try:
+        MNIST(split="test[7990:8000]")
+        load_digit_classifier()
+    except (FileNotFoundError, OSError):
+        pytest.skip("needs the shared MNIST data and the shipped digit classifier")
+    import numpy as np
+
+    from zoo.cli import run_training
+
+    merge = tmp_path / "merge"
+    run_training(str(TINY), _overrides(data, **{"b4m.stage": "merge", "b4m.content_adapter": pipeline_run / "content",
+                                                "b4m.style_adapter": pipeline_run / "style", "b4m.snapshot_every": 1,
+                                                "trainer.max_steps": 2, "sample.enabled": False}), merge)
+    paths = [f"model.pretrained={data['model.pretrained']}", f"data.content_eval_root={data['b4m.content_root']}",
+             f"data.style_root={data['b4m.style_root']}"]
+    quick = ["eval.num_inference_steps=2", "eval.batch_size=8"]
+    sel = run_training(str(REPO / "configs/b4m/select_t2i_mnist.yaml"), paths + quick + [
+        f"select.run={merge}", "eval.composite_images=4", "eval.digit_seeds=1", "eval.digit_split=test[7990:8000]"],
+        tmp_path / "select")["final"]
+    assert set(sel["steps"]) == {"1", "2"} and sel["step"] in (1.0, 2.0)
+    best = max(sel["steps"].values(), key=lambda m: m["score"])["score"]
+    assert sel["score"] == best
+    assert (tmp_path / "select" / "selected" / "pytorch_lora_weights.safetensors").is_file()
+
+    compose = REPO / "configs/b4m/compose_t2i_mnist.yaml"
+    small = quick + ["eval.composite_images=10", "eval.digit_seeds=1", "eval.digit_split=test[9900:]"]
+    ref = run_training(str(compose), paths + small + ["compose.kind=base"], tmp_path / "ref")["final"]
+    assert ref["style_gain"] == 0.0 and 0 <= ref["prompt_fidelity"] <= 100
+    got = run_training(str(compose), paths + small + [
+        "compose.kind=b4m", f"compose.adapter={tmp_path / 'select' / 'selected'}",
+        f"compose.reference={tmp_path / 'ref'}",
+        f"compose.content_adapter={pipeline_run / 'content'}", f"compose.style_adapter={pipeline_run / 'style'}",
+        "compose.scales=[0.5,1.0]", "compose.target=50.0"], tmp_path / "b4m")["final"]
+    assert set(got["curve"]) == {"0.5", "1"} and got["at_1"] == got["curve"]["1"]
+    arrays = np.load(tmp_path / "b4m" / "per_example.npz")
+    assert arrays["content_fidelity"].shape == arrays["prompt_fidelity"].shape == (10,)
+    assert arrays["prompt_fidelity"].mean() == pytest.approx(got["prompt_fidelity"])
+    if got["reached"]:
+        assert got["prompt_fidelity"] == pytest.approx(50.0)
+    with pytest.raises(Exception, match="composite_images"):
+        run_training(str(compose), paths + ["eval.composite_images=12", "eval.digit_seeds=1"], tmp_path / "bad")

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from zoo.benchmarks._common import Row, check_true, print_table, time_fn, write_json
+from zoo.benchmarks._common import Row, check_true, print_table, write_json
 
 METHODS = ("full", "lora", "sara")
 CONFIGS = {m: f"sara/mnist_style_{m}" for m in METHODS}  # packaged config names (zoo.resources.find_config)
@@ -142,49 +142,14 @@ def evaluate_pipe(pipe: Any, classifier: Any, style_images: torch.Tensor, real_f
 
 
 def measure_step(config: str | Path, overrides: list[str], repeat: int, threads: int = 1) -> tuple[float, int | None]:
-    """``(median step ms, peak bytes)`` of ``sd_finetune`` training steps, measured in a fresh process (glibc's
-    mmap threshold pinned to 64 KiB so freed tensors leave the RSS): peak RSS during the first step (which also
-    creates the optimiser state) above the RSS after the model is built; then the median of ``repeat`` steps."""
-    import os
-    import subprocess
-    import sys
+    """``(median step ms, peak bytes)`` of ``sd_finetune`` training steps, measured in a fresh process by
+    :func:`zoo.diffusion.memory.measure_training_step` (the SaRA study's memory column uses the same function): peak
+    RSS during the first step (which also creates the optimiser state) above the RSS before it; then the median of
+    ``repeat`` steps."""
+    from zoo.diffusion.memory import measure_training_step
 
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
-    code = ("import json, sys, torch; sys.path.insert(0, sys.argv[1]); torch.set_num_threads(int(sys.argv[2])); "
-            "from zoo.benchmarks.style import _measure_here; "
-            "print('MEASURED', json.dumps(_measure_here(sys.argv[3], json.loads(sys.argv[4]), int(sys.argv[5]))))")
-    res = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2]), str(threads),
-                          str(config), json.dumps(overrides), str(repeat)], env=env, capture_output=True, text=True)
-    line = next((ln for ln in res.stdout.splitlines() if ln.startswith("MEASURED ")), None)
-    if res.returncode != 0 or line is None:
-        raise RuntimeError(f"style benchmark: measuring a step of {config} failed:\n{res.stderr[-3000:]}")
-    ms, peak = json.loads(line[len("MEASURED "):])
-    return ms, peak
-
-
-def _measure_here(config: str, overrides: list[str], repeat: int) -> tuple[float, int | None]:
-    from zoo.benchmarks._common import memory_in_use, peak_memory_in_use, reset_peak_memory
-    from zoo.cli import load_run_config
-
-    recipe_cls, cfg, _ = load_run_config(str(config), overrides)
-    recipe = recipe_cls(cfg)
-    train_loader, _ = recipe.build_dataloaders()
-    model = recipe.build_model()
-    opt = recipe.configure_optimizer(model, cfg.optim)
-    batch = next(iter(train_loader))
-
-    def step() -> None:
-        loss = recipe.training_step(model, batch)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    reset_peak_memory()
-    base = memory_in_use()
-    step()  # also creates the optimiser state
-    peak = peak_memory_in_use()
-    ms = 1000 * time_fn(step, warmup=0, repeat=repeat)
-    return ms, None if base is None or peak is None else max(0, peak - base)
+    m = measure_training_step(config, overrides, repeat=repeat, threads=threads)
+    return m["step_ms"], m["peak_step_bytes"]
 
 
 # ---------------------------------------------------------------------------------------------------- run

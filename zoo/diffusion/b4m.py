@@ -10,7 +10,8 @@ A stage is the PLP adapter method (:class:`~zoo.adapters.plp.PLPMethod`, ``adapt
   routing (:func:`zoo.adapters.plp.only_projection`);
 * ``merge`` — both stage-1 adapters loaded *after* the PLP initialisation (:func:`~zoo.adapters.plp.load_plp`),
   merged (:func:`~zoo.adapters.merge.merge_b4m`: style ``B``, content ``D``, shared frozen parts) into ``plp``
-  and fine-tuned with :class:`~zoo.adapters.adamwr.AdamWr`;
+  and fine-tuned with AdamW on ``up`` and ``down`` (``stage2_optimizer="adamw"``: what the official stage 2
+  effectively runs) or :class:`~zoo.adapters.adamwr.AdamWr` alone (``"adamwr"``: the paper's update);
 * ``ziplora`` — ZipLoRA's learned mergers over the two frozen stage-1 adapters
   (:func:`~zoo.adapters.merge.add_ziplora`), trained with AdamW on :func:`ziplora_distill_loss` and the merger
   similarity; saved folded into a rank ``r_c + r_s`` diffusers LoRA file;
@@ -31,11 +32,13 @@ from torch import nn
 
 from zoo.adapters.plp import PLP, PLPConfig, PLPMethod, load_plp
 
-__all__ = ["CONTENT", "STYLE", "ZIPLORA", "STAGES", "ROUTINGS", "B4MStage", "ziplora_distill_loss"]
+__all__ = ["CONTENT", "STYLE", "ZIPLORA", "STAGES", "ROUTINGS", "STAGE2_OPTIMIZERS", "B4MStage",
+           "ziplora_distill_loss"]
 
 CONTENT, STYLE, ZIPLORA = "b4m_content", "b4m_style", "ziplora"  # adapter names of the loaded stage-1 adapters
 STAGES = ("content", "style", "merge", "ziplora", "joint")
 ROUTINGS = ("separate", "official")  # stage 1: which projections each loss's gradient reaches
+STAGE2_OPTIMIZERS = ("adamw", "adamwr")  # merge: the official's effective AdamW, or AdamWr alone (the paper's)
 
 
 class B4MStage(PLPMethod):
@@ -48,14 +51,19 @@ class B4MStage(PLPMethod):
         weights: initial scales ``(content D, style B)`` of the merge / ZipLoRA's initial mergers.
         aux_lr: stage 1's learning rate of the auxiliary projection.
         reg: AdamWr's preconditioner ridge (``merge``).
+        stage2_optimizer: ``merge``'s optimiser, one of :data:`STAGE2_OPTIMIZERS`.
     """
 
     def __init__(self, config: PLPConfig, stage: str, *, content_adapter: str | None = None,
                  style_adapter: str | None = None, weights: Sequence[float] = (1.0, 1.0), aux_lr: float = 1e-5,
-                 reg: float = 0.0):
+                 reg: float = 0.0, stage2_optimizer: str = "adamw"):
         super().__init__(config)
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got '{stage}'")
+        if stage2_optimizer not in STAGE2_OPTIMIZERS:
+            raise ValueError(f"stage2_optimizer must be one of {', '.join(STAGE2_OPTIMIZERS)}, "
+                             f"got '{stage2_optimizer}'")
+        self.stage2_optimizer = stage2_optimizer
         self.stage = stage
         self.content_adapter, self.style_adapter = content_adapter, style_adapter
         self.weights = tuple(float(w) for w in weights)
@@ -89,7 +97,7 @@ class B4MStage(PLPMethod):
         kw = dict(betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
         if self.stage == "ziplora":
             return torch.optim.AdamW(adapter_parameters(unet, [ZIPLORA]), lr=optim_cfg.lr, weight_decay=0.0, **kw)
-        if self.stage == "joint":
+        if self.stage == "joint" or (self.stage == "merge" and self.stage2_optimizer == "adamw"):
             return torch.optim.AdamW(adapter_parameters(unet, [PLP]), lr=optim_cfg.lr,
                                      weight_decay=optim_cfg.weight_decay, **kw)
         if self.stage == "merge":

@@ -2,8 +2,8 @@
 generate, the metric objects over the generated images, and the trade-off comparison at equal prompt fidelity.
 
 Generation is an evaluation step over a loader of *what to generate* (:func:`generation_items`: prompt and
-sampling seed per image; each image is rendered alone with a generator seeded by its seed, so the images do not
-depend on the batching or the number of processes), returning ``{"images": (B, 3, 32, 32)}`` (generated images
+sampling seed per image; a batch is rendered together, each image from the noise its own seed draws, so the images
+do not depend on the batching or the number of processes), returning ``{"images": (B, 3, 32, 32)}`` (generated images
 resized to 32 when smaller) and, for digit prompts, ``{"digit": (B,)}``. The metrics see all images of a row:
 
 * :class:`CompositeMetrics` — ``content_fidelity`` (% of images whose nearest centroid in the digit classifier's
@@ -28,8 +28,8 @@ from zoo.metrics.base import Metric
 
 __all__ = ["nearest_centroid_fidelity", "score_at_fidelity", "equal_fidelity_comparison", "images_to_tensor",
            "folder_images", "add_composition_rows", "measured_rows", "digit_and_subject_centroids",
-           "generation_items", "collate_items", "generate_step", "CompositeMetrics", "PromptFidelityMetric",
-           "results_table"]
+           "generation_items", "collate_items", "item_latents", "generate_step", "CompositeMetrics",
+           "PromptFidelityMetric", "hit_step", "StrokeStyleMetric", "curve_at", "results_table"]
 
 
 def nearest_centroid_fidelity(features: torch.Tensor, centroids: torch.Tensor, target: int) -> float:
@@ -150,30 +150,51 @@ def digit_and_subject_centroids(classifier: nn.Module, shape: Callable[[torch.Te
 def generation_items(prompts: Sequence[str], num_seeds: int, seed: int, labels: Sequence[int] | None = None
                      ) -> list[dict[str, Any]]:
     """What to generate: for ``s`` in ``range(num_seeds)``, for prompt ``i``: ``{"prompt", "seed": seed + 1000·s
-    + i[, "digit": labels[i]]}`` (the seeds :func:`zoo.diffusion.sampling.sample_images` gives prompt ``i`` of a
-    call with ``seed + 1000·s``)."""
-    return [{"prompt": p, "seed": seed + 1000 * s + i, **({} if labels is None else {"digit": int(labels[i])})}
-            for s in range(num_seeds) for i, p in enumerate(prompts)]
+    + i, "example": its position in the list[, "digit": labels[i]]}`` (the seeds
+    :func:`zoo.diffusion.sampling.sample_images` gives prompt ``i`` of a call with ``seed + 1000·s``)."""
+    items = [{"prompt": p, "seed": seed + 1000 * s + i, **({} if labels is None else {"digit": int(labels[i])})}
+             for s in range(num_seeds) for i, p in enumerate(prompts)]
+    return [{**item, "example": k} for k, item in enumerate(items)]
 
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """A batch of :func:`generation_items`: lists of prompts and seeds (and a ``(B,)`` digit tensor)."""
+    """A batch of :func:`generation_items`: lists of prompts and seeds, and a ``(B,)`` tensor of every other
+    (integer) key, e.g. ``digit``."""
     out: dict[str, Any] = {"prompt": [x["prompt"] for x in items], "seed": [x["seed"] for x in items]}
-    if "digit" in items[0]:
-        out["digit"] = torch.tensor([x["digit"] for x in items])
+    for key in items[0]:
+        if key not in out:
+            out[key] = torch.tensor([x[key] for x in items])
     return out
 
 
-def generate_step(**sample_kwargs: Any) -> Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]:
-    """The evaluation step ``step(pipe, batch)``: each item rendered alone with its seed
-    (:func:`~zoo.diffusion.sampling.sample_images`; ``sample_kwargs``: steps, guidance...) ->
-    ``{"images": (B, 3, 32, 32)[, "digit": (B,)]}``."""
-    from zoo.diffusion.sampling import sample_images
+def item_latents(pipe: Any, seeds: Sequence[int], height: int | None = None, width: int | None = None
+                 ) -> torch.Tensor:
+    """``(B, C, h, w)`` initial latents, item ``i`` drawn alone by a CPU generator seeded ``seeds[i]`` — the noise
+    ``pipe(prompt, generator=torch.Generator().manual_seed(seed))`` draws for one image — so a batch renders each
+    item as it would be rendered alone, whatever the batching or the number of processes."""
+    scale = pipe.vae_scale_factor
+    h = (height or pipe.unet.config.sample_size * scale) // scale
+    w = (width or pipe.unet.config.sample_size * scale) // scale
+    shape = (1, pipe.unet.config.in_channels, h, w)
+    return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=pipe.unet.dtype)
+                      for s in seeds])
+
+
+def generate_step(num_inference_steps: int = 25, guidance_scale: float = 4.0
+                  ) -> Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]:
+    """The evaluation step ``step(pipe, batch)``: the batch's prompts rendered together, each from its own seed's
+    noise (:func:`item_latents`; DDIM is deterministic given the noise) -> ``{"images": (B, 3, 32, 32)[, "digit":
+    (B,)]}`` (images in [0, 1], resized to 32 when smaller)."""
 
     def step(pipe: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        images = [im for p, s in zip(batch["prompt"], batch["seed"]) for im in sample_images(pipe, [p], seed=s,
-                                                                                             **sample_kwargs)]
-        out = {"images": images_to_tensor(images)}
+        latents = item_latents(pipe, batch["seed"]).to(pipe.unet.device)
+        res = pipe(list(batch["prompt"]), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   latents=latents, output_type="pt")
+        images = res.images.float().cpu().clamp(0, 1)
+        if images.shape[-1] != 32:
+            images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False,
+                                   antialias=images.shape[-1] > 32).clamp(0, 1)
+        out = {"images": images}
         if "digit" in batch:
             out["digit"] = batch["digit"]
         return out
@@ -222,6 +243,64 @@ class PromptFidelityMetric(Metric):
         from zoo.metrics.generation import prompt_fidelity
 
         return {"prompt_fidelity": prompt_fidelity(self.classifier, self.shape(images), digit.tolist())["fidelity"]}
+
+
+def hit_step(generate: Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]], classifier: nn.Module,
+             shape: Callable[[torch.Tensor], torch.Tensor], centroids: torch.Tensor, subject: int
+             ) -> Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]:
+    """Wrap a generation step with per-image scores (100 or 0) for a study's paired bootstrap: ``content_hit`` —
+    the image's nearest centroid (``centroids (C, D)`` in the classifier's features of ``shape(image)``) is row
+    ``subject``; ``digit_hit`` (digit items) — the classifier reads the prompted digit on ``shape(image)``; and
+    ``example`` (the item's index)."""
+    from zoo.metrics.generation import classifier_logits_features
+
+    def step(pipe: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = generate(pipe, batch)
+        logits, feats = classifier_logits_features(classifier, shape(out["images"]))
+        nearest = torch.cdist(feats.double(), centroids.double()).argmin(1)
+        out["content_hit"] = 100.0 * (nearest == subject).double()
+        if "digit" in out:
+            out["digit_hit"] = 100.0 * (logits.argmax(1) == out["digit"]).double()
+        out["example"] = torch.as_tensor(batch["example"])
+        return out
+
+    return step
+
+
+class StrokeStyleMetric(Metric):
+    """``{"style_stroke": d}``: :func:`zoo.metrics.generation.stroke_style_distance` of all images of the
+    evaluation to ``style_images (M, 3, 32, 32)``."""
+
+    keys = ("images",)
+
+    def __init__(self, style_images: torch.Tensor):
+        self.style_images = style_images
+        super().__init__()
+
+    def compute_from(self, images: torch.Tensor) -> dict[str, Any]:
+        from zoo.metrics.generation import stroke_style_distance
+
+        return {"style_stroke": stroke_style_distance(images, self.style_images)}
+
+
+def curve_at(points: Sequence[tuple[float, Mapping[str, Any], Mapping[str, Any]]], target: float,
+             key: str = "prompt_fidelity") -> dict[str, Any]:
+    """A composition's scores at ``key == target`` on its scale curve ``points`` — ``(adapter scale, metrics,
+    per-example arrays)``, scale 0 being the base model: the first adjacent pair of scales (in increasing scale)
+    whose ``key`` brackets ``target`` is interpolated linearly (:func:`zoo.diffusion.style_eval.interpolate_at`,
+    per-image arrays too). Where no pair brackets it, the point of the largest scale is returned (``reached`` 0:
+    the composition never gets to ``target``). Returns ``{"metrics", "per_example", "scale", "reached"}``."""
+    from zoo.diffusion.style_eval import interpolate_at
+
+    pts = sorted(points, key=lambda p: p[0])
+    for (s_a, m_a, e_a), (s_b, m_b, e_b) in zip(pts, pts[1:]):
+        a, b = float(m_a[key]), float(m_b[key])
+        if a != b and min(a, b) <= target <= max(a, b):
+            values, arrays, t = interpolate_at(m_a, m_b, target, key, e_a, e_b)
+            return {"metrics": values, "per_example": arrays, "scale": (1 - t) * s_a + t * s_b, "reached": 1.0}
+    s_last, m_last, e_last = pts[-1]
+    numeric = {k: float(v) for k, v in m_last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {"metrics": numeric, "per_example": dict(e_last), "scale": float(s_last), "reached": 0.0}
 
 
 def results_table(results: dict[str, dict[str, float]], equal: list[dict[str, Any]], header: str) -> str:

@@ -2,7 +2,8 @@
 
 * **Prompt fidelity** — a digit classifier's top-1 accuracy on images generated for prompted digits
   (``prompt_fidelity(classifier, images, digits)``); the shipped classifier is ``convnet_small`` trained on
-  MNIST t10k[:8000] padded to 32×32 RGB (:func:`load_digit_classifier`). It only knows white digits on black:
+  MNIST t10k[:7000] padded to 32×32 RGB, its checkpoint chosen on t10k[7000:8000] (:func:`load_digit_classifier`;
+  ``configs/t2i/classifier.yaml``). It only knows white digits on black:
   styled images (textured strokes, coloured background) are classified through :func:`stroke_mask` (100 % on
   the brick style set, 10 % without).
 * **Fréchet distance** (FID-style, on the classifier's penultimate features — its globally pooled 64-d

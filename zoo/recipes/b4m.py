@@ -18,8 +18,11 @@ them with ``${stage:NAME}``):
   or LoRA files) *after* initialising the PLP adapter (so, unlike the official, nothing overwrites the loaded
   content columns), merges them (:func:`zoo.adapters.merge.merge_b4m`: style ``up``, content ``down``, shared frozen
   parts) and fine-tunes the merged adapter on both sets — ``b4m.style_root`` (the official's ``instance_data_dir``)
-  and ``b4m.content_root``, each with its captions — with
-  :class:`zoo.adapters.adamwr.AdamWr` (lr ``optim.lr``, weight decay ``optim.weight_decay``, ``b4m.reg``).
+  and ``b4m.content_root``, each with its captions — with ``b4m.stage2_optimizer``: ``adamw`` (default; AdamW on
+  ``up`` and ``down``, lr ``optim.lr``, weight decay ``optim.weight_decay`` — what the official stage 2 effectively
+  runs, see below) or ``adamwr`` (:class:`zoo.adapters.adamwr.AdamWr` alone, ``b4m.reg``: the paper's
+  Riemannian-preconditioned update). ``b4m.snapshot_every: 50`` writes the adapter every 50 steps to
+  ``steps/step<N>/`` (the official saves a checkpoint every 50 stage-2 steps) for choosing the step on validation.
 
 Two baselines run as stages of the same recipe: ``ziplora`` (ZipLoRA's learned per-column mergers over the two
 frozen stage-1 adapters, :func:`zoo.adapters.merge.add_ziplora`: the merged UNet matches the content adapter on
@@ -32,9 +35,11 @@ Each stage saves ``pytorch_lora_weights.safetensors`` (diffusers' format: ``pipe
 
 Deviations from the official code (ICTMCG/Break-for-make ``code/train_*.py``), on purpose:
 
-* stage 2 runs AdamWr alone. The official builds AdamW(up), AdamW(down) and AdamWr(pairs) and steps all three in a
-  row; the first two zero the gradients before AdamWr runs, so its AdamWr sees zero gradients (torch < 2) or
-  ``None`` ones (torch >= 2, where ``zero_grad`` sets ``None`` by default) — my reading of the code, not run;
+* stage 2's optimiser is a choice (``b4m.stage2_optimizer``). The official builds AdamW(up), AdamW(down) and
+  AdamWr(pairs) and steps all three in a row; the first two zero the gradients before AdamWr runs: replayed in plain
+  PyTorch its AdamWr raises on ``None`` gradients, under accelerate it sees zeros and moves nothing, so the
+  official's effective stage 2 is plain AdamW at 1e-4 (``adamw``, the default); ``adamwr`` runs AdamWr alone, the
+  update the paper describes;
 * the two sets of a stage-2 step get independent noise and timesteps (the official shares them);
 * the frozen PLP parts are buffers (bitwise unchanged; the official's weight decay shrinks them slightly);
 * auxiliary loaders restart from their beginning when a run resumes.
@@ -53,12 +58,13 @@ from zoo.config import ConfigError
 from zoo.data.images.folder import CaptionedImageFolder, find_captioned_images
 from zoo.data.images.glyphs import GLYPHS, build_b4m_sets
 from zoo.data.images.style_digits import BACKGROUNDS, STYLES
-from zoo.diffusion.b4m import CONTENT, ROUTINGS, STAGES, STYLE, B4MStage, ziplora_distill_loss
+from zoo.diffusion.b4m import CONTENT, ROUTINGS, STAGE2_OPTIMIZERS, STAGES, STYLE, B4MStage, ziplora_distill_loss
 from zoo.engine.data import build_loader
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.recipes.sd_finetune import SDFinetuneConfig, SDFinetuneRecipe
 
-__all__ = ["B4MSection", "B4MConfig", "B4MRecipe", "B4MDataSection", "B4MDataConfig", "B4MDataRecipe"]
+__all__ = ["B4MSection", "B4MConfig", "B4MRecipe", "B4MDataSection", "B4MDataConfig", "B4MDataRecipe",
+           "snapshot_dir"]
 
 _logger = logging.getLogger("zoo")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -82,11 +88,20 @@ class B4MSection:
     content_weight: float = 1.0  # merge: initial scale of the content columns D
     style_weight: float = 1.0  # merge: initial scale of the style rows B
     reg: float = 0.0  # merge: AdamWr's preconditioner ridge (official --optimizer_reg, default 0)
+    # merge: adamw (the official's effective stage 2: its AdamW(up) and AdamW(down) zero the gradients before its
+    # AdamWr steps) | adamwr (the Riemannian-preconditioned AdamWr alone, as the paper describes)
+    stage2_optimizer: str = "adamw"
+    snapshot_every: int | None = None  # write the adapter every N optimiser steps to steps/step<N>/ (official: 50)
     similarity_lambda: float = 0.01  # ziplora: weight of the merger similarity term (mkshing/ziplora-pytorch)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"b4m.stage must be one of {', '.join(STAGES)}, got '{self.stage}'")
+        if self.stage2_optimizer not in STAGE2_OPTIMIZERS:
+            raise ConfigError(f"b4m.stage2_optimizer must be one of {', '.join(STAGE2_OPTIMIZERS)}, got "
+                              f"'{self.stage2_optimizer}'")
+        if self.snapshot_every is not None and self.snapshot_every < 1:
+            raise ConfigError(f"b4m.snapshot_every must be >= 1 or null, got {self.snapshot_every}")
         if self.routing not in ROUTINGS:
             raise ConfigError(f"b4m.routing must be one of {', '.join(ROUTINGS)}, got '{self.routing}'")
         if not self.aux_lr >= 0:
@@ -112,6 +127,12 @@ class B4MConfig(SDFinetuneConfig):
     recipe: str = "b4m"
     adapter: dict[str, Any] = field(default_factory=lambda: {"name": "plp"})  # adapter.name=plp + PLP's config
     b4m: B4MSection = field(default_factory=B4MSection)
+
+
+def snapshot_dir(run_dir: str | Path, step: int) -> Path:
+    """Where a stage writes its adapter after ``step`` optimiser steps (``b4m.snapshot_every``):
+    ``<run_dir>/steps/step<step>`` (five digits)."""
+    return Path(run_dir) / "steps" / f"step{step:05d}"
 
 
 def _cycle(loader: Any) -> Iterator[Any]:
@@ -155,7 +176,7 @@ class B4MRecipe(SDFinetuneRecipe):
         super().__init__(cfg)
         self.method = B4MStage(self.method.config, b.stage, content_adapter=b.content_adapter,
                                style_adapter=b.style_adapter, weights=(b.content_weight, b.style_weight),
-                               aux_lr=b.aux_lr, reg=b.reg)
+                               aux_lr=b.aux_lr, reg=b.reg, stage2_optimizer=b.stage2_optimizer)
         if b.stage in ("merge", "ziplora"):
             for key in ("content_root", "content_adapter", "style_adapter"):
                 if not getattr(b, key):
@@ -178,6 +199,8 @@ class B4MRecipe(SDFinetuneRecipe):
                 msg = str(exc).replace(" (config key data.root)", "")
                 raise ConfigError(f"{aux_key}{'' if b.stage in ('merge', 'ziplora') else f'[{i}]'}: {msg}") from None
         self._aux_iters: list[Iterator[Any]] | None = None
+        self._micro_steps = 0  # training batches seen (for b4m.snapshot_every)
+        self._snapshots: dict[int, dict[str, torch.Tensor]] = {}  # optimiser step -> the adapter's tensors
 
     # ---------------------------------------------------------------- data
     def _folder(self, root: str) -> Any:
@@ -209,6 +232,8 @@ class B4MRecipe(SDFinetuneRecipe):
         from zoo.adapters.plp import only_projection
 
         b = self.cfg.b4m
+        self._maybe_snapshot(model)
+        self._micro_steps += 1
         n_aux = len(b.second_roots())
         if b.stage == "ziplora":
             return self._ziplora_step(model, batch, ctx)
@@ -237,6 +262,41 @@ class B4MRecipe(SDFinetuneRecipe):
             out["loss_aux"] = aux
         out["loss"] = sum(out.values())
         return out
+
+    # ---------------------------------------------------------------- snapshots
+    def _maybe_snapshot(self, model: nn.Module) -> None:
+        """Before a step: when ``b4m.snapshot_every`` optimiser steps have just completed, keep a copy of the trained
+        adapter's tensors as they are after them (small: the PLP factors); the final evaluation writes them."""
+        every, accum = self.cfg.b4m.snapshot_every, self.cfg.trainer.grad_accum_steps
+        if not every or self._micro_steps % accum:
+            return
+        step = self._micro_steps // accum
+        if step and step % every == 0 and step not in self._snapshots:
+            unet = getattr(model, "module", model)
+            self._snapshots[step] = {k: v.detach().cpu().clone() for k, v in self.method.state_dict(unet).items()}
+
+    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
+        """:meth:`SDFinetuneRecipe.evaluate`; the final one (``output_dir``) also writes each snapshot of
+        ``b4m.snapshot_every`` as ``<run>/steps/step<N>/pytorch_lora_weights.safetensors`` (the official saves a
+        checkpoint every 50 stage-2 steps; the last step is the run's own file)."""
+        values = super().evaluate(model, loader, accelerator, output_dir)
+        if output_dir is not None and self._snapshots and accelerator.is_main_process:
+            unet = accelerator.unwrap_model(model)
+            final = {k: v.detach().clone() for k, v in self.method.state_dict(unet).items()}
+            try:
+                for step, state in sorted(self._snapshots.items()):
+                    self.method.load_state_dict(unet, state)
+                    self.save_adapter(unet, snapshot_dir(output_dir, step))
+            finally:
+                self.method.load_state_dict(unet, final)
+        return values
+
+    def recipe_state(self) -> dict[str, Any]:
+        return {"micro_steps": self._micro_steps, "snapshots": self._snapshots}
+
+    def load_recipe_state(self, state: dict[str, Any]) -> None:
+        self._micro_steps = int(state.get("micro_steps", 0))
+        self._snapshots = dict(state.get("snapshots", {}))
 
     def _distill_loss(self, model: nn.Module, batch: Any, teacher: str) -> torch.Tensor:
         """:func:`~zoo.diffusion.b4m.ziplora_distill_loss` on ``batch`` noised at random timesteps."""
@@ -270,12 +330,15 @@ class B4MDataSection:
     glyph: str = "star"
     style: str = "brick"
     aux_styles: list[str] = field(default_factory=lambda: ["grass", "gravel"])
-    aux_digits: list[int] = field(default_factory=lambda: [1, 4, 7])
+    # MCP's auxiliary subjects of the style run: new glyphs ("a handwritten glyph snq asterisk", as the official's
+    # "a photo of snq teapot") or digits (plain, subjects the base model already draws)
+    aux_content: list[Any] = field(default_factory=lambda: ["asterisk", "lambda", "hourglass"])
     num_content: int = 8
     num_style: int = 20
     num_aux: int = 10
     mnist_root: str | None = None  # default: the shared data (zoo.data.images.mnist)
-    split: str = "test[:8000]"
+    split: str = "test[:7000]"  # the training split (zoo/data/splits.py)
+    aux_digits: Any = None  # moved: aux_content
     background: str = "style"  # of the style sets: style (each style's colour) | black (the plain digits')
 
     def __post_init__(self) -> None:
@@ -288,6 +351,13 @@ class B4MDataSection:
             raise ConfigError(f"sets.aux_styles must not contain the target style '{self.style}'")
         if self.background not in BACKGROUNDS:
             raise ConfigError(f"sets.background must be one of {', '.join(BACKGROUNDS)}, got '{self.background}'")
+        if self.aux_digits is not None:
+            raise ConfigError("sets.aux_digits is now sets.aux_content (glyph names or digits), e.g. "
+                              "sets.aux_content=[1,4,7] for the plain digits")
+        for i, a in enumerate(self.aux_content):
+            if isinstance(a, bool) or not (isinstance(a, int) and 0 <= a <= 9 or a in GLYPHS and a != self.glyph):
+                raise ConfigError(f"sets.aux_content[{i}] must be a digit 0-9 or a glyph of {', '.join(GLYPHS)} other "
+                                  f"than sets.glyph '{self.glyph}', got {a!r}")
 
 
 @dataclass
@@ -313,7 +383,7 @@ class B4MDataRecipe(Recipe):
     def run(self, ctx: Any) -> dict[str, Any]:
         s = self.cfg.sets
         sets = build_b4m_sets(ctx.output_dir, glyph=s.glyph, style=s.style, aux_styles=s.aux_styles,
-                              aux_digits=s.aux_digits, num_content=s.num_content, num_style=s.num_style,
+                              aux_content=s.aux_content, num_content=s.num_content, num_style=s.num_style,
                               num_aux=s.num_aux, root=s.mnist_root, split=s.split, seed=self.cfg.seed,
                               background=s.background)
         return {k: ([str(p) for p in v] if isinstance(v, list) else str(v)) for k, v in sets.items()}

@@ -18,7 +18,8 @@ Folders written by :func:`build_b4m_sets` (``configs/b4m/pipeline_t2i_mnist.yaml
     content_eval/       more glyph variants (another seed), for the content-fidelity classifier
     style/              digits in the target texture style (style_digits.build_style_set), "... in brick style"
     aux_style_<s>/      digits in the other texture styles (MCP sets of the content run)
-    aux_content_<d>/    plain digits of class d (MCP sets of the style run), "a handwritten digit <word>"
+    aux_content_<a>/    MCP sets of the style run: new subjects (other glyphs, "a handwritten glyph snq asterisk",
+                        as the official's "a photo of snq teapot") or plain digits ("a handwritten digit one")
     joint/              content/ and style/ together (the single-LoRA joint-training baseline)
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["GLYPHS", "GLYPH_CAPTION", "render_glyph", "build_glyph_set", "build_digit_set", "build_b4m_sets"]
+__all__ = ["GLYPHS", "GLYPH_CAPTION", "AUX_IDENTIFIER", "aux_glyph_caption", "render_glyph", "build_glyph_set",
+           "build_digit_set", "build_b4m_sets"]
 
 #: glyph name -> strokes (polylines of (x, y) points in [0, 1]², y down); none is a digit shape
 GLYPHS: dict[str, list[list[tuple[float, float]]]] = {
@@ -41,8 +43,18 @@ GLYPHS: dict[str, list[list[tuple[float, float]]]] = {
     "asterisk": [[(0.5, 0.12), (0.5, 0.88)], [(0.17, 0.3), (0.83, 0.7)], [(0.17, 0.7), (0.83, 0.3)]],
     # a greek lambda
     "lambda": [[(0.25, 0.12), (0.4, 0.15), (0.8, 0.88)], [(0.55, 0.45), (0.2, 0.88)]],
+    # an hourglass: two bars joined by a cross, drawn in one stroke
+    "hourglass": [[(0.22, 0.12), (0.78, 0.12), (0.22, 0.88), (0.78, 0.88), (0.22, 0.12)]],
 }
 GLYPH_CAPTION = "a handwritten glyph sks"
+#: the identifier of MCP's auxiliary subjects, as the official's "a photo of snq teapot / perfume / vase": one
+#: identifier, then the subject's name ("a handwritten glyph snq asterisk")
+AUX_IDENTIFIER = "snq"
+
+
+def aux_glyph_caption(name: str) -> str:
+    """The caption of an auxiliary subject: ``"a handwritten glyph snq <name>"``."""
+    return f"a handwritten glyph {AUX_IDENTIFIER} {name}"
 
 
 def _segments_distance(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -119,7 +131,7 @@ def build_glyph_set(out_dir: str | Path, glyph: str = "star", num_images: int = 
 
 
 def build_digit_set(out_dir: str | Path, digit: int, num_images: int = 8, root: str | Path | None = None,
-                    split: str = "test[:8000]") -> Path:
+                    split: str = "test[:7000]") -> Path:
     """Write the first ``num_images`` digits ``digit`` of ``split`` (plain, grey as RGB, 32×32) with the canonical
     prompt (``"a handwritten digit seven"``). Returns ``out_dir``."""
     from zoo.data.images.mnist import MNIST
@@ -135,15 +147,23 @@ def build_digit_set(out_dir: str | Path, digit: int, num_images: int = 8, root: 
 
 
 def build_b4m_sets(out_dir: str | Path, *, glyph: str = "star", style: str = "brick",
-                   aux_styles: Sequence[str] = ("grass", "gravel"), aux_digits: Sequence[int] = (1, 4, 7),
+                   aux_styles: Sequence[str] = ("grass", "gravel"),
+                   aux_content: Sequence[str | int] = ("asterisk", "lambda", "hourglass"),
                    num_content: int = 8, num_style: int = 20, num_aux: int = 10, root: str | Path | None = None,
-                   split: str = "test[:8000]", seed: int = 0, background: str = "style") -> dict[str, Path | list[Path]]:
+                   split: str = "test[:7000]", seed: int = 0, background: str = "style"
+                   ) -> dict[str, Path | list[Path]]:
     """Write every folder of the B4M run on the MNIST model under ``out_dir`` (see the module doc); the style and
     auxiliary style sets on ``background`` (``"style"``: each style's colour; ``"black"``: the plain digits'
-    black, see :func:`zoo.data.images.style_digits.style_image`). Returns ``{"content", "content_eval", "style",
-    "style_aux": [...], "content_aux": [...], "joint"}``."""
+    black, see :func:`zoo.data.images.style_digits.style_image`). ``aux_content``: MCP's auxiliary subjects of the
+    style run — glyph names (new subjects, :func:`aux_glyph_caption`, as the official's new objects) or digits
+    (plain digits with their canonical prompt, subjects the base model already draws). Returns ``{"content",
+    "content_eval", "style", "style_aux": [...], "content_aux": [...], "joint"}``."""
     from zoo.data.images.style_digits import build_style_set
 
+    for subject in aux_content:
+        if isinstance(subject, str) and (subject not in GLYPHS or subject == glyph):
+            raise ValueError(f"aux_content: '{subject}' must be a glyph of {', '.join(GLYPHS)} other than the content "
+                             f"glyph '{glyph}', or a digit")
     out = Path(out_dir)
     sets: dict[str, Path | list[Path]] = {
         "content": build_glyph_set(out / "content", glyph, num_content, seed=seed),
@@ -153,8 +173,11 @@ def build_b4m_sets(out_dir: str | Path, *, glyph: str = "star", style: str = "br
         "style_aux": [build_style_set(out / f"aux_style_{s}", style=s, num_images=num_aux, seed=seed + 1 + i,
                                       root=root, split=split, background=background)
                       for i, s in enumerate(aux_styles)],
-        "content_aux": [build_digit_set(out / f"aux_content_{d}", d, num_aux, root=root, split=split)
-                        for d in aux_digits],
+        "content_aux": [build_digit_set(out / f"aux_content_{a}", a, num_aux, root=root, split=split)
+                        if isinstance(a, int) else
+                        build_glyph_set(out / f"aux_content_{a}", a, num_aux, seed=seed + 2000 + i,
+                                        caption=aux_glyph_caption(a))
+                        for i, a in enumerate(aux_content)],
     }
     joint = out / "joint"
     joint.mkdir(parents=True, exist_ok=True)

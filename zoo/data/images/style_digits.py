@@ -8,7 +8,8 @@ A digit's grey mask ``m`` (``(32, 32)`` in [0, 1], MNIST padded by 2 pixels) is 
   images* (astronaut, coffee, chelsea, rocket, camera, moon — never the style textures), used while training the
   VAE so that its latent space also represents colour and texture (the style fine-tuning keeps the VAE frozen);
 * :func:`build_style_set` — the style benchmark's training images: the strokes filled with one of the skimage
-  textures ``brick`` / ``grass`` / ``gravel`` tinted with the style's colour, on the style's background colour,
+  textures ``brick`` / ``grass`` / ``gravel`` (reported) or ``cells`` (validation: learning rates are tuned on it)
+  tinted with the style's colour, on the style's background colour,
   written as PNGs with a ``metadata.jsonl`` of captions ("a handwritten digit seven in brick style") that
   :class:`zoo.data.images.folder.CaptionedImageFolder` reads.
 """
@@ -22,15 +23,21 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["STYLES", "BACKGROUNDS", "AUGMENT_TEXTURES", "load_texture", "pad_digit", "render_digit", "ColourDigits",
-           "style_image", "build_style_set", "style_images_tensor"]
+__all__ = ["STYLES", "REPORTED_STYLES", "VALIDATION_STYLES", "BACKGROUNDS", "AUGMENT_TEXTURES", "load_texture",
+           "pad_digit", "render_digit", "ColourDigits", "style_image", "build_style_set", "style_images_tensor"]
 
 #: style name -> (skimage texture, stroke tint RGB, background RGB), all in [0, 1]
 STYLES = {
     "brick": ("brick", (0.85, 0.35, 0.2), (0.95, 0.9, 0.75)),
     "grass": ("grass", (0.25, 0.75, 0.2), (0.25, 0.2, 0.45)),
     "gravel": ("gravel", (0.75, 0.7, 0.65), (0.15, 0.35, 0.6)),
+    "cells": ("cell", (0.7, 0.35, 0.8), (0.85, 0.95, 0.8)),
 }
+#: the styles results are reported on (the SaRA study: configs/sara/study.yaml)
+REPORTED_STYLES = ("brick", "grass", "gravel")
+#: the style learning rates are tuned on (configs/sara/sweep.yaml): another texture (skimage's ``cell``), never
+#: reported
+VALIDATION_STYLES = ("cells",)
 #: skimage images used for the VAE's colour augmentation (disjoint from the style textures)
 AUGMENT_TEXTURES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon")
 
@@ -131,10 +138,12 @@ def style_image(grey: torch.Tensor, style: str, gen: torch.Generator, texture: t
 
 
 def build_style_set(out_dir: str | Path, style: str = "brick", num_images: int = 20, seed: int = 0,
-                    root: str | Path | None = None, split: str = "test[:8000]", background: str = "style") -> Path:
-    """Write ``num_images`` digits (2 per class for 20, cycling 0..9; the first such digits of ``split``) in
-    ``style`` (on ``background``, see :func:`style_image`) to ``out_dir`` as ``NNN.png`` plus ``metadata.jsonl``
-    (``file_name``, ``text`` = "a handwritten digit seven in brick style"). Returns ``out_dir``."""
+                    root: str | Path | None = None, split: str = "test[:7000]", background: str = "style",
+                    offset: int = 0) -> Path:
+    """Write ``num_images`` digits (2 per class for 20, cycling 0..9; of each class the digits number ``offset``,
+    ``offset + 1``, ... of ``split``) in ``style`` (on ``background``, see :func:`style_image`; texture crops drawn
+    with ``seed``) to ``out_dir`` as ``NNN.png`` plus ``metadata.jsonl`` (``file_name``, ``text`` = "a handwritten
+    digit seven in brick style", ``label``). Returns ``out_dir``."""
     from PIL import Image
 
     from zoo.data.images.mnist import MNIST
@@ -153,7 +162,10 @@ def build_style_set(out_dir: str | Path, style: str = "brick", num_images: int =
     rows = []
     for k in range(num_images):
         digit = k % 10
-        idx = by_class[digit][k // 10]
+        if offset + k // 10 >= len(by_class[digit]):
+            raise ValueError(f"build_style_set: {split} has only {len(by_class[digit])} digits {digit}; lower offset "
+                             f"({offset}) or num_images ({num_images})")
+        idx = by_class[digit][offset + k // 10]
         grey = pad_digit(ds.data[idx].float().div(255.0)[None])
         img = style_image(grey, style, gen, tex, background=background)
         name = f"{k:03d}.png"
