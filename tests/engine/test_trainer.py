@@ -84,3 +84,16 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-5, atol=1e-5)
     summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert summary["world_size"] == 2
+
+
+def test_mixed_precision_no_typed_on_the_command_line_is_no():
+    """``trainer.mixed_precision=no`` as typed: YAML 1.1 reads the bare ``no`` as false, which means "no"; other
+    values are still refused naming the key."""
+    from zoo.config import apply_overrides
+    from zoo.engine.trainer import TrainerConfig
+    from zoo.errors import ConfigError
+
+    value = apply_overrides({"trainer": {}}, ["trainer.mixed_precision=no"])["trainer"]["mixed_precision"]
+    assert TrainerConfig(mixed_precision=value).mixed_precision == "no"
+    with pytest.raises(ConfigError, match="trainer.mixed_precision"):
+        TrainerConfig(mixed_precision="fp8")
