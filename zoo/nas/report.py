@@ -54,10 +54,11 @@ def pareto_figure(results: Sequence[dict], candidates: Sequence[dict], title: st
     for r in results:
         if "budget" in r:
             ax.annotate(f"budget {r['budget']}", (r["mflops"], r["top1_supernet"]), textcoords="offset points",
-                        xytext=(4, -12), fontsize=7, color="#1f77b4")
+                        xytext=(5, 5), fontsize=7, color="#1f77b4")
     ax.set_xlabel("compute of the child (MFLOPs, multiply-adds per image)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "Supernet search: accuracy vs compute of the chosen children", fontsize=10)
+    ax.margins(x=0.08, y=0.12)  # room for the budget labels
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower right")
     fig.tight_layout()
