@@ -365,6 +365,8 @@ class StyleChoiceRecipe(Recipe):
             metrics = entry["metrics"]
             if c.lr_metric not in metrics or c.key not in metrics or "." not in entry["variant"]:
                 continue  # e.g. the base model's row
+            if metrics[c.lr_metric]["mean"] is None or metrics[c.key]["mean"] is None:
+                continue  # a variant not scored (a summary with allow_missing)
             method = entry["variant"].split(".", 1)[0]
             if c.methods is not None and method not in c.methods:
                 continue
