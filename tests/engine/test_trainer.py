@@ -89,11 +89,13 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 def test_mixed_precision_no_typed_on_the_command_line_is_no():
     """``trainer.mixed_precision=no`` as typed: YAML 1.1 reads the bare ``no`` as false, which means "no"; other
     values are still refused naming the key."""
-    from zoo.config import apply_overrides
+    from zoo.config import apply_overrides, validate_config
     from zoo.engine.trainer import TrainerConfig
     from zoo.errors import ConfigError
 
     value = apply_overrides({"trainer": {}}, ["trainer.mixed_precision=no"])["trainer"]["mixed_precision"]
     assert TrainerConfig(mixed_precision=value).mixed_precision == "no"
+    # through the schema, as a run validates its config (the str field turns the bool into "False" first)
+    assert validate_config({"mixed_precision": value}, TrainerConfig).mixed_precision == "no"
     with pytest.raises(ConfigError, match="trainer.mixed_precision"):
         TrainerConfig(mixed_precision="fp8")

@@ -97,7 +97,9 @@ class TrainerConfig:
         at_least("save_every_steps", self.save_every_steps, 1, allow_none=True)
         at_least("log_every", self.log_every, 1)
         at_least("max_steps_per_epoch", self.max_steps_per_epoch, 1, allow_none=True)
-        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` (trainer.mixed_precision=no) as false
+        # YAML 1.1 reads a bare `no` (trainer.mixed_precision=no) as false, which the str-typed schema then turns
+        # into the text "False" before this runs
+        if self.mixed_precision in (False, "False", "false"):
             self.mixed_precision = "no"
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"trainer.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
