@@ -110,6 +110,14 @@ def test_image_grid_keeps_every_label_inside_and_marks_column_groups(tmp_path):
         image_grid(images, col_groups=[("a", 1), ("b", 2)])
 
 
+def test_image_grid_of_one_small_image_keeps_a_long_title_and_caption_inside():
+    from zoo.plotting import clipped_texts
+
+    fig = image_grid([[torch.rand(3, 4, 4)]], title="A title much wider than one small image could ever be",
+                     caption="a caption that is also far wider than the single cell of this grid, so it wraps")
+    assert clipped_texts(fig) == []
+
+
 def test_sample_grid_wraps_long_prompts_instead_of_cutting_them(monkeypatch):
     """make_grid (tools/sample.py, zoo sample, the style and B4M grids) labels every row with the whole prompt."""
     import zoo.plotting

@@ -91,8 +91,10 @@ def image_grid(images: Sequence[Sequence[Any]], *, row_labels: Sequence[str] = (
     cell_h = max(cell_inches * aspect, row_lines * line_in + 0.1)
     group_gap = 0.25 * cell_inches if col_groups else 0.0
     top = 0.15 + col_lines * line_in + (line_in + 0.1 if col_groups else 0) + (0.35 if title else 0)
-    bottom = 0.15 + (len(textwrap.wrap(caption, 120)) * line_in + 0.1 if caption else 0)
     width = left + cols * cell_inches + max(len(col_groups) - 1, 0) * group_gap + 0.15
+    width = max(width, len(title) * char_in * (fontsize + 2) / fontsize + 0.3)  # the title is never cut either
+    caption_lines = textwrap.wrap(caption, max(20, int((width - 0.3) / (char_in * (fontsize - 1) / fontsize))))
+    bottom = 0.15 + (len(caption_lines) * line_in + 0.1 if caption else 0)
     height = top + rows * (cell_h + 0.04 * cell_inches) + bottom
     fig = plt.figure(figsize=(width, height))
     starts, x = [], left  # the left edge (inches) of every column, groups separated by a gap
@@ -119,17 +121,17 @@ def image_grid(images: Sequence[Sequence[Any]], *, row_labels: Sequence[str] = (
             if r == 0 and col_labels:
                 ax.set_title(wrapped_cols[c], fontsize=fontsize, pad=3)
     heading_y = (height - 0.15 - (0.35 if title else 0)) / height
-    first = 0
+    group_start = 0
     for label, n in col_groups:
-        x0, x1 = starts[first], starts[first + n - 1] + cell_inches * 0.96
+        x0, x1 = starts[group_start], starts[group_start + n - 1] + cell_inches * 0.96
         fig.text((x0 + x1) / 2 / width, heading_y, label, ha="center", va="top", fontsize=fontsize + 1,
                  fontweight="bold")
         fig.add_artist(plt.Line2D([x0 / width, x1 / width], [heading_y - line_in / height] * 2, color="0.4", lw=0.8))
-        first += n
+        group_start += n
     if title:
         fig.suptitle(title, fontsize=fontsize + 2, y=1 - 0.12 / height, va="top")
     if caption:
-        fig.text(0.5, 0.1 / height, "\n".join(textwrap.wrap(caption, 120)), ha="center", va="bottom",
+        fig.text(0.5, 0.1 / height, "\n".join(caption_lines), ha="center", va="bottom",
                  fontsize=fontsize - 1)
     return fig
 
