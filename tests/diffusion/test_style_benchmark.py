@@ -46,6 +46,7 @@ def test_style_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
     assert by["full"]["trainable"] > 10 * by["sara"]["trainable"]
     for r in rows[1:]:
         assert r["step_ms"] > 0 and 0 <= r["fid_style"] <= 100 and r["style_gram"] >= 0
+    assert by["full"]["state_mb"] > 5 * by["sara"]["state_mb"] > 0  # exact training state (zoo.diffusion.memory)
     saved = json.loads((out / "table.json").read_text())
     assert saved["lora_rank"] >= 1 and len(saved["runs"]) == 4
     assert (out / "brick_sara_seed0" / "sara_weights.safetensors").is_file()

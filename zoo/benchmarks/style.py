@@ -20,8 +20,10 @@ plain images classified as they are, which drops when the style leaks into them)
 retained prior;
 ``fd_plain`` — Fréchet distance (classifier features) of the plain-prompt images to ``--real`` held-out digits
 (t10k[8000:]); ``plain_gram`` — style distance of the *plain-prompt* images to the style set (how much the style
-leaks into prompts without it; the base model's value is the no-leak reference); ``trainable``, ``peak_mb`` (in
-a fresh process: peak RSS during the first training step above the RSS once the model is built — activations,
+leaks into prompts without it; the base model's value is the no-leak reference); ``trainable``, ``state_mb`` (the
+exact bytes the method keeps to train: added tensors + gradients + optimiser state, what SaRA's memory claim is
+about; :mod:`zoo.diffusion.memory`), ``peak_mb`` (in
+a fresh process: peak RSS during the first training step above the RSS just before it — activations,
 gradients and the optimiser state it creates) and ``step_ms`` (median of ``--time-repeat`` further steps;
 forward + backward + optimiser step, SaRA's nuclear-norm loss included).
 
@@ -141,15 +143,15 @@ def evaluate_pipe(pipe: Any, classifier: Any, style_images: torch.Tensor, real_f
     }
 
 
-def measure_step(config: str | Path, overrides: list[str], repeat: int, threads: int = 1) -> tuple[float, int | None]:
-    """``(median step ms, peak bytes)`` of ``sd_finetune`` training steps, measured in a fresh process by
-    :func:`zoo.diffusion.memory.measure_training_step` (the SaRA study's memory column uses the same function): peak
-    RSS during the first step (which also creates the optimiser state) above the RSS before it; then the median of
-    ``repeat`` steps."""
+def measure_step(config: str | Path, overrides: list[str], repeat: int, threads: int = 1) -> dict[str, Any]:
+    """The counted and measured memory and the time of ``sd_finetune`` training steps, in a fresh process:
+    :func:`zoo.diffusion.memory.measure_training_step` (the SaRA study's memory table uses the same function) —
+    ``state_bytes`` (trained tensors + gradients + optimiser state, exact), ``peak_step_bytes`` (peak RSS during the
+    first step, which also creates the optimiser state, above the RSS before it) and ``step_ms`` (median of
+    ``repeat`` further steps)."""
     from zoo.diffusion.memory import measure_training_step
 
-    m = measure_training_step(config, overrides, repeat=repeat, threads=threads)
-    return m["step_ms"], m["peak_step_bytes"]
+    return measure_training_step(config, overrides, repeat=repeat, threads=threads)
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -218,10 +220,11 @@ def run(args: argparse.Namespace) -> list[dict]:
             if seed == args.seeds[0]:
                 figure_rows.append((method, m))
             per_run.append({"method": method, "seed": seed, **_public(m)})
-        ms, peak = measure_step(CONFIGS[method], common, args.time_repeat, args.threads)
+        measured = measure_step(CONFIGS[method], common, args.time_repeat, args.threads)
+        peak = measured["peak_step_bytes"]
         trainable = {"sara": n_sara, "lora": n_lora}.get(method) or _count("full", pipe_dir)
-        rows.append(Row(method, trainable=trainable, **_mean(results), step_ms=ms,
-                        peak_mb=None if peak is None else peak / 2**20))
+        rows.append(Row(method, trainable=trainable, **_mean(results), step_ms=measured["step_ms"],
+                        state_mb=measured["state_bytes"] / 2**20, peak_mb=None if peak is None else peak / 2**20))
     table = print_table(f"style fine-tuning of tiny_t2i_mnist ({args.style}, {args.steps} steps x batch {args.batch}, "
                         f"seeds {args.seeds})", rows, baseline="base", ratios={})
     if args.figure:
