@@ -96,3 +96,17 @@ def test_pretrained_loads_strictly_under_its_tag_and_aliases(entry):
     for alias in entry.get("aliases", []):
         other = zoo.create_model(alias, pretrained=True)
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+@pytest.mark.parametrize("entry", ALL_ENTRIES, ids=lambda e: e["name"])
+def test_the_readme_models_table_states_each_shipped_cfgs_metrics(repo_root, entry):
+    """The README's Models table names each shipped set of weights by its tag and quotes the metrics of its cfg, so a
+    re-shipped model cannot leave an old number in the table."""
+    readme = (repo_root / "README.md").read_text()
+    table = readme[readme.index("## Models"):readme.index("## Systems")]
+    row = next((line for line in table.splitlines() if line.startswith(f"| `{entry['name']}`")), None)
+    assert row is not None, f"README.md's Models table has no row starting with `{entry['name']}`"
+    shown = {"top1", "mean_class_acc", "prompt_fidelity", "vae_psnr_db"}
+    for key, value in entry["metrics"].items():
+        if key in shown:
+            assert f"{value:g}" in row, f"README Models row of {entry['name']} lacks {key} = {value:g}: {row}"

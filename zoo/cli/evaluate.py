@@ -26,7 +26,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="weights file: a run's best.pt/last.pt, a .safetensors, or an official checkpoint")
     parser.add_argument("--output", help="folder for metrics.json, confusion matrix (default: none written)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/modelnet10")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow options
     setup_console_logging()
     if not (args.pretrained or args.checkpoint):
         parser.error("give --pretrained or --checkpoint FILE (evaluating random weights is rarely what you want)")

@@ -173,7 +173,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from zoo.engine.pipeline import cell_commands, is_pipeline, run_pipeline, summary_lines
 
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow options
+    if args.resume not in (None, "auto") and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides.append(args.resume)  # `--resume trainer.epochs=40`: an override, not the checkpoint's path
+        args.resume = "auto"
     command = launcher(parser.prog, SCRIPT)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
