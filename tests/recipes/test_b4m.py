@@ -199,7 +199,8 @@ def test_any_content_with_any_style_composes_into_a_grid(data, pipeline_run, tmp
 
     pipe = load_pipeline(data["model.pretrained"])
     pipe.set_progress_bar_config(disable=True)
-    load_plp(pipe.unet, pipeline_run / "content", PLPConfig(rank=4), name="content")
+    layers = load_plp(pipe.unet, pipeline_run / "content", name="content")  # the run's own adapter: section
+    assert {layer.deltas["content"].rank for layer in layers.values()} == {4}
     load_plp(pipe.unet, pipeline_run / "style", PLPConfig(rank=4), name="style")
     rows = {"base": None}
     blocks = {"content": ["down_blocks.1"], "style": ["up_blocks.0"]}

@@ -61,7 +61,7 @@ from zoo.errors import CheckpointError, ConfigError
 from zoo.layers.lora import LoRALayer, LowRankDelta, per_layer_generator
 
 __all__ = ["PLP", "OFFICIAL_BASIS_ROWS", "SD15_TARGETS", "SDXL_TARGETS", "PLPConfig", "PLPMethod", "add_plp",
-           "load_plp", "plp_init", "plp_deltas", "frozen_parts", "check_shared_frozen", "frozen_overlap",
+           "load_plp", "run_plp_config", "plp_init", "plp_deltas", "frozen_parts", "check_shared_frozen", "frozen_overlap",
            "initial_delta_norms", "projection_tensors", "only_projection"]
 
 PLP = "plp"
@@ -272,6 +272,25 @@ def only_projection(model: nn.Module, which: str | None, name: str = PLP) -> Ite
             p.requires_grad_(flag)
 
 
+def run_plp_config(source: str | os.PathLike) -> PLPConfig | None:
+    """The :class:`PLPConfig` of the run that wrote ``source`` (a run directory, or a file in one): the ``adapter:``
+    section of its ``config.yaml`` when that names ``plp``; ``None`` (the defaults) when there is no run config
+    beside it. Raises :class:`~zoo.errors.ConfigError` for a run whose adapter is another method."""
+    import yaml
+
+    path = Path(source)
+    config = (path if path.is_dir() else path.parent) / "config.yaml"
+    if not config.is_file():
+        return None
+    section = (yaml.safe_load(config.read_text()) or {}).get("adapter")
+    if not isinstance(section, Mapping):
+        return None
+    if section.get("name", PLP) != PLP:
+        raise ConfigError(f"{config}: the run's adapter is '{section.get('name')}', not plp; load it with its own "
+                          "method (zoo.adapters.base.build_adapter)")
+    return PLPConfig(**{k: v for k, v in section.items() if k != "name"})
+
+
 def load_plp(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], cfg: Any = None, *,
              name: str = PLP, trainable: bool = False) -> dict[str, LoRALayer]:
     """Add a PLP adapter ``name`` (:func:`add_plp` with ``cfg``) and load a saved one into it, *after* its
@@ -279,13 +298,17 @@ def load_plp(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Te
 
     ``source``: a stage-1 run directory or file (diffusers LoRA file ``pytorch_lora_weights.safetensors``, full
     factors: split back into frozen and learnable parts), or a state dict in our layout (``P.<name>.down`` ...,
-    e.g. ``last.pt``'s ``model`` entry with keys of adapter ``plp``; other adapter names are renamed). Strict:
-    raises :class:`~zoo.errors.CheckpointError` naming missing / unexpected keys."""
+    e.g. ``last.pt``'s ``model`` entry with keys of adapter ``plp``; other adapter names are renamed). ``cfg``
+    ``None``: the ``adapter:`` section of the run that wrote ``source`` (its ``config.yaml``), so a run's adapter
+    loads with the rank and frozen share it was trained with (:func:`run_plp_config`). Strict: raises
+    :class:`~zoo.errors.CheckpointError` naming missing / unexpected keys."""
     from functools import partial
 
     from zoo.adapters.lora_formats import LORA_WEIGHT_NAME, from_diffusers, read_lora_file
     from zoo.adapters.model import load_adapter_state_dict, set_adapter_trainable
 
+    if cfg is None and not isinstance(source, Mapping):
+        cfg = run_plp_config(source)
     layers = add_plp(model, cfg, name=name, freeze=True)
     if isinstance(source, Mapping):
         state = {}
