@@ -184,6 +184,7 @@ def test_colora_recipe_calibrates_steps_and_evaluates_through_metric_objects(ima
     metrics = evaluate_model(recipe, model, output_dir=tmp_path)
     assert metrics["images"] == 3 and 0 < metrics["tuned_percent"] <= 20 and math.isfinite(metrics["psnr"])
     assert (tmp_path / "colora_allocation.json").is_file() and (tmp_path / "images" / "0.png").is_file()
+    assert (tmp_path / "images" / "triptychs.png").is_file()   # the labelled figure beside the pixel-exact PNGs
     # the per-image scores are the functions' own, averaged image by image
     from zoo.metrics.image import image_quality
 

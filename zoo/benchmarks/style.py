@@ -245,7 +245,9 @@ def save_figure(rows: list[tuple[str, dict]], per_digit: int, path: str) -> None
 
     grid = [[pil(m[key][d * per_digit]) for key in ("_styled", "_plain") for d in range(10)] for _, m in rows]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    make_grid(grid, [name for name, _ in rows], min_size=32).save(path)
+    make_grid(grid, [name for name, _ in rows], [str(d) for d in range(10)] * 2, min_size=32,
+              col_groups=[("style prompt (digits 0-9)", 10), ("plain prompt (digits 0-9)", 10)],
+              title="Style fine-tuning: each method's samples, same seed per digit").save(path)
 
 
 def _public(m: dict) -> dict:

@@ -83,7 +83,8 @@ def comparison_grid(
     finally:
         set_enabled(True)
     tuned = sample_images(pipe, prompts, **kwargs)
-    return make_grid([[a, b] for a, b in zip(base, tuned)], prompts, ["base", "adapter"])
+    return make_grid([[a, b] for a, b in zip(base, tuned)], prompts, ["base", "adapter"],
+                     title="Same noise per prompt: base model | with the adapter")
 
 
 def composition_grid(pipe: Any, rows: Mapping[str, str | None], prompts: Sequence[str], **sample_kwargs: Any) -> Any:
@@ -102,7 +103,8 @@ def composition_grid(pipe: Any, rows: Mapping[str, str | None], prompts: Sequenc
             images.append(sample_images(pipe, list(prompts), **sample_kwargs))
     finally:
         set_active_adapters(unet, before)
-    return make_grid(images, list(rows), list(prompts))
+    return make_grid(images, list(rows), list(prompts),
+                     title="Rows: adapters composed; columns: prompts (same seed per prompt)")
 
 
 def sample_parser() -> argparse.ArgumentParser:

@@ -293,5 +293,7 @@ def strips_figure(rows: Sequence[tuple[str, str | Path]], out: str | Path, min_s
         grid_rows.append([strip.crop((i * h, 0, (i + 1) * h, h)) for i in range(strip.size[0] // h)])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(grid_rows, [label for label, _ in rows], min_size=min_size).save(out)
+    n = len(grid_rows[0]) // 2
+    make_grid(grid_rows, [label for label, _ in rows], [str(d) for d in range(n)] * 2, min_size=min_size,
+              col_groups=[("style prompt", n), ("plain prompt", n)]).save(out)
     return out

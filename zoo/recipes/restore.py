@@ -279,7 +279,10 @@ class RestoreRecipe(Recipe):
         if allocation is not None:
             (out_dir / ALLOCATION_FILE).write_text(json.dumps(allocation, indent=2))
         if self._saved:
-            _save_triplets(self._saved, out_dir / "images")
+            from zoo.restoration.figures import save_triptych
+
+            _save_triplets(self._saved, out_dir / "images")  # pixel-exact PNGs, and one labelled figure beside them
+            save_triptych(self._saved[:4], out_dir / "images" / "triptychs.png", method=str(self.adapter.name))
 
 
 @register_recipe("restore_eval")
