@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.diffusion.generate import collate_items, generate_step, item_latents
 from zoo.metrics.base import Metric
 
 __all__ = ["nearest_centroid_fidelity", "score_at_fidelity", "equal_fidelity_comparison", "images_to_tensor",
@@ -155,51 +156,6 @@ def generation_items(prompts: Sequence[str], num_seeds: int, seed: int, labels: 
     items = [{"prompt": p, "seed": seed + 1000 * s + i, **({} if labels is None else {"digit": int(labels[i])})}
              for s in range(num_seeds) for i, p in enumerate(prompts)]
     return [{**item, "example": k} for k, item in enumerate(items)]
-
-
-def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """A batch of :func:`generation_items`: lists of prompts and seeds, and a ``(B,)`` tensor of every other
-    (integer) key, e.g. ``digit``."""
-    out: dict[str, Any] = {"prompt": [x["prompt"] for x in items], "seed": [x["seed"] for x in items]}
-    for key in items[0]:
-        if key not in out:
-            out[key] = torch.tensor([x[key] for x in items])
-    return out
-
-
-def item_latents(pipe: Any, seeds: Sequence[int], height: int | None = None, width: int | None = None
-                 ) -> torch.Tensor:
-    """``(B, C, h, w)`` initial latents, item ``i`` drawn alone by a CPU generator seeded ``seeds[i]`` — the noise
-    ``pipe(prompt, generator=torch.Generator().manual_seed(seed))`` draws for one image — so a batch renders each
-    item as it would be rendered alone, whatever the batching or the number of processes."""
-    scale = pipe.vae_scale_factor
-    h = (height or pipe.unet.config.sample_size * scale) // scale
-    w = (width or pipe.unet.config.sample_size * scale) // scale
-    shape = (1, pipe.unet.config.in_channels, h, w)
-    return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=pipe.unet.dtype)
-                      for s in seeds])
-
-
-def generate_step(num_inference_steps: int = 25, guidance_scale: float = 4.0
-                  ) -> Callable[[Any, dict[str, Any]], dict[str, torch.Tensor]]:
-    """The evaluation step ``step(pipe, batch)``: the batch's prompts rendered together, each from its own seed's
-    noise (:func:`item_latents`; DDIM is deterministic given the noise) -> ``{"images": (B, 3, 32, 32)[, "digit":
-    (B,)]}`` (images in [0, 1], resized to 32 when smaller)."""
-
-    def step(pipe: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        latents = item_latents(pipe, batch["seed"]).to(pipe.unet.device)
-        res = pipe(list(batch["prompt"]), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   latents=latents, output_type="pt")
-        images = res.images.float().cpu().clamp(0, 1)
-        if images.shape[-1] != 32:
-            images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False,
-                                   antialias=images.shape[-1] > 32).clamp(0, 1)
-        out = {"images": images}
-        if "digit" in batch:
-            out["digit"] = batch["digit"]
-        return out
-
-    return step
 
 
 class CompositeMetrics(Metric):

@@ -72,13 +72,13 @@ def recipe_from_config(config: str | os.PathLike, overrides: Sequence[str] = ())
     """The recipe of the run config ``config`` with ``overrides``, built (``zoo.config`` + the recipe registry of
     :mod:`zoo.recipes.base`; the same validation a training run applies)."""
     from zoo.config import ConfigError, load_config, validate_config
-    from zoo.recipes.base import get_recipe
+    from zoo.registry import RECIPES
 
     raw = load_config(config, list(overrides))
     name = raw.get("recipe")
     if not name:
         raise ConfigError(f"{config}: the config names no recipe, so there is no training step to measure")
-    recipe_cls = get_recipe(name)
+    recipe_cls = RECIPES.get(name)
     return recipe_cls(validate_config(raw, recipe_cls.Config))
 
 
@@ -89,7 +89,7 @@ def measure_recipe_step(recipe: Any, repeat: int = 3) -> dict[str, Any]:
     :func:`zoo.benchmarks._common.peak_memory`; None where the OS offers no resettable peak) and ``step_ms`` (median
     of ``repeat`` further steps; None for ``repeat=0``). Run it in a fresh process (:func:`measure_training_step`)
     so that nothing of an earlier run is in the heap."""
-    from zoo.benchmarks._common import peak_memory, time_fn
+    from zoo.profiling import peak_memory, time_fn
 
     train_loader, _ = recipe.build_dataloaders()
     base = getattr(getattr(recipe, "components", None), "unet", None)  # sd_finetune: the frozen UNet before

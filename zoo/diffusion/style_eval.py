@@ -5,7 +5,7 @@ prior it kept; and the two steps of the SaRA study that compare methods *at equa
 digit seven in brick style") and the plain prompt ("a handwritten digit seven") from the *same* initial noise
 (:func:`generation_items`: item ``(k, d)`` has seed ``seed + 1000 k + d``; every method, every replicate and the
 base model draw the same images' noise, so per-image scores pair). Generation is an evaluation step over a loader
-of those items (:func:`~zoo.diffusion.composition_eval.generate_step`: batched, each image's noise from its own
+of those items (:func:`~zoo.diffusion.generate.generate_step`: batched, each image's noise from its own
 seed), scored by metric objects:
 
 * ``style_gram`` — :func:`zoo.metrics.generation.style_distance` ``gram`` of the styled images to the style set
@@ -177,7 +177,7 @@ def evaluate_style(pipe: Any, style: str, style_images: torch.Tensor, settings: 
     the arrays ``{name: (10 · per_digit,)}`` for :data:`PER_EXAMPLE_METRICS` plus ``example_id``, ``samples``
     ``(2, 10, 3, 32, 32)``: the first styled and the first plain image of each digit (for a figure).
     ``classifier`` / ``real_features``: computed from ``settings`` when not given."""
-    from zoo.diffusion.composition_eval import collate_items, generate_step
+    from zoo.diffusion.generate import collate_items, generate_step
     from zoo.engine.accel import RunAccelerator
     from zoo.engine.data import build_loader
     from zoo.engine.evaluate import evaluation_loop

@@ -434,7 +434,7 @@ class T2IMeasureRecipe(Recipe):
 
         from zoo.data.images.mnist import MNIST
         from zoo.data.images.style_digits import ColourDigits, pad_digit
-        from zoo.diffusion.composition_eval import collate_items, generate_step
+        from zoo.diffusion.generate import collate_items, generate_step
         from zoo.diffusion.pretrained import PRETRAINED_PIPELINES, load_pretrained_pipeline
         from zoo.diffusion.style_eval import generation_items
         from zoo.diffusion.t2i import psnr
