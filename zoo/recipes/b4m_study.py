@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from zoo.config import ConfigError
-from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
+from zoo.recipes.base import NOTHING_TRAINED, Recipe, RecipeConfig, register_recipe
 
 __all__ = ["B4MScoreSettings", "B4MDataPaths", "B4MSelectSection", "B4MSelectConfig", "B4MSelectRecipe",
            "B4MComposeSection", "B4MComposeConfig", "B4MComposeRecipe", "COMPOSITIONS", "score_pipe"]
@@ -206,7 +206,7 @@ class B4MSelectRecipe(Recipe):
 
     Config = B4MSelectConfig
     run_shape = "study"
-    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+    unread_keys = NOTHING_TRAINED
 
     def run(self, ctx: Any) -> dict[str, Any]:
         from zoo.adapters.lora_formats import import_lora
@@ -275,7 +275,7 @@ class B4MComposeRecipe(Recipe):
 
     Config = B4MComposeConfig
     run_shape = "study"
-    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+    unread_keys = NOTHING_TRAINED
 
     def _check(self) -> None:
         c = self.cfg.compose

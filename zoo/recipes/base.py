@@ -11,13 +11,16 @@ from zoo.registry import RECIPES
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 
-__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "check_unread_keys",
+__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "check_unread_keys", "NOTHING_TRAINED",
            "calibrate_adapter"]
 
 #: how a recipe's run goes: ``plain`` (the Trainer trains, then evaluates), ``stream`` (the stream loop: test-time
 #: adaptation over ordered domains, scored online), ``study`` (the recipe drives its whole run: a search, nested
 #: trainings)
 RUN_SHAPES = ("plain", "stream", "study")
+
+#: ``unread_keys`` of a recipe that trains nothing (an evaluation, a data or a choice stage of a study)
+NOTHING_TRAINED: Mapping[str, str] = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
 
 
 

@@ -41,7 +41,7 @@ import torch
 
 from zoo.config import ConfigError
 from zoo.diffusion.style_eval import StyleEvalSettings
-from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
+from zoo.recipes.base import NOTHING_TRAINED, Recipe, RecipeConfig, register_recipe
 
 __all__ = ["StyleModelSection", "StyleSetsSection", "StyleDataConfig", "StyleDataRecipe", "StyleRunsSection",
            "StyleEvalConfig", "StyleEvalRecipe", "StyleMemorySection", "StyleMemoryConfig", "StyleMemoryRecipe",
@@ -115,7 +115,7 @@ class StyleDataRecipe(Recipe):
 
     Config = StyleDataConfig
     run_shape = "study"
-    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+    unread_keys = NOTHING_TRAINED
 
     def style(self) -> str:
         """The replicate's style: ``sets.styles[seed % len(sets.styles)]``."""
@@ -178,7 +178,7 @@ class StyleEvalRecipe(Recipe):
 
     Config = StyleEvalConfig
     run_shape = "study"
-    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+    unread_keys = NOTHING_TRAINED
 
     def __init__(self, cfg: StyleEvalConfig):
         super().__init__(cfg)
@@ -253,7 +253,7 @@ class StyleMemoryRecipe(Recipe):
 
     Config = StyleMemoryConfig
     run_shape = "study"
-    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+    unread_keys = NOTHING_TRAINED
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import yaml
@@ -296,7 +296,7 @@ class StyleEqualRecipe(Recipe):
 
     Config = StyleEqualConfig
     run_shape = "study"
-    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+    unread_keys = NOTHING_TRAINED
 
     def run(self, ctx: Any) -> dict[str, Any]:
         from zoo.diffusion.style_eval import interpolate_at
@@ -349,7 +349,7 @@ class StyleChoiceRecipe(Recipe):
 
     Config = StyleChoiceConfig
     run_shape = "study"
-    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+    unread_keys = NOTHING_TRAINED
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import yaml

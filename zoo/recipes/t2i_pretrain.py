@@ -42,7 +42,7 @@ from torch import nn
 from zoo.config import ConfigError
 from zoo.engine.data import build_loader
 from zoo.metrics.base import MeanMetric
-from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
+from zoo.recipes.base import NOTHING_TRAINED, Recipe, RecipeConfig, register_recipe
 
 __all__ = ["T2IDataConfig", "VAEModelConfig", "T2IVAEConfig", "T2IVAERecipe", "UNetModelConfig", "T2ISampleConfig",
            "T2IUNetConfig", "T2IUNetRecipe", "pipeline_from_checkpoint", "training_latent_stats",
@@ -427,7 +427,7 @@ class T2IMeasureRecipe(Recipe):
 
     Config = T2IMeasureConfig
     run_shape = "study"
-    unread_keys = {"optim": "nothing is trained here", "schedule": "nothing is trained here"}
+    unread_keys = NOTHING_TRAINED
 
     def run(self, ctx: Any) -> dict[str, Any]:
         import numpy as np
