@@ -223,9 +223,11 @@ def part_figure(shapes: list, category_names: list[str], per_row: int = 2) -> An
                 handles = [Line2D([], [], marker="o", linestyle="", color=cmap(j % 10)) for j in range(len(parts))]
                 ax.legend(handles, [f"part {p}" for p in parts], loc="lower center", fontsize=8, ncol=min(4, len(parts)),
                           frameon=False, bbox_to_anchor=(0.5, -0.12), handletextpad=0.1, columnspacing=0.6)
+    height = fig.get_figheight()
     fig.suptitle("Part segmentation: ground truth vs prediction (colour = part label, black = a part of another "
-                 "category; y up)", fontsize=11)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.6 / fig.get_figheight(), bottom=0.04, wspace=0.02, hspace=0.25)
+                 "category; y up)", fontsize=11, y=1 - 0.1 / height, va="top")
+    # 3-D axes draw their titles above the axes box: leave room for them under the figure title
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.95 / height, bottom=0.04, wspace=0.02, hspace=0.3)
     return fig
 
 
