@@ -204,7 +204,7 @@ def part_figure(shapes: list, category_names: list[str], per_row: int = 2) -> An
     cmap = plt.get_cmap("tab10")
     per_row = max(1, min(per_row, len(shapes)))
     rows, cols = math.ceil(len(shapes) / per_row), 2 * per_row
-    fig = plt.figure(figsize=(2.7 * cols, 3.0 * rows + 0.7))
+    fig = plt.figure(figsize=(2.7 * cols, 3.0 * rows + 1.1))
     for i, (pts, cat, truth, pred) in enumerate(shapes):
         name = category_names[cat]
         parts = list(SEG_CLASSES.get(name, sorted(set(truth.tolist()))))
@@ -227,7 +227,7 @@ def part_figure(shapes: list, category_names: list[str], per_row: int = 2) -> An
     fig.suptitle("Part segmentation: ground truth vs prediction (colour = part label, black = a part of another "
                  "category; y up)", fontsize=11, y=1 - 0.1 / height, va="top")
     # 3-D axes draw their titles above the axes box: leave room for them under the figure title
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.95 / height, bottom=0.04, wspace=0.02, hspace=0.3)
+    fig.subplots_adjust(left=0.02, right=0.96, top=1 - 0.95 / height, bottom=0.45 / height, wspace=0.02, hspace=0.3)
     return fig
 
 
