@@ -84,6 +84,14 @@ def test_ctrl_c_is_passed_to_the_running_cells(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(READY_THEN_WAIT)
     threading.Thread(target=ctrl_c_when_ready, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_cells(cells, tmp_path, lambda c: [sys.executable, str(worker), str(marks[c])], jobs=2, poll_s=0.05)
+    def swallow(*_):  # a handler installed before (one that only sets a flag): the runner must not depend on it
+        pass
+
+    previous = signal.signal(signal.SIGINT, swallow)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_cells(cells, tmp_path, lambda c: [sys.executable, str(worker), str(marks[c])], jobs=2, poll_s=0.05)
+        assert signal.getsignal(signal.SIGINT) is swallow  # and it is given back afterwards
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert all(m.read_text() == "SIGINT" for m in marks.values())  # each cell got one SIGINT and stopped cleanly

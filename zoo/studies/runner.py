@@ -106,7 +106,9 @@ def run_cells(cells: Sequence[Cell], root: str | os.PathLike, command: Callable[
     outcomes: dict[int, CellOutcome] = {}
     free_slots = list(range(jobs))
     on_main_thread = threading.current_thread() is threading.main_thread()
-    # while cells run, SIGTERM (a scheduler's time limit, kill) stops them as Ctrl-C does
+    # while cells run, Ctrl-C and SIGTERM (a scheduler's time limit, kill) stop them, whatever handler the process
+    # had installed before (a handler that only sets a flag would leave the cells running)
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt) if on_main_thread else None
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
     try:
         while pending or running:
@@ -147,6 +149,7 @@ def run_cells(cells: Sequence[Cell], root: str | os.PathLike, command: Callable[
         raise
     finally:
         if on_main_thread:
+            signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
     return [outcomes[i] for i in sorted(outcomes)]
 
