@@ -40,7 +40,7 @@ state dict, nor of a pickle / ``copy.deepcopy`` of the model.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +55,7 @@ __all__ = [
     "feature_take_indices",
     "check_finite_points",
     "check_input_dtype",
+    "check_image_input",
     "DropFcHeadMixin",
 ]
 
@@ -169,6 +170,34 @@ def check_input_dtype(x: torch.Tensor, model: torch.nn.Module, model_name: str) 
     raise TypeError(f"{model_name} has {weight.dtype} weights but got {x.dtype} input; convert the input with "
                     f"x.to({weight.dtype}) (numpy arrays are float64: torch.from_numpy(a).float()), or the model "
                     f"with model.to({x.dtype})")
+
+
+def check_image_input(x: Any, model: torch.nn.Module, model_name: str, channels: int, *, min_size: int = 1,
+                      match_dtype: bool = True) -> None:
+    """Raise a clear error unless ``x`` is a ``(B, channels, H, W)`` floating-point image batch with ``H, W >=
+    min_size`` (and, with ``match_dtype``, of the model's weight dtype: :func:`check_input_dtype`).
+
+    The ``ValueError`` names the expected and the given shape and the likely fix: a missing batch or channel
+    dimension (``x.unsqueeze(0)`` / ``x.unsqueeze(1)``) or a channels-last batch (``x.permute(0, 3, 1, 2)``); the
+    ``TypeError`` says to convert integer images with ``x.float() / 255``.
+    """
+    is_tensor = isinstance(x, torch.Tensor)
+    ok = is_tensor and x.ndim == 4 and x.shape[1] == channels
+    if not ok or x.shape[2] < min_size or x.shape[3] < min_size:
+        got = tuple(x.shape) if is_tensor else type(x).__name__
+        hint = ""
+        if is_tensor and x.ndim == 3:
+            hint = " Add the batch dimension with x.unsqueeze(0)." if x.shape[0] == channels else \
+                " Add the channel dimension with x.unsqueeze(1)."
+        elif is_tensor and x.ndim == 4 and x.shape[-1] == channels:
+            hint = " It looks channels-last: pass x.permute(0, 3, 1, 2)."
+        size = f" with H, W >= {min_size}" if min_size > 1 else ""
+        raise ValueError(f"{model_name} expects images of shape (B, {channels}, H, W){size}, got {got}.{hint}")
+    if not x.is_floating_point():
+        raise TypeError(f"{model_name} expects floating-point images in [0, 1], got dtype {x.dtype}; use "
+                        "x.float() / 255.")
+    if match_dtype:
+        check_input_dtype(x, model, model_name)
 
 
 class DropFcHeadMixin:

@@ -42,7 +42,7 @@ from torch import nn
 from zoo.hub import PretrainedCfg, build_model_with_cfg
 from zoo.layers.elastic import (ElasticBatchNorm2d, ElasticConv2d, ElasticDepthwiseConv2d, ElasticLinear, ElasticSE,
                                 SqueezeExcite, make_divisible)
-from zoo.models._contract import AuxiliaryLossMixin, DropFcHeadMixin, feature_take_indices
+from zoo.models._contract import AuxiliaryLossMixin, DropFcHeadMixin, check_image_input, feature_take_indices
 from zoo.registry import register_model
 
 __all__ = ["StageSpace", "SearchSpace", "SPACES", "get_space", "BigNASNet", "BigNASChild", "resize_input",
@@ -291,12 +291,7 @@ class _MobileNetBase(DropFcHeadMixin, AuxiliaryLossMixin, nn.Module):
         raise NotImplementedError
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_chans:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"{type(self).__name__} expects images (B, {self.in_chans}, H, W), got {got}"
-                             f"{'; add the batch dimension with x.unsqueeze(0)' if getattr(x, 'ndim', 0) == 3 else ''}")
-        if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__} expects floating-point images, got {x.dtype}; use x.float() / 255")
+        check_image_input(x, self, type(self).__name__, self.in_chans, match_dtype=False)
 
     def _run(self, x: torch.Tensor, take: set[int], last: int | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         self._check_input(x)

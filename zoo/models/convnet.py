@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from zoo.hub import PretrainedCfg, build_model_with_cfg
-from zoo.models._contract import AuxiliaryLossMixin, DropFcHeadMixin, check_input_dtype, feature_take_indices
+from zoo.models._contract import AuxiliaryLossMixin, DropFcHeadMixin, check_image_input, feature_take_indices
 from zoo.registry import register_model
 
 __all__ = ["ConvNet", "convnet_small", "convnet_small_mnist32", "convnet_tiny"]
@@ -108,21 +108,7 @@ class ConvNet(DropFcHeadMixin, AuxiliaryLossMixin, nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _check_input(self, x: torch.Tensor) -> None:
-        ok = isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] == self.in_chans
-        if not ok or x.shape[2] < self.min_size or x.shape[3] < self.min_size:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            hint = ""
-            if isinstance(x, torch.Tensor) and x.ndim == 3:
-                hint = " Add the batch dimension with x.unsqueeze(0)." if x.shape[0] == self.in_chans else \
-                    " Add the channel dimension with x.unsqueeze(1)."
-            elif isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[-1] == self.in_chans:
-                hint = " It looks channels-last: pass x.permute(0, 3, 1, 2)."
-            raise ValueError(f"ConvNet expects images of shape (B, {self.in_chans}, H, W) with H, W >= {self.min_size} "
-                             f"(in_chans={self.in_chans}), got {got}.{hint}")
-        if not x.is_floating_point():
-            raise TypeError(f"ConvNet expects floating-point images (e.g. in [0, 1]), got dtype {x.dtype}; "
-                            "use x.float() / 255.")
-        check_input_dtype(x, self, "ConvNet")
+        check_image_input(x, self, "ConvNet", self.in_chans, min_size=self.min_size)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, num_features)`` (globally average-pooled)."""

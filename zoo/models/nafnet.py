@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.hub import PretrainedCfg, build_model_with_cfg
+from zoo.models._contract import check_image_input
 from zoo.registry import register_model
 
 __all__ = ["NAFNet", "NAFBlock", "LayerNorm2d", "SimpleGate", "LocalAvgPool2d",
@@ -219,14 +220,7 @@ class NAFNet(nn.Module):
 
     # -------------------------------------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.img_channel:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            hint = " It looks channels-last: pass x.permute(0, 3, 1, 2)." if isinstance(x, torch.Tensor) and \
-                x.ndim == 4 and x.shape[-1] == self.img_channel else ""
-            raise ValueError(f"NAFNet expects images of shape (B, {self.img_channel}, H, W), got {got}.{hint}")
-        if not x.is_floating_point():
-            raise TypeError(f"NAFNet expects floating-point images in [0, 1], got dtype {x.dtype}; "
-                            "use x.float() / 255.")
+        check_image_input(x, self, "NAFNet", self.img_channel, match_dtype=False)
 
     def check_image_size(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad right/bottom to a multiple of ``2 ** len(encoders)``: ``(B, C, H, W) -> (B, C, H', W')``."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.hub import PretrainedCfg, build_model_with_cfg
-from zoo.models._contract import AuxiliaryLossMixin, check_input_dtype, feature_take_indices
+from zoo.models._contract import AuxiliaryLossMixin, check_image_input, feature_take_indices
 from zoo.registry import register_model
 
 __all__ = ["WideResNet", "BasicBlock", "wrn10_2", "wrn16_1", "wrn28_10", "checkpoint_filter_fn"]
@@ -144,15 +144,7 @@ class WideResNet(AuxiliaryLossMixin, nn.Module):
         return [self.block1, self.block2, self.block3]
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_chans or min(x.shape[2:]) < 4:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            hint = " It looks channels-last: pass x.permute(0, 3, 1, 2)." if isinstance(x, torch.Tensor) and \
-                x.ndim == 4 and x.shape[-1] == self.in_chans else ""
-            raise ValueError(f"WideResNet expects images (B, {self.in_chans}, H, W) with H, W >= 4, got {got}.{hint}")
-        if not x.is_floating_point():
-            raise TypeError(f"WideResNet expects floating-point images in [0, 1], got dtype {x.dtype}; use "
-                            "x.float() / 255.")
-        check_input_dtype(x, self, "WideResNet")
+        check_image_input(x, self, "WideResNet", self.in_chans, min_size=4)
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn1(x))
