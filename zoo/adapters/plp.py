@@ -274,15 +274,17 @@ def only_projection(model: nn.Module, which: str | None, name: str = PLP) -> Ite
 
 def run_plp_config(source: str | os.PathLike) -> PLPConfig | None:
     """The :class:`PLPConfig` of the run that wrote ``source`` (a run directory, or a file in one): the ``adapter:``
-    section of its ``config.yaml`` when that names ``plp``; ``None`` (the defaults) when there is no run config
-    beside it. Raises :class:`~zoo.errors.ConfigError` for a run whose adapter is another method."""
+    section of its ``config.yaml`` (``model.plp`` in runs made before that section existed); ``None`` when there is no
+    run config beside it or it holds neither. Raises :class:`~zoo.errors.ConfigError` for a run whose adapter is
+    another method."""
     import yaml
 
     path = Path(source)
     config = (path if path.is_dir() else path.parent) / "config.yaml"
     if not config.is_file():
         return None
-    section = (yaml.safe_load(config.read_text()) or {}).get("adapter")
+    run = yaml.safe_load(config.read_text()) or {}
+    section = run.get("adapter") or (run.get("model") or {}).get("plp")
     if not isinstance(section, Mapping):
         return None
     if section.get("name", PLP) != PLP:

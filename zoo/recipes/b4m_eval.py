@@ -36,12 +36,13 @@ and the metrics.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zoo.adapters.plp import run_plp_config
 from zoo.config import ConfigError
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 
@@ -141,19 +142,14 @@ class B4MEvalRecipe(Recipe):
         return pipe
 
     def _stage1_plp(self) -> dict[str, Any] | None:
-        """The stage-1 runs' PLP settings: ``adapter`` when set, else the content run's ``config.yaml``'s
-        (``adapter``, or ``model.plp`` of runs made before the ``adapter`` section); ``None`` (the merge-only row
-        is skipped, with a warning) when neither is there."""
+        """The stage-1 runs' PLP settings: ``adapter`` when set, else the content run's own
+        (:func:`~zoo.adapters.plp.run_plp_config`); ``None`` (the merge-only row is skipped, with a warning) when
+        neither is there."""
         if self.cfg.adapter:
             return dict(self.cfg.adapter)
-        saved = Path(self.cfg.eval.content_adapter) / "config.yaml"
-        if saved.is_file():
-            import yaml
-
-            run = yaml.safe_load(saved.read_text()) or {}
-            plp = run.get("adapter") or run.get("model", {}).get("plp")
-            if plp:
-                return plp
+        plp = run_plp_config(self.cfg.eval.content_adapter)
+        if plp is not None:
+            return asdict(plp)
         _logger.warning("b4m_eval: no adapter section and no config.yaml in %s: the b4m_merge_only row is skipped "
                         "(set adapter to the stage-1 runs')", self.cfg.eval.content_adapter)
         return None
