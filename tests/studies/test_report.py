@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zoo.errors import ConfigError
-from zoo.studies.report import check_markdown, find_blocks, render_table, update_markdown
+from zoo.studies.report import benchmark_csv, check_markdown, find_blocks, load_results, render_table, update_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,3 +148,49 @@ def test_report_command_line(tmp_path, capsys):
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "report.py"), str(tmp_path / "results.json")],
                           capture_output=True, text=True, env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert proc.returncode == 0 and "### variants" in proc.stdout and "### main" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------------- benchmarks
+def _benchmark_results() -> dict:
+    """A results file as ``tools/benchmark.py NAME --json PATH`` writes it (zoo.benchmarks._common.BenchmarkResults)."""
+    rows = [{"name": "reference", "time_ms": 29700.0, "peak_mb": 7929.0, "same": True, "time_ms_x": 1.0,
+             "peak_mb_frac": 1.0},
+            {"name": "zoo_cpu", "time_ms": 4125.0, "peak_mb": 296.4, "same": True, "time_ms_x": 7.2,
+             "peak_mb_frac": 0.0374},
+            {"name": "slow", "time_ms": 85.5, "peak_mb": 12.25, "same": False, "time_ms_x": 347.4,
+             "peak_mb_frac": None}]
+    return {"kind": "benchmark", "benchmark": "scan", "command": "python tools/benchmark.py scan --threads 1",
+            "machine": "torch 2.x, 1 CPU threads, no GPU", "load_average": 1.5, "created": "2026-12-07 07:00 UTC",
+            "details": {}, "tables": {"cpu_2x8": {"kind": "benchmark", "title": "scan, cpu", "baseline": "reference",
+                                                  "columns": {"time_ms": "fwd+bwd", "peak_mb": "peak | memory",
+                                                              "same": "same result"},
+                                                  "rows": rows}}}
+
+
+def test_benchmark_table_text_and_csv(tmp_path):
+    text = render_table(_benchmark_results(), "cpu_2x8", "b.json")
+    lines = text.splitlines()
+    assert lines[0] == "| row | fwd+bwd | peak \\| memory | same result |"
+    assert lines[2] == "| `reference` (baseline) | 29.7 s | 7929 MB | yes |"  # the baseline shows no ratio
+    assert lines[3] == "| `zoo_cpu` | 4.12 s (7.2×) | 296 MB (0.037×) | yes |"
+    assert lines[4] == "| `slow` | 85.5 ms (347×) | 12.2 MB | no |"  # ratio >= 10 without decimals; none -> none
+    caption = lines[-1]
+    assert "from `b.json` (table `cpu_2x8`): scan, cpu" in caption and "time_ms: speed-up, baseline / row" in caption
+    assert "`python tools/benchmark.py scan --threads 1`" in caption and "load average 1.5" in caption
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(_benchmark_results()))
+    assert load_results(path)["kind"] == "benchmark"
+    csv = benchmark_csv(load_results(path)).splitlines()
+    assert csv[0] == "table,row,column,value" and "cpu_2x8,zoo_cpu,time_ms,4125.0" in csv
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:b.json:cpu_2x8 -->\n<!-- /results -->\n")
+    assert update_markdown(readme) and check_markdown(readme) == []
+    readme.write_text(readme.read_text().replace("4.12 s", "4.00 s"))  # a typed-over figure is caught
+    assert len(check_markdown(readme)) == 1
+
+
+def test_a_file_that_is_neither_study_nor_benchmark_results_is_refused(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps({"rows": []}))
+    with pytest.raises(ConfigError, match="nor a benchmark's.*--json PATH"):
+        load_results(path)

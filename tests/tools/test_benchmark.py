@@ -58,11 +58,20 @@ def test_benchmark_runs_and_writes_json(name, tmp_path):
     proc = _bench(name, *TINY_ARGS[name], "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
-    rows = _measured_rows(data)
+    rows = _measured_rows(data["tables"])
     assert rows, f"{name}: no measured rows in its JSON"
     for row in rows:
         timings = [v for k, v in row.items() if k.endswith(("_ms", "_s")) and v is not None]
         assert timings and all(isinstance(v, (int, float)) and v > 0 for v in timings), row
+    # a results file tools/report.py renders: the command that measured it (without where it was written)
+    from zoo.studies.report import load_results, render_table
+
+    results = load_results(out)
+    assert results["kind"] == "benchmark" and results["benchmark"] == name
+    assert results["command"] == f"python tools/benchmark.py {name} " + " ".join(TINY_ARGS[name])
+    for key, table in results["tables"].items():
+        text = render_table(results, key, "rows.json")
+        assert text.count("\n| `") == len(table["rows"]) and table["title"] in text
 
 
 # ----------------------------------------------------------------------------------------------------- the checks
@@ -159,8 +168,8 @@ def _pointops_args(bench, monkeypatch):
 
 
 def test_pointops_honest_rows_pass_and_agree(bench, monkeypatch):
-    results = bench["pointops"].run(_pointops_args(bench, monkeypatch))
-    fps, knn, fp = results[0]["rows"], results[1]["rows"], results[2]["rows"]
+    tables = list(bench["pointops"].run(_pointops_args(bench, monkeypatch)).values())
+    fps, knn, fp = tables[0]["rows"], tables[1]["rows"], tables[2]["rows"]
     assert [r["name"] for r in fps] == ["naive_loop", "dense_nxn", "zoo_cpu"] and fps[2]["same_idx"] is True
     assert [r["name"] for r in fp] == ["pointnet2_py", "zoo_ref", "zoo_cpu"]
     assert knn[1]["same_set"] == 1.0 and len(bench["timed"]) == 8

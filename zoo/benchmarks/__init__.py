@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import shlex
 import sys
 
 __all__ = ["discover", "summary", "main"]
@@ -35,6 +36,20 @@ def summary(module: object) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
+def _without_json(argv: list[str]) -> list[str]:
+    """``argv`` without ``--json PATH`` / ``--json=PATH``: the command a results file records (where it was written
+    is not part of what was measured)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--json":
+            skip = True
+        elif not arg.startswith("--json="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``zoo benchmark NAME [ARGS]`` / ``--list``; returns the exit status (2: a row computed something else)."""
     from zoo.benchmarks._common import BenchmarkCheckError, describe_machine
@@ -46,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, module in sorted(modules.items()):
         p = sub.add_parser(name, help=summary(module).replace("%", "%%") or name, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--json", help="also write the measured rows to this JSON file")
+        p.add_argument("--json", help="also write the measured tables to this results file (tools/report.py renders "
+                                      "it into README tables)")
         module.add_arguments(p)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = "python tools/benchmark.py " + shlex.join(_without_json(argv))
     if args.list or not args.command:
         import textwrap
 

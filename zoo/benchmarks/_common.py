@@ -8,6 +8,8 @@ whose result disagrees with its reference is not timed: :func:`check_close` / :f
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,7 +18,7 @@ import torch
 from zoo.profiling import (memory_in_use, peak_memory, peak_memory_in_use, reset_peak_memory,  # noqa: F401
                            sync, time_fn)
 
-__all__ = ["sync", "time_fn", "peak_memory", "Row", "print_table", "write_json", "describe_machine",
+__all__ = ["sync", "time_fn", "peak_memory", "Row", "print_table", "BenchmarkResults", "describe_machine",
            "BenchmarkCheckError", "check_close", "check_true", "rel_error"]
 
 
@@ -99,8 +101,45 @@ def describe_machine() -> str:
     return f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {dev}"
 
 
-def write_json(path: str | None, payload: Any) -> None:
-    """Write ``payload`` as JSON when ``path`` is given."""
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2, default=str))
+class BenchmarkResults:
+    """The tables one benchmark run measured, printed as they are measured and written (``--json PATH``) as a
+    results file that ``tools/report.py`` renders into README tables (``<!-- results:PATH:KEY -->`` markers).
+
+    The file: ``{"kind": "benchmark", "benchmark", "command", "machine", "load_average", "created", "details",
+    "tables": {KEY: {"kind": "benchmark", "title", "baseline", "columns": {column: label}, "rows": [...]}}}``; a row
+    holds its measured columns (``*_ms``, ``*_mb``, ...) and their ratios against the baseline row (``*_x``: baseline
+    / value, ``*_frac``: value / baseline), all measured in the same run.
+    """
+
+    def __init__(self, benchmark: str, args: Any = None):
+        self.benchmark = benchmark
+        self.command = getattr(args, "command_line", None)
+        self.path = getattr(args, "json", None)
+        self.machine = describe_machine()
+        self.load_average = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        self.tables: dict[str, dict[str, Any]] = {}
+
+    def add(self, key: str, title: str, rows: Sequence[Row], baseline: str, ratios: dict[str, str] | None = None,
+            columns: dict[str, str] | None = None) -> list[dict]:
+        """Print ``rows`` (:func:`print_table`) and keep them as table ``key``; ``columns`` maps the columns a README
+        shows, in order, to their labels (default: every measured column under its own name). Returns the rows with
+        their ratio columns."""
+        if key in self.tables:
+            raise ValueError(f"{self.benchmark}: table key {key!r} used twice")
+        out = print_table(title, rows, baseline, ratios)
+        shown = columns or {c: c for c in dict.fromkeys(k for r in out for k in r)
+                            if c != "name" and not c.endswith(("_x", "_frac"))}
+        self.tables[key] = {"kind": "benchmark", "title": title, "baseline": baseline, "columns": dict(shown),
+                            "rows": out}
+        return out
+
+    def write(self, **details: Any) -> None:
+        """Write the results file to the run's ``--json`` path (nothing without one); ``details`` are the run's
+        settings worth keeping beside the tables (shapes, model names, thresholds, per-run records)."""
+        if not self.path:
+            return
+        payload = {"kind": "benchmark", "benchmark": self.benchmark, "command": self.command, "machine": self.machine,
+                   "load_average": self.load_average, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   "details": details, "tables": self.tables}
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.path).write_text(json.dumps(payload, indent=2, default=str) + "\n")

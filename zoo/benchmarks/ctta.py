@@ -20,7 +20,7 @@ import copy
 
 import torch
 
-from zoo.benchmarks._common import Row, check_close, check_true, describe_machine, peak_memory, print_table, time_fn, write_json
+from zoo.benchmarks._common import BenchmarkResults, Row, check_close, check_true, describe_machine, peak_memory, time_fn
 
 _BENCH = "ctta"
 
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> None:
         rows.append(Row(name, batch=args.batch, forwards=forwards[name], time_ms=1000 * t,
                         ms_per_image=1000 * t / args.batch, peak_mb=None if mem is None else mem / 2**20))
     baseline = "tent" if "tent" in args.algorithms else args.algorithms[0]
-    table = print_table(f"CTTA cost per batch (ViT {args.embed_dim}x{args.depth}, {args.img_size}px, batch {args.batch})",
-                        rows, baseline, ratios={"time_ms": "fraction", "peak_mb": "fraction"})
-    write_json(getattr(args, "json", None), {"rows": table, "machine": describe_machine()})
+    results = BenchmarkResults("ctta", args)
+    results.add("per_batch", f"CTTA cost per batch (ViT {args.embed_dim}x{args.depth}, {args.img_size}px, "
+                             f"batch {args.batch})", rows, baseline, ratios={"time_ms": "fraction", "peak_mb": "fraction"})
+    results.write(algorithms=args.algorithms)

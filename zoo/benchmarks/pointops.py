@@ -42,7 +42,7 @@ import contextlib
 
 import torch
 
-from zoo.benchmarks._common import Row, check_true, peak_memory, print_table, time_fn, write_json
+from zoo.benchmarks._common import BenchmarkResults, Row, check_true, peak_memory, time_fn
 
 CONFIGS = [(32, 1024, 256, 16), (32, 8192, 512, 16)]  # (B, N, M, K)
 FPS_RTOL = 1e-4  # a chosen point may be this much (relative) closer than the furthest one (matmul-form rounding)
@@ -310,21 +310,24 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise SystemExit("--device cuda: no CUDA device here")
     configs = CONFIGS[:1] if args.quick else CONFIGS
     repeat = 1 if args.quick else args.repeat
-    results = []
+    results = BenchmarkResults("pointops", args)
     for device in devices:
         for B, N, M, K in configs:
             g = torch.Generator().manual_seed(0)
             xyz = torch.rand(B, N, 3, generator=g).to(device)
             rows = _fps_rows(xyz, M, device, repeat, kernel_env)
             title = f"FPS {device}: B={B} N={N} -> M={M}"
-            results.append({"title": title, "rows": print_table(title, rows, baseline="naive_loop")})
+            results.add(f"fps_{device}_{B}x{N}to{M}", title, rows, baseline="naive_loop",
+                        columns={"time_ms": "time", "peak_mb": "peak memory", "same_idx": "same indices as the loop"})
             centers = xyz[torch.arange(B, device=device)[:, None], _run_named("zoo_cpu", xyz, M, kernel_env)]
             rows = _knn_rows(xyz, centers, K, device, repeat)
             title = f"KNN {device}: B={B} N={N} M={M} K={K}"
-            results.append({"title": title, "rows": print_table(title, rows, baseline="knn_point")})
+            results.add(f"knn_{device}_{B}x{N}x{M}k{K}", title, rows, baseline="knn_point",
+                        columns={"time_ms": "time", "peak_mb": "peak memory", "same_set": "share of queries with the same K set"})
         for B, N, S, C in FP_CONFIGS[:1] if args.quick else FP_CONFIGS:
             rows = _fp_rows(B, N, S, C, device, repeat, kernel_env)
             title = f"feature propagation {device} (fwd+bwd): B={B} N={N} from S={S}, C={C}"
-            results.append({"title": title, "rows": print_table(title, rows, baseline="pointnet2_py")})
-    write_json(getattr(args, "json", None), results)
-    return results
+            results.add(f"fp_{device}_{B}x{N}from{S}c{C}", title, rows, baseline="pointnet2_py",
+                        columns={"time_ms": "fwd+bwd time", "peak_mb": "peak memory"})
+    results.write(repeat=repeat, threads=torch.get_num_threads())
+    return results.tables

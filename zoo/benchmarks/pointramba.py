@@ -23,7 +23,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from zoo.benchmarks._common import Row, check_close, peak_memory, print_table, time_fn, write_json
+from zoo.benchmarks._common import BenchmarkResults, Row, check_close, peak_memory, time_fn
 
 _BENCH = "pointramba"
 _TOL = {"eval logits": 1e-4, "training loss": 1e-4, "gradients": 1e-3}
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> None:
 
     backends = ["ref", "cpu"] if args.device == "cpu" else ["ref", "triton"]
     ctx = mp.get_context("spawn")
-    results = {}
+    results = BenchmarkResults("pointramba", args)
     for name in args.variants:
         full = name in ("pointramba", "pointramba_partseg")
         batch = args.seg_batch if _is_seg(name) else args.batch
@@ -142,8 +142,10 @@ def run(args: argparse.Namespace) -> None:
         for backend in backends:
             with ctx.Pool(1) as pool:
                 rows.append(Row(**pool.apply(_measure, (name, backend, batch, points, args.device, args.repeat, args.threads))))
-        results[name] = print_table(
-            f"{name}: {batch} x {points} points, {args.device}, {args.threads or torch.get_num_threads()} threads",
-            rows, baseline="ref", ratios={"time_ms": "speedup", "peak_mb": "fraction"},
-        )
-    write_json(args.json, results)
+        results.add(name, f"{name}: {batch} x {points} points, {args.device}, "
+                          f"{args.threads or torch.get_num_threads()} threads", rows, baseline="ref",
+                    ratios={"time_ms": "speedup", "peak_mb": "fraction"},
+                    columns={"batch": "batch", "train_sps": "train samples/s", "infer_sps": "infer samples/s",
+                             "time_ms": "train step", "peak_mb": "train peak memory"})
+    results.write(variants=args.variants, points=args.points, seg_points=args.seg_points, repeat=args.repeat,
+                  threads=args.threads)

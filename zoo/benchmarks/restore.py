@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.benchmarks._common import Row, check_close, peak_memory, print_table, sync, time_fn, write_json
+from zoo.benchmarks._common import BenchmarkResults, Row, check_close, peak_memory, sync, time_fn
 
 BENCH = "restore"
 EXACT_TOL = 1e-5
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(Row(name, tile=tile or args.size, time_ms=t * 1e3, mpix_s=args.size ** 2 / 1e6 / t,
                         peak_mb=None if peak is None else peak / 2 ** 20, max_diff=diff))
     print(f"{args.model}, {args.size} x {args.size}, overlap {args.overlap}, device {dev}")
-    table = print_table("restore: tiled vs whole-image inference", rows, "whole")
-    write_json(getattr(args, "json", None), {"benchmark": BENCH, "model": args.model, "size": args.size,
-                                             "overlap": args.overlap, "rows": table})
+    results = BenchmarkResults(BENCH, args)
+    results.add("tiles", "restore: tiled vs whole-image inference", rows, "whole")
+    results.write(model=args.model, size=args.size, overlap=args.overlap)
     return 0

@@ -51,8 +51,8 @@ from pathlib import Path
 
 import torch
 
-from zoo.benchmarks._common import (BenchmarkCheckError, Row, check_close, check_true, memory_in_use, peak_memory,
-                                peak_memory_in_use, print_table, reset_peak_memory, sync, time_fn, write_json)
+from zoo.benchmarks._common import (BenchmarkCheckError, BenchmarkResults, Row, check_close, check_true, memory_in_use,
+                                peak_memory, peak_memory_in_use, reset_peak_memory, sync, time_fn)
 
 VARIANTS = ("full", "lora", "lora_all", "sara_official", "sara_dense", "sara_kernel", "sara_attn_dense", "sara_attn_kernel")
 LAYER_VARIANTS = ("layer_dense", "layer_kernel")
@@ -378,13 +378,12 @@ def run(args: argparse.Namespace) -> None:
     for r in rows:
         del r["loss0"], r["loss1"]
     baseline = "full" if any(r["name"] == "full" for r in rows) else rows[0]["name"]
-    table = print_table("One training step (fwd + bwd + AdamW)", rows, baseline=baseline,
-                        ratios={"time_ms": "speedup", "peak_mb": "fraction"})
+    results = BenchmarkResults("sara", args)
+    results.add("step", "One training step (fwd + bwd + AdamW)", rows, baseline=baseline,
+                ratios={"time_ms": "speedup", "peak_mb": "fraction"})
     layer_rows = [Row(**r) for r in (_spawn(v, args) for v in LAYER_VARIANTS if args.layer) if r is not None]
-    layer_table = []
     if layer_rows:
-        layer_table = print_table(f"Backward of one SaRA Linear {LAYER_IN}->{LAYER_OUT} over "
-                                  f"{args.batch * LAYER_TOKENS} tokens "
-                                  f"({args.fraction:.1%} trainable): dense dW + gather vs sparse kernel",
-                                  layer_rows, baseline="layer_dense", ratios={"time_ms": "speedup", "peak_mb": "fraction"})
-    write_json(args.json, {"rows": table, "layer_rows": layer_table, "config": vars(args) | extra})
+        results.add("layer", f"Backward of one SaRA Linear {LAYER_IN}->{LAYER_OUT} over {args.batch * LAYER_TOKENS} "
+                             f"tokens ({args.fraction:.1%} trainable): dense dW + gather vs sparse kernel",
+                    layer_rows, baseline="layer_dense", ratios={"time_ms": "speedup", "peak_mb": "fraction"})
+    results.write(config={k: v for k, v in vars(args).items() if k != "command_line"} | extra)

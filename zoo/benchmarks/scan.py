@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zoo.benchmarks._common import Row, check_close, peak_memory, print_table, time_fn, write_json
+from zoo.benchmarks._common import BenchmarkResults, Row, check_close, peak_memory, time_fn
 
 CPU_CONFIGS = [(32, 768, 16, 512), (2, 768, 16, 8192)]
 QUICK_CONFIGS = [(8, 256, 16, 256), (1, 256, 16, 2048)]
@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> None:
     repeat = 2 if args.quick else args.repeat
     devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else \
         (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    results = []
+    results = BenchmarkResults("scan", args)
     for device in devices:
         if device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("scan: --device cuda but torch.cuda.is_available() is False")
@@ -271,7 +271,11 @@ def run(args: argparse.Namespace) -> None:
             print(f"\n{title}", flush=True)
             rows = _bench(device, shape, backends, repeat, threads, dtype)
             base = "reference" if not args.skip_reference else backends[0]
-            results.append({"title": title, "rows": print_table(title, rows, baseline=base,
-                                                                 ratios={"fwd_ms": "speedup", "time_ms": "speedup",
-                                                                         "cpu_ms": "speedup", "peak_mb": "fraction"})})
-    write_json(getattr(args, "json", None), results)
+            columns = {"fwd_ms": "forward", "time_ms": "fwd+bwd", "peak_mb": "fwd+bwd peak memory"}
+            if device == "cpu":
+                columns = {"fwd_ms": "forward", "cpu_ms": "fwd+bwd, process CPU time", "time_ms": "fwd+bwd, wall",
+                           "peak_mb": "fwd+bwd peak memory"}
+            results.add(f"{device}_{'x'.join(map(str, shape))}", title, rows, baseline=base,
+                        ratios={"fwd_ms": "speedup", "time_ms": "speedup", "cpu_ms": "speedup", "peak_mb": "fraction"},
+                        columns=columns)
+    results.write(configs=configs, repeat=repeat, threads=threads)

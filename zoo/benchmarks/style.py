@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from zoo.benchmarks._common import Row, check_true, print_table, write_json
+from zoo.benchmarks._common import BenchmarkResults, Row, check_true
 
 METHODS = ("full", "lora", "sara")
 CONFIGS = {m: f"sara/mnist_style_{m}" for m in METHODS}  # packaged config names (zoo.resources.find_config)
@@ -225,12 +225,13 @@ def run(args: argparse.Namespace) -> list[dict]:
         trainable = {"sara": n_sara, "lora": n_lora}.get(method) or _count("full", pipe_dir)
         rows.append(Row(method, trainable=trainable, **_mean(results), step_ms=measured["step_ms"],
                         state_mb=measured["state_bytes"] / 2**20, peak_mb=None if peak is None else peak / 2**20))
-    table = print_table(f"style fine-tuning of tiny_t2i_mnist ({args.style}, {args.steps} steps x batch {args.batch}, "
-                        f"seeds {args.seeds})", rows, baseline="base", ratios={})
+    tables = BenchmarkResults("style", args)
+    table = tables.add("methods", f"style fine-tuning of tiny_t2i_mnist ({args.style}, {args.steps} steps x batch "
+                                  f"{args.batch}, seeds {args.seeds})", rows, baseline="base", ratios={})
     if args.figure:
         save_figure(figure_rows, args.per_digit, args.figure)
-    write_json(getattr(args, "json", None), {"rows": table, "runs": per_run, "threshold": threshold, "lora_rank": rank,
-                                             "args": {k: v for k, v in vars(args).items() if k != "func"}})
+    tables.write(runs=per_run, threshold=threshold, lora_rank=rank,
+                 args={k: v for k, v in vars(args).items() if k not in ("func", "command_line")})
     return table
 
 

@@ -25,8 +25,7 @@ import random
 import torch
 import torch.nn.functional as F
 
-from zoo.benchmarks._common import (Row, check_close, peak_memory, print_table, time_fn,
-                                write_json)
+from zoo.benchmarks._common import BenchmarkResults, Row, check_close, peak_memory, time_fn
 
 BENCH = "supernet"
 GRAD_TOL = 1e-4
@@ -146,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                         if name != "largest_only" else 1))
     mflops = [model.subnet_flops(a) / 1e6 for a in archs]
     print(f"{args.model}, batch {args.batch}, children MFLOPs {[round(m, 3) for m in mflops]}")
-    out = print_table(f"supernet step ({n} children)", rows, baseline=f"{n}_independent")
-    write_json(args.json, {"rows": out, "model": args.model, "batch": args.batch, "children_mflops": mflops})
+    results = BenchmarkResults("supernet", args)
+    results.add("step", f"supernet step ({n} children)", rows, baseline=f"{n}_independent")
+    results.write(model=args.model, batch=args.batch, children_mflops=mflops)
     return 0

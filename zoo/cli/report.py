@@ -1,4 +1,5 @@
-"""``zoo report`` (``tools/report.py``): tables from a study's results file, and the README tables generated from them.
+"""``zoo report`` (``tools/report.py``): tables from a study's or a benchmark's results file, and the README tables
+generated from them.
 
     zoo report RESULTS.json                      # every table of the results, as markdown
     zoo report RESULTS.json --table comparisons  # one table
@@ -22,11 +23,13 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: print tables of a results file, or update / check the marked tables of markdown files."""
-    from zoo.studies.report import check_markdown, load_results, render_table, table_names, update_markdown
+    from zoo.studies.report import (benchmark_csv, check_markdown, load_results, render_table, table_names,
+                                    update_markdown)
 
     parser = argparse.ArgumentParser(description="Markdown tables from a study's results.json; README tables between "
                                                  "<!-- results:PATH:TABLE --> markers.")
-    parser.add_argument("results", nargs="?", help="a results.json written by a study's summarise stage")
+    parser.add_argument("results", nargs="?", help="a results.json written by a study's summarise stage, or a "
+                                                   "benchmark's (tools/benchmark.py NAME --json PATH)")
     parser.add_argument("--table", help="print only this table (default: all)")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="output format")
     parser.add_argument("--update", nargs="+", metavar="MARKDOWN", help="rewrite the marked tables of these files")
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "csv":
             from zoo.studies.summarise import results_csv
 
-            print(results_csv(results), end="")
+            print(benchmark_csv(results) if results.get("kind") == "benchmark" else results_csv(results), end="")
             return 0
         names = [args.table] if args.table else table_names(results)
         print("\n".join(f"### {name}\n\n{render_table(results, name, Path(args.results).as_posix())}" if len(names) > 1

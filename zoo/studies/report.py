@@ -7,7 +7,9 @@ A markdown file holds a generated table between two markers::
     <!-- /results -->
 
 The path is relative to the markdown file's folder, or else to the repository root; the last part names a table of
-the results file (``variants``, ``comparisons`` or one declared in the study's ``summarise.tables``).
+the results file (``variants``, ``comparisons`` or one declared in the study's ``summarise.tables``). A benchmark's
+results file (``tools/benchmark.py NAME --json PATH``, ``"kind": "benchmark"``) is rendered the same way, one table
+per measured configuration, with the command, machine and load that produced it in the caption.
 :func:`update_markdown` rewrites every block from its results file; :func:`check_markdown` lists the blocks whose
 text differs from what their results file generates (a test runs it over every ``*.md`` of the repository).
 
@@ -24,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from zoo.errors import ConfigError
 
-__all__ = ["load_results", "render_table", "table_names", "Block", "find_blocks", "render_markdown", "update_markdown",
+__all__ = ["load_results", "render_table", "benchmark_csv", "table_names", "Block", "find_blocks", "render_markdown", "update_markdown",
            "check_markdown", "marked_markdown_files"]
 
 _START = re.compile(r"<!--\s*results:(?P<path>[^\s:]+):(?P<table>[A-Za-z0-9_.-]+)\s*-->")
@@ -43,9 +45,12 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(results, dict) and results.get("kind") == "benchmark" and "tables" in results:
+        return results
     if not isinstance(results, dict) or "variants" not in results or "tables" not in results:
-        raise ConfigError(f"{path}: not a study results file (no 'variants'/'tables'); it is written by a "
-                          "pipeline's summarise stage")
+        raise ConfigError(f"{path}: not a study results file (no 'variants'/'tables') nor a benchmark's (no 'kind': "
+                          "'benchmark'); a pipeline's summarise stage writes the first, `tools/benchmark.py NAME "
+                          "--json PATH` the second")
     return results
 
 
@@ -131,6 +136,72 @@ def _comparisons_table(results: Mapping[str, Any], table: Mapping[str, Any]) -> 
     return lines
 
 
+def _benchmark_value(column: str, value: Any) -> str:
+    """One measured value with its unit, read off the column name (``*_ms``, ``*_s``, ``*_mb``, ``*_sps``)."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if not isinstance(value, (int, float)):
+        return _escape(str(value))
+    if column.endswith("_ms"):
+        return f"{value / 1000:.3g} s" if value >= 1000 else f"{value:.3g} ms"
+    if column.endswith("_s"):
+        return f"{value:.3g} s"
+    if column.endswith("_mb"):
+        return f"{value:.0f} MB" if value >= 100 else f"{value:.3g} MB"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.3g}"
+
+
+def _benchmark_table(table: Mapping[str, Any]) -> list[str]:
+    """A benchmark's table: one row per measured configuration, each shown column followed by its ratio against
+    the baseline row where the benchmark computed one (``(3.2×)``)."""
+    columns = table["columns"]
+    lines = ["| " + " | ".join(["row", *map(_escape, columns.values())]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for row in table["rows"]:
+        cells = [f"`{row['name']}`" + (" (baseline)" if row["name"] == table["baseline"] else "")]
+        for column in columns:
+            text = _benchmark_value(column, row.get(column))
+            ratio = row.get(f"{column}_x", row.get(f"{column}_frac"))
+            if ratio is not None and row["name"] != table["baseline"]:
+                text += f" ({ratio:.0f}×)" if ratio >= 10 else f" ({ratio:.2g}×)"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _benchmark_caption(results: Mapping[str, Any], table: Mapping[str, Any]) -> str:
+    ratios = {k[:-2] if k.endswith("_x") else k[:-5]: "speed-up, baseline / row" if k.endswith("_x") else
+              "fraction, row / baseline" for r in table["rows"] for k in r if k.endswith(("_x", "_frac"))}
+    caption = f"{table['title']}; (n×): against the baseline row measured in the same run"
+    if ratios:
+        caption += " (" + "; ".join(f"{column}: {how}" for column, how in ratios.items()) + ")"
+    if results.get("command"):
+        caption += f"; `{results['command']}`"
+    caption += f"; {results.get('machine', '?')}"
+    if results.get("load_average") is not None:
+        caption += f", 1-min load average {results['load_average']:g} when it started"
+    if results.get("created"):
+        caption += f", {results['created']}"
+    return caption
+
+
+def benchmark_csv(results: Mapping[str, Any]) -> str:
+    """A benchmark results file in long form: ``table,row,column,value`` (ratio columns included), one line each."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["table", "row", "column", "value"])
+    for key, table in results["tables"].items():
+        for row in table["rows"]:
+            writer.writerows([key, row["name"], column, value] for column, value in row.items() if column != "name")
+    return out.getvalue()
+
+
 def render_table(results: Mapping[str, Any], name: str = "variants", source: str | None = None) -> str:
     """The markdown of table ``name`` of ``results`` (a ``results.json`` tree), with a one-line caption saying what
     the numbers are (and, given ``source``, which file and table generated it). Ends with a newline."""
@@ -139,6 +210,9 @@ def render_table(results: Mapping[str, Any], name: str = "variants", source: str
         raise ConfigError(f"no table '{name}' in the results{f' {source}' if source else ''}; tables: "
                           f"{', '.join(tables)}")
     table = tables[name]
+    origin = f"generated by `tools/report.py` from `{source}` (table `{name}`): " if source else ""
+    if table["kind"] == "benchmark":
+        return "\n".join(_benchmark_table(table)) + f"\n\n<sub>{origin}{_benchmark_caption(results, table)}.</sub>\n"
     level = f"{100 * float(results['confidence']):g} %"
     if table["kind"] == "variants":
         lines = _variants_table(results, table)
@@ -155,7 +229,6 @@ def render_table(results: Mapping[str, Any], name: str = "variants", source: str
     missing = results.get("missing_cells") or []
     if missing:
         caption += f"; {len(missing)} cell(s) missing: {', '.join(missing)}"
-    origin = f"generated by `tools/report.py` from `{source}` (table `{name}`): " if source else ""
     return "\n".join(lines) + f"\n\n<sub>{origin}{caption}.</sub>\n"
 
 
