@@ -30,12 +30,11 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     setup_console_logging()
     if not (args.pretrained or args.checkpoint):
         parser.error("give --pretrained or --checkpoint FILE (evaluating random weights is rarely what you want)")
-    from zoo.engine.evaluate import evaluate_model
+    from zoo.recipes.evaluate import evaluate_weights
 
     try:
-        recipe, cfg, _ = build_recipe(args.config, args.overrides)
-        model = recipe.build_eval_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
-        metrics = evaluate_model(recipe, model, output_dir=args.output)
+        metrics = evaluate_weights(args.config, args.overrides, model=args.model, pretrained=args.pretrained,
+                                   checkpoint=args.checkpoint, output_dir=args.output)
     except USER_ERRORS as exc:
         return fail(exc)
     except KeyboardInterrupt:
@@ -48,10 +47,3 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(args.output, exist_ok=True)
         Path(args.output, "metrics.json").write_text(json.dumps(metrics, indent=2))
     return 0
-
-
-def build_recipe(config: str, overrides: Sequence[str]):
-    """:func:`zoo.cli.train.build_recipe` (imported late: ``zoo eval --help`` stays fast)."""
-    from zoo.cli.train import build_recipe as build
-
-    return build(config, overrides)

@@ -21,20 +21,11 @@ SCRIPT = "train.py"
 
 
 def load_run_config(config: str, overrides: Sequence[str] = ()):
-    """(recipe class, validated config, merged raw config) from a config file and ``key=value`` overrides."""
-    from zoo.config import ConfigError, load_config, validate_config
-    from zoo.recipes.base import check_unread_keys, get_recipe
+    """(recipe class, validated config, merged raw config) from a config file and ``key=value`` overrides
+    (:func:`zoo.recipes.evaluate.load_run_config`)."""
+    from zoo.recipes.evaluate import load_run_config as load
 
-    raw = load_config(config, overrides)
-    name = raw.get("recipe")
-    if not name:
-        raise ConfigError(f"{config}: the config names no recipe; add e.g. 'recipe: classify'")
-    try:
-        recipe_cls = get_recipe(name)
-    except KeyError as exc:
-        raise ConfigError(f"{config}: recipe: {exc.args[0]}") from None
-    check_unread_keys(recipe_cls, raw)
-    return recipe_cls, validate_config(raw, recipe_cls.Config), raw
+    return load(config, overrides)
 
 
 def build_recipe(config: str, overrides: Sequence[str] = ()):
