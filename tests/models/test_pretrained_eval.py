@@ -71,41 +71,11 @@ def _real_txt_root() -> Path | None:
 
 
 def _real_layouts(src: Path, out: Path) -> tuple[Path, Path, int]:
-    """The standard txt layout (the folder itself when it lists a complete ModelNet10 test split, else a
-    modelnet10_test.txt over every ModelNet10-class file found) and a modelnet40_ply_hdf5_2048-style h5 of the same
-    shapes (2048 points each: a seeded random subset in random order, as PointNet's files)."""
-    import h5py
-    import numpy as np
+    """The txt and h5 layouts of every ModelNet10-class shape of ``src`` (zoo prepare-data modelnet10-layouts)."""
+    from zoo.data.pointcloud.layouts import write_modelnet10_layouts
 
-    from zoo.data.pointcloud.io import read_txt
-    from zoo.data.pointcloud.modelnet import MODELNET10_CLASSES, MODELNET40_CLASSES
-
-    listing = src / "modelnet10_test.txt"
-    ids = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()] if listing.is_file() else []
-    if ids and all((src / i.rsplit("_", 1)[0] / f"{i}.txt").is_file() for i in ids):
-        txt = src.parent
-    else:
-        txt_dir = out / "txt" / "modelnet40_normal_resampled"
-        ids = []
-        for c in MODELNET10_CLASSES:
-            (txt_dir / c).mkdir(parents=True)
-            for f in sorted((src / c).glob(f"{c}_*.txt")):
-                (txt_dir / c / f.name).symlink_to(f)
-                ids.append(f.stem)
-        (txt_dir / "modelnet10_shape_names.txt").write_text("\n".join(MODELNET10_CLASSES) + "\n")
-        (txt_dir / "modelnet10_test.txt").write_text("\n".join(ids) + "\n")
-        txt = txt_dir.parent
-    rng = np.random.default_rng(0)
-    clouds = [read_txt(src / i.rsplit("_", 1)[0] / f"{i}.txt") for i in ids]
-    picks = [rng.permutation(len(c))[:2048] for c in clouds]
-    h5_dir = out / "h5" / "modelnet40_ply_hdf5_2048"
-    h5_dir.mkdir(parents=True)
-    with h5py.File(h5_dir / "ply_data_test0.h5", "w") as h:
-        h["data"] = np.stack([c[p, :3] for c, p in zip(clouds, picks)])
-        h["normal"] = np.stack([c[p, 3:6] for c, p in zip(clouds, picks)])
-        h["label"] = np.array([[MODELNET40_CLASSES.index(i.rsplit("_", 1)[0])] for i in ids], np.uint8)
-    (h5_dir / "test_files.txt").write_text("data/modelnet40_ply_hdf5_2048/ply_data_test0.h5\n")
-    return txt, h5_dir.parent, len(ids)
+    made = write_modelnet10_layouts(src, out)
+    return made["txt"], made["h5"], made["shapes"]
 
 
 @pytest.mark.data

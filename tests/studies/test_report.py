@@ -175,7 +175,8 @@ def test_benchmark_table_text_and_csv(tmp_path):
     assert lines[3] == "| `zoo_cpu` | 4.12 s (7.2×) | 296 MB (0.037×) | yes |"
     assert lines[4] == "| `slow` | 85.5 ms (347×) | 12.2 MB | no |"  # ratio >= 10 without decimals; none -> none
     caption = lines[-1]
-    assert "from `b.json` (table `cpu_2x8`): scan, cpu" in caption and "time_ms: speed-up, baseline / row" in caption
+    assert "from `b.json` (table `cpu_2x8`): scan, cpu" in caption
+    assert "baseline / row for fwd+bwd; row / baseline for peak | memory" in caption
     assert "`python tools/benchmark.py scan --threads 1`" in caption and "load average 1.5" in caption
     path = tmp_path / "b.json"
     path.write_text(json.dumps(_benchmark_results()))

@@ -11,6 +11,10 @@ mesh), the frame the ModelNet10 checkpoints are trained and evaluated in. Then t
 ``zoo prepare-data shapenetpart-synthetic --out data/shapenetpart_synthetic`` writes the procedural
 part-labelled shapes of ``zoo.data.pointcloud.synthetic_parts`` in the ShapeNetPart layout (synthetic data, for the
 part-segmentation runs without the real download).
+
+``zoo prepare-data modelnet10-layouts --src modelnet40_normal_resampled --out data/modelnet10_layouts`` puts the
+real ModelNet10-class shapes of PointNet++'s resampled files in PointNet++'s txt layout and PointNet's h5 layout
+(``zoo.data.pointcloud.layouts``), the data of the frame check ``configs/pointramba/eval_frames_study.yaml``.
 """
 
 from __future__ import annotations
@@ -85,7 +89,31 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num-points", type=int, default=2500, help="points per shape file (default 2500)")
     s.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
     s.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    l = sub.add_parser(
+        "modelnet10-layouts",
+        help="real ModelNet10 shapes of modelnet40_normal_resampled in the txt and h5 layouts (the frame check)",
+        description=("Write <out>/txt/modelnet40_normal_resampled (symlinks + modelnet10_test.txt listing every "
+                     "ModelNet10-class shape of --src) and <out>/h5/modelnet40_ply_hdf5_2048 (the same shapes, a "
+                     "seeded random 2048 points each, as PointNet's files)."),
+    )
+    l.add_argument("--src", required=True, help="PointNet++'s modelnet40_normal_resampled folder (or its parent)")
+    l.add_argument("--out", required=True, help="output folder (must not exist), e.g. data/modelnet10_layouts")
+    l.add_argument("--seed", type=int, default=0, help="seed of the h5 point subsets (default 0)")
     return p
+
+
+def _modelnet10_layouts(args: argparse.Namespace) -> int:
+    from zoo.data.pointcloud.layouts import write_modelnet10_layouts
+
+    try:
+        made = write_modelnet10_layouts(args.src, args.out, seed=args.seed)
+    except (FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{made['shapes']} shapes: data.root={made['txt']} (txt layout), data.root={made['h5']} (h5 layout); "
+          f"the frame study: ZOO_MODELNET_LAYOUTS={args.out} python tools/train.py "
+          "configs/pointramba/eval_frames_study.yaml")
+    return 0
 
 
 def _synthetic_shapenetpart(args: argparse.Namespace) -> int:
@@ -109,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.dataset == "shapenetpart-synthetic":
         return _synthetic_shapenetpart(args)
+    if args.dataset == "modelnet10-layouts":
+        return _modelnet10_layouts(args)
     from zoo.data.pointcloud.prepare import MODELNET_SOURCES, OutputConflict, SourceLayoutError, prepare_modelnet
 
     try:

@@ -173,18 +173,24 @@ def _benchmark_table(table: Mapping[str, Any]) -> list[str]:
 
 
 def _benchmark_caption(results: Mapping[str, Any], table: Mapping[str, Any]) -> str:
-    ratios = {k[:-2] if k.endswith("_x") else k[:-5]: "speed-up, baseline / row" if k.endswith("_x") else
-              "fraction, row / baseline" for r in table["rows"] for k in r if k.endswith(("_x", "_frac"))}
-    caption = f"{table['title']}; (n×): against the baseline row measured in the same run"
+    columns = table["columns"]
+    kinds: dict[str, list[str]] = {"baseline / row": [], "row / baseline": []}
+    for column, label in columns.items():
+        if any(f"{column}_x" in r for r in table["rows"]):
+            kinds["baseline / row"].append(label)
+        elif any(f"{column}_frac" in r for r in table["rows"]):
+            kinds["row / baseline"].append(label)
+    caption = table["title"]
+    ratios = "; ".join(f"{how} for {', '.join(labels)}" for how, labels in kinds.items() if labels)
     if ratios:
-        caption += " (" + "; ".join(f"{column}: {how}" for column, how in ratios.items()) + ")"
+        caption += f"; (n×) against the baseline row, measured in the same run: {ratios}"
     if results.get("command"):
         caption += f"; `{results['command']}`"
     caption += f"; {results.get('machine', '?')}"
     if results.get("load_average") is not None:
-        caption += f", 1-min load average {results['load_average']:g} when it started"
+        caption += f", 1-min load average {results['load_average']:g} at the start"
     if results.get("created"):
-        caption += f", {results['created']}"
+        caption += f", written {results['created']}"
     return caption
 
 
