@@ -160,11 +160,12 @@ def test_measure_recipe_step_counts_a_built_recipe_and_imports_no_cli():
 
 
 # ------------------------------------------------------------------------------------------ configs
-def test_study_configs_match_the_shipped_model_and_the_sweep_choice():
+@pytest.mark.parametrize("study_file", ["study.yaml", "study_all_methods.yaml"])
+def test_study_configs_match_the_shipped_model_and_the_sweep_choice(study_file):
     """The SaRA threshold of the study trains the stated share of the shipped UNet; LoRA's rank trains as many
-    parameters (within 10 %); the learning rates of configs/sara/study.yaml are those the validation sweep chose
-    (configs/sara/lr_choice.json, the sweep's style_lr_choice output) at the target style gain the equal stage
-    uses."""
+    parameters (within 10 %); the learning rates of each study config (configs/sara/study*.yaml) are those the
+    validation sweep chose (configs/sara/lr_choice.json, the sweep's style_lr_choice output) at the target style gain
+    the equal stage uses, and SaRA's two settings differ only in the official weight decay and moment reset."""
     pytest.importorskip("diffusers")
     import yaml
 
@@ -172,7 +173,7 @@ def test_study_configs_match_the_shipped_model_and_the_sweep_choice():
     from zoo.diffusion.pretrained import pretrained_pipeline_dir
     from diffusers import UNet2DConditionModel
 
-    study = yaml.safe_load((REPO / "configs/sara/study.yaml").read_text())
+    study = yaml.safe_load((REPO / "configs/sara" / study_file).read_text())
     stages = {s["name"]: s for s in study["pipeline"]}
     variants = stages["finetune"]["variants"]
     unet_dir = pretrained_pipeline_dir("tiny_t2i_mnist") / "unet"
@@ -192,11 +193,18 @@ def test_study_configs_match_the_shipped_model_and_the_sweep_choice():
     choice = json.loads((REPO / "configs/sara/lr_choice.json").read_text())["final"]
     assert stages["equal"]["overrides"]["equal.target"] == choice["target"]
     methods = {v.split(".")[0] for v in variants}
-    assert {"full", "lora", "sara"} <= methods <= set(choice["chosen"])
+    assert {"lora", "sara"} <= methods <= set(choice["chosen"])
     for method in methods:
         for side in ("lo", "hi"):
             lr = choice["chosen"][method][side]
             assert variants[f"{method}.{side}"]["optim.lr"] == pytest.approx(lr, rel=1e-5), (method, side)
+    assert set(stages["equal"]["variants"]) == methods
+    if "sara_official" in methods:
+        official = variants["sara_official.lo"]
+        assert {k: v for k, v in official["adapter"].items() if k != "reselect_reset_state"} == \
+            {k: v for k, v in sara.items() if k != "reselect_reset_state"}
+        assert official["adapter"]["reselect_reset_state"] and not sara["reselect_reset_state"]
+        assert official["optim.weight_decay"] == 1e-2 and "optim.weight_decay" not in variants["sara.lo"]
 
 
 # ------------------------------------------------------------------------------------------ end to end
