@@ -28,7 +28,8 @@ from zoo._registry_base import close_matches
 from zoo.errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "load_raw_config", "apply_overrides", "parse_override", "validate_config",
-           "dump_config", "to_container", "schema_keys", "stage_dir", "stage_scope"]
+           "dump_config", "to_container", "schema_keys", "stage_dir", "stage_scope", "refuse_unread_keys",
+           "refuse_replaced_keys"]
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -259,6 +260,32 @@ def _leaves(tree: Any, prefix: str = ""):
             yield from _leaves(v, f"{prefix}{k}.")
     else:
         yield prefix[:-1], tree
+
+
+def refuse_unread_keys(raw: Mapping[str, Any], unread: Mapping[str, str], reader: str) -> None:
+    """Raise :class:`ConfigError` when the merged config ``raw`` sets a key of ``unread`` (``{key: why}``; a section
+    such as ``optim`` or a dotted key such as ``trainer.epochs``) that ``reader`` (e.g. "recipe 'ctta'") declares it
+    does not read, naming the key, the reader and why: such a key would otherwise be silently ignored."""
+    for key, why in unread.items():
+        node: Any = raw
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                node = None
+                break
+            node = node[part]
+        if node is None:
+            continue
+        set_keys = sorted(k for k, _ in _leaves(node, key + ".")) if isinstance(node, Mapping) else [key]
+        if set_keys:
+            raise ConfigError(f"config key '{set_keys[0]}' is not read by {reader} ({why}); remove it")
+
+
+def refuse_replaced_keys(section: Any, replaced: Mapping[str, str]) -> None:
+    """A key of an older config that ``section`` keeps as a field only so that the message can name its
+    replacement (``{key: what replaces it}``) is an error when set (not ``None``)."""
+    for key, instead in replaced.items():
+        if getattr(section, key) is not None:
+            raise ConfigError(f"config key '{key}' of recipe '{section.recipe}' was replaced: {instead}")
 
 
 def validate_config(cfg: Mapping | DictConfig, schema: type, *, prefix: str = "", what: str | None = None) -> Any:

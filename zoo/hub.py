@@ -33,6 +33,7 @@ __all__ = [
     "PretrainedCfg",
     "resolve_checkpoint",
     "load_checkpoint",
+    "without_classifier",
     "build_model_with_cfg",
     "resolve_weights_file",
     "load_state_dict_file",
@@ -314,3 +315,19 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, filter_fn: Cal
     load_weights(model, load_state_dict_file(file), cfg if isinstance(cfg, PretrainedCfg) else None, fn,
                  strict=strict, allow_head_reinit=allow_head_reinit)
     return file
+
+
+def without_classifier(model: nn.Module) -> Callable[[dict, nn.Module], dict]:
+    """A ``filter_fn`` for :func:`load_checkpoint` into a backbone built without its classifier (``num_classes=0``):
+    the model's own filter (official layouts) first, then the checkpoint's classifier tensors
+    (``pretrained_cfg.classifier_names``, else ``head``) dropped; any other missing / unexpected key stays an error."""
+    own = getattr(model, "checkpoint_filter_fn", None)
+    prefixes = tuple(getattr(getattr(model, "pretrained_cfg", None), "classifier_names", None) or ("head",))
+
+    def fn(state: dict, m: nn.Module) -> dict:
+        state = own(state, m) if own is not None else state
+        keep = m.state_dict()
+        return {k: v for k, v in state.items()
+                if k in keep or not any(k == p or k.startswith(p + ".") for p in prefixes)}
+
+    return fn

@@ -94,7 +94,8 @@ def test_feature_take_indices_errors(indices, match):
 
 
 def test_classify_recipe_adds_the_auxiliary_losses_and_refuses_dict_outputs():
-    from zoo.recipes.classify import ClassifyConfig, ClassifyRecipe, split_model_output
+    from zoo.models._contract import split_model_output
+    from zoo.recipes.classify import ClassifyConfig, ClassifyRecipe
 
     recipe = ClassifyRecipe(ClassifyConfig(model={"name": TINY, "num_classes": 3}))
     model = _Wrapper(create_model(TINY, num_classes=3).train(), "module")  # as the Trainer passes it (DDP)

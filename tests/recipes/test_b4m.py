@@ -333,7 +333,9 @@ def test_old_stage_one_runs_still_load(data, pipeline_run, tmp_path):
     recipe, _, _ = build_recipe(str(REPO / "configs" / "b4m" / "eval_t2i_mnist.yaml"), [
         f"eval.content_adapter={old}", f"eval.style_adapter={pipeline_run / 'style'}",
         f"eval.content_eval_root={data['b4m.content_root']}", f"eval.style_root={data['b4m.style_root']}"])
-    assert recipe._stage1_plp()["rank"] == 4
+    from zoo.diffusion.b4m_eval import stage1_plp
+
+    assert stage1_plp(recipe.cfg.adapter, recipe.cfg.eval.content_adapter)["rank"] == 4
 
 
 def test_eval_stage_compares_every_composition(data, pipeline_run, tmp_path):
@@ -398,7 +400,7 @@ def test_stage_two_optimiser_is_a_choice_and_snapshots_every_n_steps(data, pipel
     b4m.snapshot_every writes the adapter after every N optimiser steps, the last step being the run's own file."""
     from zoo.adapters.adamwr import AdamWr
     from zoo.cli import build_recipe, run_training
-    from zoo.recipes.b4m_study import merge_snapshots
+    from zoo.diffusion.b4m_study import merge_snapshots
 
     merge = {"b4m.stage": "merge", "b4m.content_adapter": pipeline_run / "content",
              "b4m.style_adapter": pipeline_run / "style", "b4m.stage2_optimizer": name}

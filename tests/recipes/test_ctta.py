@@ -75,7 +75,7 @@ class Recording(CTTARecipe):
     logits it was scored with."""
 
     def train_step(self, model, batch, ctx):
-        self._ensure_ready(ctx.accelerator.unwrap_model(model))
+        self.stream.ensure_ready(ctx.accelerator.unwrap_model(model))
         self.log = getattr(self, "log", [])
         teacher = getattr(self.algorithm, "teacher", None)
         self.log.append({"student": copy.deepcopy(model), "teacher": copy.deepcopy(teacher), "x": batch[0]})
@@ -101,7 +101,7 @@ def _params(model):
 def _plain_errors(model, recipe):
     errors = {}
     for name in DOMAINS:
-        data = recipe._domain_dataset(name)
+        data = recipe.cfg.data.domain(name)
         x = torch.stack([data[i][0] for i in range(len(data))])
         y = torch.tensor([data[i][1] for i in range(len(data))])
         with torch.no_grad():
@@ -341,7 +341,7 @@ def test_per_example_scores_average_to_the_stream_errors_and_cotta_scores_both_p
 
 
 def test_per_example_errors_weight_unequal_domains_to_the_mean_over_domains():
-    from zoo.recipes.ctta import per_example_errors
+    from zoo.metrics.stream import per_example_errors
 
     domains = {"a": {"correct": torch.tensor([1, 0, 0, 1]), "correct_t": torch.tensor([1, 1, 1, 1])},
                "b": {"correct": torch.tensor([0, 1]), "correct_t": torch.tensor([0, 0])}}

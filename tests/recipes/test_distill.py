@@ -23,7 +23,8 @@ from zoo.distill.storage import load_image_set
 from zoo.distill.students import StudentTeaching
 from zoo.engine.checkpoint import read_checkpoint
 from zoo.metrics.distill import storage_report
-from zoo.recipes.distill import DistillDataConfig, RotationPretrainRecipe, StudentRecipe, _classify_cfg
+from zoo.distill.config import DistillDataConfig
+from zoo.recipes.distill import RotationPretrainRecipe, StudentRecipe, _classify_cfg
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "hello"
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def _student(labels, images, targets, **kw):
     data = DistillDataConfig(name="mnist", root="unused")
     cfg = _classify_cfg({"name": "convnet_tiny", "num_classes": 10}, data, epochs=3, lr=1e-3, batch_size=8, seed=0)
     teaching = StudentTeaching(labels, len(images), 3, view_seed=11, **kw)
-    return StudentRecipe(cfg, data, images, targets, teaching, classes=[str(i) for i in range(10)])
+    return StudentRecipe(cfg, images, targets, teaching, classes=[str(i) for i in range(10)])
 
 
 def test_student_steps_with_stored_and_projector_labels_give_the_same_gradients():
@@ -75,7 +76,7 @@ def test_student_steps_with_stored_and_projector_labels_give_the_same_gradients(
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
     assert results["hard"][0] != pytest.approx(results["stored"][0], rel=1e-2)
     with pytest.raises(ValueError, match="teaching covers"):
-        StudentRecipe(hard.cfg, hard.distill_data, images[:5], targets[:5], hard.teaching)
+        StudentRecipe(hard.cfg, images[:5], targets[:5], hard.teaching)
 
 
 # ---------------------------------------------------------------------------------------------- rotation
@@ -83,7 +84,7 @@ def _rotation_recipe(root, eval_split="test[:37]", batch=8):
     data = DistillDataConfig(name="mnist", root=str(root), train_split="test[:16]", val_split=eval_split,
                              eval_split=eval_split, eval_batch_size=batch)
     return RotationPretrainRecipe(_classify_cfg({"name": "convnet_tiny"}, data, epochs=1, lr=1e-3, batch_size=8,
-                                                seed=0), data)
+                                                seed=0))
 
 
 def test_rotation_pretraining_is_evaluated_over_every_rotation_of_every_image(tmp_path):
@@ -407,12 +408,12 @@ def test_teacher_and_encoder_start_from_model_checkpoint_path(tmp_path):
         f"teacher.model.checkpoint_path={tmp_path / 'teacher_run'}", "encoder.kind=checkpoint",
         "encoder.model.name=convnet_tiny", f"encoder.model.checkpoint_path={tmp_path / 'encoder.pt'}"])
     ctx = RunContext(tmp_path / "run")
-    final, teachers, summary = recipe.teacher_models(ctx)
+    final, teachers, summary = recipe.pipeline.teacher_models(ctx)
     assert teachers == [final] and summary == {}
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(final(x), teacher(x))
-        encoder, dim, clip = recipe.build_encoder(ctx)
+        encoder, dim, clip = recipe.pipeline.build_encoder(ctx)
         # the encoder ships with the labels in fp16: the projector computes with exactly those (rounded) weights
         rounded = create_model("convnet_tiny", num_classes=7).eval()
         rounded.load_state_dict({k: v.half().float() if v.is_floating_point() else v

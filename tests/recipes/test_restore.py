@@ -21,7 +21,7 @@ from torch import nn
 from zoo.cli import load_run_config, train_main
 from zoo.config import ConfigError
 from zoo.metrics.image import psnr
-from zoo.recipes.restore import RestoreEvalConfig
+from zoo.restoration.evaluate import RestoreEvalConfig
 from zoo.restoration.losses import psnr_loss
 from zoo.restoration.tiling import tile_starts, tiled_forward
 

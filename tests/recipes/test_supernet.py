@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-import zoo.recipes.supernet as sn
+import zoo.nas.supernet as sn
 from zoo.config import ConfigError
 from zoo.models.bignas import load_child, resize_input
 from zoo.nas import sandwich_archs
@@ -264,7 +264,8 @@ def test_candidate_scores_are_the_top1_of_the_child_after_bn_recalibration(tmp_p
     """The search scores a child with the one evaluation loop (ClassificationMetric): the same number as
     recalibrating BN on the same batches and counting correct predictions by hand, also with a batch cap."""
     from zoo.engine.batchnorm import recalibrate_batchnorm
-    from zoo.recipes.supernet import SearchConfig, SearchDataConfig, SearchSection, SupernetSearchRecipe
+    from zoo.nas.supernet import SearchSection
+    from zoo.recipes.supernet import SearchConfig, SearchDataConfig, SupernetSearchRecipe
 
     data = tmp_path / "mnist"
     data.mkdir()

@@ -141,6 +141,21 @@ class AdapterMethod:
         the task's loss of one batch and ``backward(loss)`` back-propagates it through the run's accelerator (AMP
         scaling, DDP hooks). Default: nothing to measure."""
 
+    def calibrate_and_apply(self, model: nn.Module, batches: Iterable[Any],
+                            loss_fn: Callable[[nn.Module, Any], torch.Tensor], accelerator: Any,
+                            **calibrate_kwargs: Any) -> nn.Module:
+        """:meth:`calibrate` on ``batches`` with the task's ``loss_fn(model, batch)``, on the run's device under its
+        autocast, back-propagating through ``accelerator.backward`` (loss scaling), then :meth:`apply`; a method
+        without ``needs_calibration`` is applied at once. Every process measures on the same batches, so all ranks
+        build the same adapter. ``calibrate_kwargs``: the method's own options of :meth:`calibrate` (CoLoRA's
+        ``attribution_loss_fn``, ``optimizer_step``). Returns the model."""
+        if self.needs_calibration:
+            model.to(accelerator.device)
+            with accelerator.autocast():
+                self.calibrate(model, batches, loss_fn, accelerator.backward, **calibrate_kwargs)
+            model.zero_grad(set_to_none=True)
+        return self.apply(model)
+
     def apply(self, model: nn.Module) -> nn.Module:
         """Make ``model`` adapted this way, in place (wrap layers, freeze the base); returns it."""
         raise NotImplementedError(f"{type(self).__name__}.apply")

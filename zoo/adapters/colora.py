@@ -53,8 +53,10 @@ Super-Resolution" (FAIG), NeurIPS 2021, github.com/TencentARC/FAIG.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -69,7 +71,10 @@ from zoo.layers.lora import LOWRANK_TYPES, LoRALayer
 __all__ = ["LAYER_TYPES", "RANK_RULES", "FAIG_AGGREGATES", "CoLoRAConfig", "CoLoRAMethod", "target_layers",
            "lora_cost_per_rank", "max_lora_rank", "lora_param_count", "resolve_budget", "pair_mse_sum",
            "split_examples", "faig", "layer_contributions", "shuffle_contributions", "allocate_ranks", "colora_ranks",
-           "uniform_ranks", "add_colora"]
+           "uniform_ranks", "add_colora", "ALLOCATION_FILE"]
+
+#: where a run keeps :attr:`CoLoRAMethod.allocation` (its run directory, beside the checkpoints)
+ALLOCATION_FILE = "colora_allocation.json"
 
 #: the layer types ``layer_types`` may name (what :class:`~zoo.layers.lora.LowRankDelta` adapts)
 LAYER_TYPES: dict[str, type[nn.Module]] = {t.__name__: t for t in LOWRANK_TYPES}
@@ -460,6 +465,25 @@ class CoLoRAMethod(AdapterMethod):
         super().__init__(config)
         self.contributions: dict[str, float] | None = None
         self.allocation: dict[str, Any] | None = None
+
+    def save_allocation(self, directory: str | Path) -> Path | None:
+        """Write :attr:`allocation` (what :meth:`apply` decided) to ``directory/colora_allocation.json``; ``None``
+        when nothing was allocated yet."""
+        if self.allocation is None:
+            return None
+        path = Path(directory) / ALLOCATION_FILE
+        path.write_text(json.dumps(self.allocation, indent=2))
+        return path
+
+    def load_allocation(self, directory: str | Path | None) -> None:
+        """The per-layer ranks of the run in ``directory`` (its ``colora_allocation.json``) into ``config.ranks``, so
+        that the adapter of its checkpoints is rebuilt without a probe; a ``ConfigError`` naming the file and the fix
+        when it is not there."""
+        path = Path(directory) / ALLOCATION_FILE if directory is not None else None
+        if path is None or not path.is_file():
+            raise ConfigError(f"adapter.name={self.name}: the per-layer ranks of the checkpoint are not known (no "
+                              f"{ALLOCATION_FILE} in {directory}); give adapter.ranks from the run's allocation")
+        self.config.ranks = {k: int(v) for k, v in json.loads(path.read_text())["ranks"].items()}
 
     @property
     def delta_names(self) -> tuple[str, ...]:  # type: ignore[override]

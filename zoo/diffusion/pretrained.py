@@ -15,6 +15,7 @@ the new ``files``; paste them here, then run ``zoo manifest``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from zoo.pretrained_cfg import PipelineCfg, pipeline_cfgs, register_pipeline_cfg
 
 __all__ = ["PRETRAINED_PIPELINES", "default_cfgs", "pretrained_pipeline_dir", "load_pretrained_pipeline",
-           "pipeline_cfg"]
+           "pipeline_cfg", "PipelineSection", "load_named_pipeline"]
 
 default_cfgs = {
     "tiny_t2i_mnist": PipelineCfg(
@@ -125,5 +126,25 @@ def load_pretrained_pipeline(name: str = "tiny_t2i_mnist", *, torch_dtype: torch
     pipe = load_pipeline(folder, torch_dtype=torch_dtype or torch.float32, key=f"pretrained pipeline {name}")
     if device is not None:
         pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@dataclass
+class PipelineSection:
+    """Config section ``model`` of a scoring stage: the pipeline it scores (:func:`load_named_pipeline`)."""
+
+    pretrained: str = "tiny_t2i_mnist"  # a diffusers folder or a shipped pipeline name
+
+
+def load_named_pipeline(pretrained: str) -> Any:
+    """The pipeline a scoring stage's ``model.pretrained`` names: a shipped pipeline (:func:`load_pretrained_pipeline`,
+    files checked against the manifest) or a diffusers folder; weights in float32 (the shipped folders store fp16:
+    score in fp32), progress bars off."""
+    if pretrained in PRETRAINED_PIPELINES:
+        return load_pretrained_pipeline(pretrained)
+    from zoo.diffusion.pipeline import load_pipeline
+
+    pipe = load_pipeline(pretrained, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe

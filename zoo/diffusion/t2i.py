@@ -1,5 +1,5 @@
 """The parts of the tiny MNIST text-to-image model (``tiny_t2i_mnist``) that its two pre-training recipes
-(``t2i_vae``, ``t2i_unet`` in :mod:`zoo.recipes.t2i_pretrain`) build: data, networks, scheduler, pipeline, grid.
+(``t2i_vae``, ``t2i_unet``) build: settings, data, networks, scheduler, pipeline, grid, what a finished run writes.
 
 * data — :class:`DigitImages` (MNIST digits zero-padded from 28×28 to 32×32, grey replicated to RGB, in
   [-1, 1], with a caption), :class:`LatentDigits` (the same encoded once by the frozen VAE),
@@ -8,23 +8,43 @@
 * networks — :func:`build_vae` (``AutoencoderKL``, 32×32×3 -> 8×8×4), :func:`build_text_to_image`
   (:class:`TextToImage`: a ``UNet2DConditionModel`` with standard diffusers attention and a small
   ``CLIPTextModel``, trained jointly), :func:`build_scheduler` (SD's scaled-linear schedule);
-* :func:`text_to_image_pipeline` (a ``StableDiffusionPipeline`` of the parts) and :func:`digit_grid`.
+* :func:`text_to_image_pipeline` (a ``StableDiffusionPipeline`` of the parts) and :func:`digit_grid`;
+* settings — the config sections :class:`T2IDataConfig`, :class:`VAEModelConfig`, :class:`UNetModelConfig`,
+  :class:`T2ISampleConfig` (checked when built);
+* steps — ``t2i_vae``: :func:`vae_training_losses` (``MSE(x̂, x) + kl_weight · KL(q(z|x) || N(0, I))``),
+  :func:`vae_eval_outputs` (reconstruction PSNR of grey digits and colour composites, latents); ``t2i_unet``:
+  :func:`unet_training_loss` (DDPM noise, SD's scaled-linear betas, epsilon-prediction MSE; the recipe replaces
+  ``model.cond_drop`` of the captions by the empty one: classifier-free guidance training),
+  :func:`unet_validation_loss` (fixed timesteps and per-example noise);
+* outputs — :func:`save_vae` (``vae/`` with ``scaling_factor = 1 / std`` of the *training* digits' latents,
+  :func:`training_latent_stats`), :func:`save_pipeline_and_samples`, :func:`pipeline_from_checkpoint`.
 
 Importing this module does not import diffusers; the builders do.
 """
 from __future__ import annotations
 
+import logging
+import math
 import random
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from zoo.errors import ConfigError
 from zoo.metrics.base import Metric
 
-__all__ = ["psnr", "LatentStats", "DigitImages", "LatentDigits", "EvalDigits", "collate_digits", "collate_latents", "build_vae",
-           "build_scheduler", "TextToImage", "build_text_to_image", "text_to_image_pipeline", "digit_grid"]
+__all__ = ["psnr", "LatentStats", "DigitImages", "LatentDigits", "EvalDigits", "collate_digits", "collate_latents",
+           "build_vae", "build_scheduler", "TextToImage", "build_text_to_image", "text_to_image_pipeline", "digit_grid",
+           "T2IDataConfig", "train_digits_loader", "eval_digits_loader", "VAEModelConfig", "UNetModelConfig",
+           "T2ISampleConfig",
+           "training_latent_stats", "save_vae", "save_pipeline_and_samples", "pipeline_from_checkpoint",
+           "vae_training_losses", "vae_eval_outputs", "token_ids", "unet_training_loss", "unet_validation_loss"]
+
+_logger = logging.getLogger("zoo")
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -246,3 +266,234 @@ def digit_grid(pipe: Any, seeds: Sequence[int], num_inference_steps: int, guidan
     return make_grid([[to_pil(t) for t in row] for row in cols], [f'"{prompt(d)}"' for d in range(10)],
                      [f"seed {s}" for s in seeds], min_size=32,
                      title=f"Samples: {num_inference_steps} DDIM steps, guidance {guidance_scale:g}")
+
+
+# ====================================================================================================== settings
+@dataclass
+class T2IDataConfig:
+    """Config section ``data`` of both recipes."""
+
+    root: str | None = None  # MNIST folder (default: the shared sample data)
+    train_split: str = "test[:7000]"
+    eval_split: str = "test[7000:8000]"  # validation (zoo/data/splits.py); test[8000:] is reported, never read here
+    eval_images: int = 512  # first N validation digits for the evaluation
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    colour_prob: float = 0.5  # t2i_vae: share of colour/texture composites in training
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.colour_prob <= 1.0:
+            raise ConfigError(f"data.colour_prob must be in [0, 1], got {self.colour_prob!r}")
+        for key in ("eval_images", "batch_size", "eval_batch_size"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {getattr(self, key)!r}")
+
+
+def train_digits_loader(d: T2IDataConfig, seed: int, vae: Any = None) -> Any:
+    """The training loader of ``d.train_split`` (shuffled with ``seed``, last partial batch dropped): for the VAE
+    (``vae`` None) grey digits of which a share ``d.colour_prob`` are colour / texture composites, no captions; for
+    the UNet the digits encoded once by the frozen ``vae`` (:class:`LatentDigits`), with drawn captions."""
+    from zoo.data.images.style_digits import ColourDigits
+    from zoo.engine.data import build_loader
+
+    if vae is None:
+        colour = ColourDigits(d.colour_prob, seed=seed) if d.colour_prob > 0 else None
+        data, collate = DigitImages(d.train_split, d.root, colour=colour, captions=False, seed=seed), collate_digits
+    else:
+        data, collate = LatentDigits(DigitImages(d.train_split, d.root, captions=True, seed=seed), vae), collate_latents
+    return build_loader(data, d.batch_size, shuffle=True, seed=seed, num_workers=d.num_workers, drop_last=True,
+                        collate_fn=collate)
+
+
+def eval_digits_loader(d: T2IDataConfig, colour_seed: int | None = None) -> Any:
+    """The evaluation loader of both pre-training recipes: the first ``d.eval_images`` digits of ``d.eval_split``
+    (:class:`EvalDigits`; with ``colour_seed`` also their colour composites), in order."""
+    from zoo.engine.data import build_loader
+
+    ds = EvalDigits(d.eval_split, d.root, limit=d.eval_images, colour_seed=colour_seed)
+    return build_loader(ds, d.eval_batch_size, shuffle=False, collate_fn=collate_digits)
+
+
+@dataclass
+class VAEModelConfig:
+    """Config section ``model`` of ``t2i_vae``: the ``AutoencoderKL`` (each block but the last halves the size)."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 16
+    kl_weight: float = 1.0e-5
+
+    def __post_init__(self) -> None:
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ConfigError(f"model.block_out_channels {list(self.block_out_channels)} must be multiples of "
+                              f"model.norm_num_groups={self.norm_num_groups}")
+        if self.kl_weight < 0:
+            raise ConfigError(f"model.kl_weight must be >= 0, got {self.kl_weight!r}")
+
+
+@dataclass
+class UNetModelConfig:
+    """Config section ``model`` of ``t2i_unet``: the frozen VAE, the UNet and the text encoder."""
+
+    vae: str | None = None  # the t2i_vae run's vae/ folder (pipelines: ${stage:vae}/vae)
+    block_out_channels: list[int] = field(default_factory=lambda: [64, 128])
+    down_block_types: list[str] = field(default_factory=lambda: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"])
+    up_block_types: list[str] = field(default_factory=lambda: ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+    layers_per_block: int = 2
+    attention_head_dim: int = 32
+    norm_num_groups: int = 32
+    text_hidden: int = 64  # CLIPTextModel width (= the UNet's cross_attention_dim)
+    text_layers: int = 2
+    text_heads: int = 4
+    train_text_encoder: bool = True
+    cond_drop: float = 0.1  # share of empty captions (classifier-free guidance)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ConfigError(f"model.cond_drop must be in [0, 1), got {self.cond_drop!r}")
+        n = len(self.block_out_channels)
+        if len(self.down_block_types) != n or len(self.up_block_types) != n:
+            raise ConfigError("model.down_block_types / model.up_block_types need one entry per "
+                              "model.block_out_channels")
+
+
+@dataclass
+class T2ISampleConfig:
+    """Config section ``sample``: the final ``samples.png`` grid."""
+
+    num_inference_steps: int = 25
+    guidance_scale: float = 4.0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+
+
+# ====================================================================================================== outputs
+@torch.no_grad()
+def training_latent_stats(vae: nn.Module, split: str, root: str | None = None, batch_size: int = 256
+                          ) -> dict[str, float]:
+    """``{"latent_std", "latent_mean"}`` over every entry of the posterior-mode latents ``(N, 4, 8, 8)`` of all grey
+    digits of the *training* ``split`` (the images the UNet is trained on): the VAE's ``scaling_factor`` is
+    ``1 / latent_std`` (SD's convention: unit-variance latents). Runs on the VAE's device, in eval mode."""
+    images = DigitImages(split, root, captions=False)
+    was_training = vae.training
+    vae.eval()
+    device = next(vae.parameters()).device
+    total = total_sq = count = 0.0
+    try:
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([images[i]["pixel_values"] for i in range(start, min(start + batch_size, len(images)))])
+            z = vae.encode(x.to(device)).latent_dist.mode().double()
+            total += z.sum().item()
+            total_sq += z.pow(2).sum().item()
+            count += z.numel()
+    finally:
+        vae.train(was_training)
+    mean = total / count
+    var = (total_sq - count * mean * mean) / max(count - 1, 1)
+    return {"latent_std": math.sqrt(max(var, 0.0)), "latent_mean": mean}
+
+
+def save_vae(vae: nn.Module, d: T2IDataConfig, output_dir: str | Path) -> dict[str, float]:
+    """Write ``output_dir/vae`` (a diffusers folder) with ``scaling_factor = 1 / std`` of the latents of the grey
+    *training* digits (:func:`training_latent_stats`: a constant baked into every later stage is never measured on an
+    evaluation split); returns ``train_latent_std`` / ``train_latent_mean`` / ``scaling_factor``."""
+    stats = training_latent_stats(vae, d.train_split, d.root, d.eval_batch_size)
+    values = {"train_latent_std": stats["latent_std"], "train_latent_mean": stats["latent_mean"],
+              "scaling_factor": 1.0 / stats["latent_std"]}
+    vae.register_to_config(scaling_factor=values["scaling_factor"])
+    vae.save_pretrained(str(Path(output_dir) / "vae"), safe_serialization=True)
+    _logger.info("saved the VAE to %s (scaling_factor %.4f = 1 / std of the %s latents)", Path(output_dir) / "vae",
+                 values["scaling_factor"], d.train_split)
+    return values
+
+
+def save_pipeline_and_samples(vae: Any, net: TextToImage, tokenizer: Any, sample: T2ISampleConfig,
+                              output_dir: str | Path) -> None:
+    """Write ``output_dir/pipeline`` (a ``StableDiffusionPipeline`` folder of the parts) and ``samples.png``
+    (:func:`digit_grid` with ``sample``'s settings); ``net`` is put in eval mode meanwhile."""
+    was_training = net.training
+    net.eval()
+    pipe = text_to_image_pipeline(vae, net, tokenizer)
+    pipe.save_pretrained(str(Path(output_dir) / "pipeline"), safe_serialization=True)
+    _logger.info("saved the text-to-image pipeline to %s", Path(output_dir) / "pipeline")
+    digit_grid(pipe, sample.seeds, sample.num_inference_steps, sample.guidance_scale).save(
+        Path(output_dir) / "samples.png")
+    net.train(was_training)
+
+
+def pipeline_from_checkpoint(run_dir: str | Path, out_dir: str | Path, ema: bool = True) -> Path:
+    """Write the ``StableDiffusionPipeline`` of a ``t2i_unet`` run's ``last.pt`` (its EMA weights when the run
+    keeps them and ``ema``) to ``out_dir``: for looking at samples while the run goes on. Returns ``out_dir``."""
+    from diffusers import AutoencoderKL
+
+    from zoo.config import load_config, to_container, validate_config
+    from zoo.diffusion.captions import word_tokenizer
+    from zoo.engine.checkpoint import read_checkpoint
+
+    run_dir = Path(run_dir)
+    raw = to_container(load_config(run_dir / "config.yaml"))
+    if raw.get("recipe") != "t2i_unet":
+        raise ConfigError(f"{run_dir} is a '{raw.get('recipe')}' run, not t2i_unet")
+    m = validate_config(raw.get("model", {}), UNetModelConfig, prefix="model.")
+    vae = AutoencoderKL.from_pretrained(m.vae).requires_grad_(False).eval()
+    tokenizer = word_tokenizer()
+    net = build_text_to_image(m, vae.config, tokenizer, int(raw.get("seed", 0)))
+    state = read_checkpoint(run_dir / "last.pt", what="the run's last.pt")
+    weights = state["model"]
+    if ema and state.get("ema"):
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "num_updates"}
+    net.load_state_dict(weights)
+    text_to_image_pipeline(vae, net.eval(), tokenizer).save_pretrained(str(out_dir), safe_serialization=True)
+    return Path(out_dir)
+
+
+# ====================================================================================================== steps
+def vae_training_losses(vae: nn.Module, x: torch.Tensor, kl_weight: float) -> dict[str, torch.Tensor]:
+    """``t2i_vae``'s loss on images ``x (B, 3, 32, 32)`` in [-1, 1]: ``MSE(x̂, x) + kl_weight · KL(q(z|x) || N(0, I))``
+    (the KL per pixel, as the MSE; ``x̂`` decoded from a posterior sample); ``{"loss", "mse", "kl"}``."""
+    import torch.nn.functional as F
+
+    dist = vae.encode(x).latent_dist
+    recon = vae.decode(dist.sample()).sample
+    mse = F.mse_loss(recon.float(), x.float())
+    kl = dist.kl().mean() / x[0].numel()
+    return {"loss": mse + kl_weight * kl, "mse": mse.detach(), "kl": kl.detach()}
+
+
+def vae_eval_outputs(vae: nn.Module, x: torch.Tensor, xc: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image of grey digits ``x`` and their colour composites ``xc`` (``(B, 3, 32, 32)`` in [-1, 1]): the
+    posterior mode ``latent (B, 4, 8, 8)`` and the reconstruction PSNR (``psnr``, ``psnr_colour``; ``(B,)``)."""
+    z = vae.encode(x).latent_dist.mode()
+    recon_c = vae.decode(vae.encode(xc).latent_dist.mode()).sample
+    return {"latent": z, "psnr": psnr((vae.decode(z).sample + 1) / 2, (x + 1) / 2),
+            "psnr_colour": psnr((recon_c + 1) / 2, (xc + 1) / 2)}
+
+
+def token_ids(tokenizer: Any, captions: Sequence[str], device: torch.device) -> torch.Tensor:
+    """``(B, L)`` token ids of ``captions``, padded / truncated to the tokenizer's ``model_max_length``."""
+    return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
+
+
+def unet_training_loss(net: TextToImage, scheduler: Any, latents: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``t2i_unet``'s loss: epsilon-prediction MSE of ``net`` on ``latents (B, 4, 8, 8)`` (already scaled) noised
+    at random DDPM timesteps, conditioned on ``ids (B, L)``."""
+    import torch.nn.functional as F
+
+    from zoo.diffusion.denoising import add_training_noise
+
+    noisy, noise, t = add_training_noise(scheduler, latents)
+    return F.mse_loss(net(noisy, t, ids).float(), noise.float())
+
+
+def unet_validation_loss(net: TextToImage, scheduler: Any, latents: torch.Tensor, ids: torch.Tensor,
+                         index: torch.Tensor, num_timesteps: int, batch_size: int, num_examples: int,
+                         seed: int) -> torch.Tensor:
+    """``(B,)``: the denoising loss of each validation example at ``num_timesteps`` fixed timesteps, with the noise
+    of its ``index`` (the batches of a one-process evaluation of ``batch_size``, seeded ``seed + batch``)."""
+    from zoo.diffusion.denoising import eval_timesteps, example_noise, fixed_noise_loss
+
+    timesteps = eval_timesteps(scheduler, num_timesteps)
+    noise = example_noise(index, latents.shape[1:], len(timesteps), batch_size, num_examples, lambda b: seed + b)
+    return fixed_noise_loss(lambda noisy, t: net(noisy, t, ids), scheduler, latents, noise, timesteps)

@@ -1,5 +1,5 @@
-"""Dataset distillation building blocks, independent of any recipe (the ``hello_distill`` recipe in
-:mod:`zoo.recipes.distill` wires them to data and nested trainings):
+"""Dataset distillation building blocks, independent of any recipe (the ``hello_distill`` recipe wires
+them to data and nested trainings):
 
 * :mod:`zoo.distill.views` -- random-resized-crop views, a pure function of ``(seed, epoch, sample)``;
 * :mod:`zoo.distill.logits` -- a frozen network's logits over chunks, in eval mode;
@@ -12,7 +12,9 @@
 * :mod:`zoo.distill.projector` -- one training step's loss of HeLlO's projector against its teachers;
 * :mod:`zoo.distill.storage` -- image sets and tensors in safetensors files, written atomically;
 * :mod:`zoo.distill.data` -- the real data, and a fixed image set that yields sample indices;
-* :mod:`zoo.distill.report` -- the results table and the figures (matplotlib, imported only when drawing).
+* :mod:`zoo.distill.report` -- the results table and the figures (matplotlib, imported only when drawing);
+* :mod:`zoo.distill.config` -- the settings of a distillation, one dataclass per config section;
+* :mod:`zoo.distill.pipeline` -- the stages of a HeLlO distillation end to end (:class:`HelloPipeline`).
 """
 from zoo.distill.data import IndexedImages, dataset_targets, image_dataset, stack_images
 from zoo.distill.images import (image_objective, optimise_images, random_image_set, rded_image_set, rded_select,

@@ -3,13 +3,12 @@ stacked images of a dataset, and :class:`IndexedImages`, a fixed tensor image se
 index (so a student can look up the stored label / view of that sample)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IndexedImages", "image_dataset", "dataset_targets", "stack_images"]
+__all__ = ["IndexedImages", "image_dataset", "image_size_kwargs", "dataset_targets", "stack_images"]
 
 
 class IndexedImages(Dataset):
@@ -31,23 +30,16 @@ class IndexedImages(Dataset):
 
 
 def image_dataset(name: str, split: str, *, root: str | None = None, image_size: int = 224) -> Dataset:
-    """A dataset of ``(image (C, H, W) float in [0, 1], label)``: a registered one (``mnist``, ``cifar10`` ...) or
-    ``imagefolder`` (torchvision's ``ImageFolder`` at ``root/<split>``, resized and centre-cropped to
-    ``image_size``; ImageNet's train/val folders)."""
-    if name == "imagefolder":
-        try:
-            from torchvision import datasets, transforms
-        except ImportError as e:  # pragma: no cover - torchvision is a core dependency
-            raise ImportError("data.name=imagefolder needs torchvision") from e
-        folder = Path(root or ".") / split
-        if not folder.is_dir():
-            raise FileNotFoundError(f"data.root/{split}: no folder {folder} (ImageFolder layout <class>/<image>)")
-        tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
-                                 transforms.ToTensor()])
-        return datasets.ImageFolder(str(folder), transform=tf)
+    """A dataset of ``(image (C, H, W) float in [0, 1], label)``: a registered one (``mnist``, ``cifar10`` ...,
+    ``imagefolder``: :func:`zoo.data.images.folder.image_folder`, resized and centre-cropped to ``image_size``)."""
     from zoo.data import build_dataset
 
-    return build_dataset(name, root=root, split=split)
+    return build_dataset(name, root=root, split=split, **image_size_kwargs(name, image_size))
+
+
+def image_size_kwargs(name: str, image_size: int) -> dict[str, int]:
+    """The dataset arguments a distillation's ``data.image_size`` becomes: ``image_size`` for ``imagefolder`` only."""
+    return {"image_size": image_size} if name == "imagefolder" else {}
 
 
 def dataset_targets(ds: Dataset) -> torch.Tensor:

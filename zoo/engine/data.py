@@ -1,13 +1,13 @@
 """Data loaders whose order depends only on (seed, epoch), so resumed and multi-process runs see the same batches."""
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sized
+from typing import Any, Callable, Iterator, Sized
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochSampler", "build_loader", "seed_worker"]
+__all__ = ["EpochSampler", "build_loader", "seed_worker", "cycle_loader"]
 
 
 class EpochSampler(Sampler[int]):
@@ -78,3 +78,15 @@ def build_loader(
         worker_init_fn=seed_worker,
         generator=sampler.worker_generator,
     )
+
+
+def cycle_loader(loader: Any) -> Iterator[Any]:
+    """The batches of ``loader`` over and over (a new pass, e.g. a new shuffle, each time it is exhausted): for a
+    second data set drawn beside the main loader; ``ValueError`` if ``loader`` yields nothing."""
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("cycle_loader: the loader is empty (no batch in a whole pass)")

@@ -49,14 +49,15 @@ def evaluation_loop(model: nn.Module, loader: Any, accelerator: Any, step: EvalS
     return metric_set
 
 
-def evaluate_model(recipe: Any, model: nn.Module, output_dir: str | os.PathLike | None = None, cpu: bool | None = None) -> dict[str, float]:
-    """Run ``recipe.evaluate`` on its eval loader with ``model`` in eval mode (device chosen by accelerate; its
-    state is private to this call, so it can run inside a training run)."""
+def evaluate_model(recipe: Any, model: nn.Module, output_dir: str | os.PathLike | None = None, cpu: bool | None = None,
+                   loader: Any = None) -> dict[str, float]:
+    """Run ``recipe.evaluate`` on its eval loader (or ``loader``) with ``model`` in eval mode (device chosen by
+    accelerate; its state is private to this call, so it can run inside a training run)."""
     from zoo.engine.accel import RunAccelerator
 
     handle = RunAccelerator(cpu=cpu if cpu is not None else not torch.cuda.is_available())
     with handle.active() as accelerator:
-        eval_loader = recipe.build_eval_loader()
+        eval_loader = recipe.build_eval_loader() if loader is None else loader
         model, eval_loader = accelerator.prepare(model, eval_loader)
         model.eval()
         with torch.no_grad():

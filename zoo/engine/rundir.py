@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +22,8 @@ import yaml
 
 from zoo.errors import ConfigError
 
-__all__ = ["RunExistsError", "describe_run", "read_summary", "prepare_run_dir", "reconcile_resume_config", "RESUMABLE_KEYS", "flatten"]
+__all__ = ["RunExistsError", "describe_run", "read_summary", "read_final", "prepare_run_dir", "reconcile_resume_config",
+           "RESUMABLE_KEYS", "flatten"]
 
 _logger = logging.getLogger("zoo")
 
@@ -161,3 +163,15 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         _logger.warning("%s is not valid JSON; treating the run as unfinished", path)
         return None
+
+
+def read_final(run_dir: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The final metrics (``metrics.json``'s ``final``) of the finished run ``run_dir`` that a later stage reads;
+    a ``ConfigError`` naming ``what`` (the config key that points there) when the run is missing or unfinished."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise ConfigError(f"{what}: {path} does not exist (run that cell first)")
+    summary = json.loads(path.read_text())
+    if not summary.get("complete", True):
+        raise ConfigError(f"{what}: {path} belongs to an unfinished run")
+    return summary.get("final", {})

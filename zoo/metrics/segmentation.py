@@ -23,7 +23,7 @@ import torch
 from zoo.metrics.base import Metric
 
 __all__ = ["PartSegmentationMeter", "PartSegmentationMetric", "majority_part_by_category", "restricted_argmax",
-           "shape_iou", "part_ious", "part_figure", "save_part_figure"]
+           "keep_shapes", "shape_iou", "part_ious", "part_figure", "save_part_figure"]
 
 
 def restricted_argmax(logits: torch.Tensor, categories: torch.Tensor, parts_of: Sequence[Sequence[int]]
@@ -187,6 +187,18 @@ def majority_part_by_category(samples) -> dict[int, int]:
             c = np.pad(c, (0, len(binc) - len(c)))
         counts[int(category)] = c + binc
     return {c: int(v.argmax()) for c, v in counts.items()}
+
+
+def keep_shapes(shown: list, limit: int, num_categories: int, points: torch.Tensor, category: torch.Tensor,
+                target: torch.Tensor, pred: torch.Tensor) -> None:
+    """Append to ``shown`` (CPU copies of ``(points (N, 3), category, truth (N,), prediction (N,))``) shapes of the
+    batch ``points (B, N, C)``, ``category (B,)``, ``target`` / ``pred (B, N)`` until it holds ``limit``, at most
+    ``ceil(limit / num_categories)`` of each category: a few of every category for :func:`part_figure`."""
+    per_cat_max = max(1, -(-limit // max(num_categories, 1)))
+    for b in range(len(category)):
+        c = int(category[b])
+        if len(shown) < limit and sum(1 for s in shown if s[1] == c) < per_cat_max:
+            shown.append((points[b, :, :3].cpu(), c, target[b].cpu(), pred[b].cpu()))
 
 
 def part_figure(shapes: list, category_names: list[str], per_row: int = 2) -> Any:

@@ -50,6 +50,8 @@ from zoo.layers.features import feature_take_indices
 __all__ = [
     "AuxiliaryLossMixin",
     "pop_auxiliary_losses",
+    "split_model_output",
+    "loss_with_auxiliary",
     "unwrap_model",
     "tie_to_output",
     "feature_take_indices",
@@ -114,6 +116,27 @@ def pop_auxiliary_losses(model: nn.Module) -> dict[str, torch.Tensor]:
         raise TypeError(f"{type(inner).__name__}.auxiliary_losses() must return a dict of tensors, got "
                         f"{type(losses).__name__}; see zoo/models/_contract.py for the contract.")
     return dict(losses)
+
+
+def split_model_output(out: Any, model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(logits, aux_losses)`` after ``out = model(inputs)``: ``out`` is the logits tensor (the contract) and the
+    auxiliary losses of that forward are popped from ``model`` (:func:`pop_auxiliary_losses`; ``{}`` when ``model`` is
+    None). A forward that returns anything else is a ``TypeError`` saying how to follow the contract."""
+    if not isinstance(out, torch.Tensor):
+        name = type(model).__name__ if model is not None else "the model"
+        raise TypeError(f"classify recipe: {name}'s forward returned {type(out).__name__}, expected the logits tensor "
+                        "(B, num_classes). Return logits from forward and expose auxiliary losses through an "
+                        "auxiliary_losses() method (zoo/models/_contract.py).")
+    return out, ({} if model is None else pop_auxiliary_losses(model))
+
+
+def loss_with_auxiliary(main: torch.Tensor, aux: Mapping[str, torch.Tensor],
+                        name: str = "ce") -> dict[str, torch.Tensor]:
+    """A training step's losses: ``loss`` = the task loss ``main`` + every auxiliary loss (the one to
+    back-propagate), and, to log, ``main`` as ``name`` and each auxiliary loss, detached."""
+    losses = {"loss": main + sum(aux.values()) if aux else main, name: main.detach()}
+    losses.update({k: v.detach() for k, v in aux.items()})
+    return losses
 
 
 class _Tie(torch.autograd.Function):

@@ -4,9 +4,10 @@
   stage-uniform skeletons, per-stage mutations;
 * :mod:`zoo.nas.latency` -- a per-part latency table measured on this machine and cached in a JSON file;
 * :mod:`zoo.nas.search` -- the coarse-to-fine search under a budget, and the memo of each candidate's costs and score;
-* :mod:`zoo.nas.report` -- the accuracy-vs-MFLOPs figure of a search (matplotlib, imported only when drawing).
+* :mod:`zoo.nas.report` -- the accuracy-vs-MFLOPs figure of a search (matplotlib, imported only when drawing);
+* :mod:`zoo.nas.supernet` -- the settings, the sandwich-rule step and the search of every budget with its report.
 
-The ``supernet`` and ``supernet_search`` recipes (:mod:`zoo.recipes.supernet`) wire these to data and training.
+The ``supernet`` and ``supernet_search`` recipes wire these to data and training.
 """
 from zoo.nas.latency import LatencyTable
 from zoo.nas.report import plot_pareto

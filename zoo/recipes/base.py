@@ -11,8 +11,8 @@ from zoo.registry import RECIPES
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 
-__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "check_unread_keys", "NOTHING_TRAINED",
-           "calibrate_adapter"]
+__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "check_unread_keys",
+           "NOTHING_TRAINED", "StudyStage"]
 
 #: how a recipe's run goes: ``plain`` (the Trainer trains, then evaluates), ``stream`` (the stream loop: test-time
 #: adaptation over ordered domains, scored online), ``study`` (the recipe drives its whole run: a search, nested
@@ -86,6 +86,8 @@ class Recipe:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_shape_base", False):
+            return  # a base of one run shape (StudyStage): its subclasses are checked
         if cls.run_shape not in RUN_SHAPES:
             raise TypeError(f"{cls.__name__}.run_shape must be one of {RUN_SHAPES}, got {cls.run_shape!r}")
         if cls.run_shape == "study" and cls.run is Recipe.run:
@@ -123,12 +125,10 @@ class Recipe:
     def stream_metrics(self, per_domain: dict[str, dict[str, float]]) -> dict[str, Any]:
         """Final metrics of a stream from each domain's metrics (what :meth:`build_metrics` ``("stream")``
         computed over the domain's examples). Default: each metric per domain (``<domain>/<name>``), its mean over
-        domains (``<name>``) and ``domains`` (the per-domain values)."""
-        keys = list(dict.fromkeys(k for m in per_domain.values() for k in m))
-        out: dict[str, Any] = {k: sum(m[k] for m in per_domain.values() if k in m) / len(per_domain) for k in keys}
-        out.update({f"{d}/{k}": v for d, m in per_domain.items() for k, v in m.items()})
-        out["domains"] = per_domain
-        return out
+        domains (``<name>``) and ``domains`` (the per-domain values): :func:`zoo.metrics.stream.mean_over_domains`."""
+        from zoo.metrics.stream import mean_over_domains
+
+        return mean_over_domains(per_domain)
 
     def report(self, summary: dict[str, Any], run_dir: Any) -> None:
         """Write what a finished run adds to ``run_dir`` (tables, figures) from its ``summary`` (what
@@ -147,7 +147,8 @@ class Recipe:
     def calibrate(self, model: nn.Module, accelerator: Any) -> nn.Module:
         """Data-driven set-up of the built model before the optimiser exists, with the run's ``accelerator`` (called
         by the Trainer right after :meth:`build_model`): e.g. an adapter method that measures contributions on a few
-        batches before it is applied (:func:`calibrate_adapter`). Default: the model as built."""
+        batches before it is applied (:meth:`zoo.adapters.base.AdapterMethod.calibrate_and_apply`). Default: the
+        model as built."""
         return model
 
     def build_eval_model(self, model_name: str | None = None, pretrained: bool = False,
@@ -230,44 +231,19 @@ class Recipe:
         model.load_state_dict(state)
 
 
+class StudyStage(Recipe):
+    """A study cell that owns its run and trains nothing (a data, scoring or choice stage): subclasses set
+    ``Config`` and implement :meth:`run`, usually one call into the package that holds the stage's logic."""
+
+    _shape_base = True
+    run_shape = "study"
+    unread_keys = NOTHING_TRAINED
+
+
 def check_unread_keys(recipe_cls: type[Recipe], raw: Mapping[str, Any]) -> None:
     """Raise :class:`~zoo.errors.ConfigError` when the config ``raw`` (merged, before defaults) sets a key that
-    ``recipe_cls`` declares unread (``unread_keys``: a section such as ``optim`` or a dotted key such as
-    ``trainer.epochs``), naming the key, the recipe and why it is not read."""
-    from zoo.errors import ConfigError
+    ``recipe_cls`` declares unread (``unread_keys``), naming the key, the recipe and why
+    (:func:`zoo.config.refuse_unread_keys`)."""
+    from zoo.config import refuse_unread_keys
 
-    for key, why in recipe_cls.unread_keys.items():
-        node: Any = raw
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                node = None
-                break
-            node = node[part]
-        if node is None:
-            continue
-        set_keys = sorted(_leaf_keys(node, key)) if isinstance(node, Mapping) else [key]
-        if set_keys:
-            raise ConfigError(f"config key '{set_keys[0]}' is not read by recipe '{raw.get('recipe')}' ({why}); "
-                              f"remove it")
-
-
-def _leaf_keys(tree: Mapping[str, Any], prefix: str) -> list[str]:
-    out = []
-    for k, v in tree.items():
-        out += _leaf_keys(v, f"{prefix}.{k}") if isinstance(v, Mapping) else [f"{prefix}.{k}"]
-    return out
-
-
-def calibrate_adapter(method: Any, model: nn.Module, batches: Any, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
-                      accelerator: Any, **calibrate_kwargs: Any) -> nn.Module:
-    """Run a data-driven adapter method's ``calibrate`` on ``batches`` with the task's ``loss_fn(model, batch)``,
-    on the run's device under its autocast, back-propagating through ``accelerator.backward`` (loss scaling), then
-    ``apply`` it; a method without ``needs_calibration`` is applied at once. Every process measures on the same
-    batches, so all ranks build the same adapter. ``calibrate_kwargs``: the method's own options of ``calibrate``
-    (CoLoRA's ``attribution_loss_fn``, ``optimizer_step``). Returns the model."""
-    if method.needs_calibration:
-        model.to(accelerator.device)
-        with accelerator.autocast():
-            method.calibrate(model, batches, loss_fn, accelerator.backward, **calibrate_kwargs)
-        model.zero_grad(set_to_none=True)
-    return method.apply(model)
+    refuse_unread_keys(raw, recipe_cls.unread_keys, f"recipe '{raw.get('recipe')}'")

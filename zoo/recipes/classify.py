@@ -13,44 +13,27 @@ from torch import nn
 
 from zoo.adapters.base import build_adapter
 from zoo.data import build_dataset
+from zoo.data.registry import DataSection
 from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
 from zoo.metrics.classification import ClassificationMetric, save_confusion_matrix
+from zoo.models._contract import loss_with_auxiliary, split_model_output
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.registry import create_model
 
-__all__ = ["ClassifyDataConfig", "ClassifyConfig", "ClassifyRecipe", "split_model_output"]
+__all__ = ["ClassifyDataConfig", "ClassifyConfig", "ClassifyRecipe"]
 
 _logger = logging.getLogger("zoo")
 
 
 @dataclass
-class ClassifyDataConfig:
+class ClassifyDataConfig(DataSection):
     """Config section ``data``: which dataset, its arguments, transforms and loader settings."""
 
-    name: str = "synthetic_shapes"
-    root: str | None = None
-    batch_size: int = 32  # global batch per optimiser micro-step, split across processes
-    eval_batch_size: int | None = None  # default: batch_size
-    num_workers: int = 0
-    drop_last: bool = True  # training only
-    train_split: str = "train"
-    eval_split: str = "test"
-    kwargs: dict[str, Any] = field(default_factory=dict)  # dataset arguments for both splits (e.g. num_points)
-    train_kwargs: dict[str, Any] = field(default_factory=dict)
-    eval_kwargs: dict[str, Any] = field(default_factory=dict)
     train_transforms: list[Any] = field(default_factory=list)  # per-sample, by name (see the dataset's transforms)
     eval_transforms: list[Any] = field(default_factory=list)
     batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, training
     eval_batch_transforms: list[Any] = field(default_factory=list)  # per-batch on the device, evaluation (before voting)
-
-    def __post_init__(self) -> None:
-        for key in ("batch_size", "eval_batch_size"):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"data.{key} must be an integer >= 1, got {value!r}")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers!r}")
 
 
 @dataclass
@@ -85,20 +68,6 @@ class ClassifyConfig(RecipeConfig):
     # an adaptation method (zoo/adapters; e.g. {name: lora, rank: 4}): the model is frozen but what the method
     # trains; checkpoints hold only that, and the final evaluation saves it into <run>/adapter/. Empty: train all.
     adapter: dict[str, Any] = field(default_factory=dict)
-
-
-def split_model_output(out: Any, model: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(logits (B, C), aux_losses)`` after ``out = model(inputs)``: ``out`` is the logits tensor (the model contract,
-    ``zoo/models/_contract.py``) and the auxiliary losses of that forward are popped from ``model`` (through any
-    DDP / accelerate / ``torch.compile`` wrapper; ``{}`` for a model without them, or when ``model`` is None)."""
-    from zoo.models._contract import pop_auxiliary_losses
-
-    if not isinstance(out, torch.Tensor):
-        name = type(model).__name__ if model is not None else "the model"
-        raise TypeError(f"classify recipe: {name}'s forward returned {type(out).__name__}, expected the logits tensor "
-                        "(B, num_classes). Return logits from forward and expose auxiliary losses through an "
-                        "auxiliary_losses() method (zoo/models/_contract.py).")
-    return out, ({} if model is None else pop_auxiliary_losses(model))
 
 
 def _point_transforms(specs: list[Any]) -> Callable | None:
@@ -261,9 +230,7 @@ class ClassifyRecipe(Recipe):
             inputs = self._batch_transform(inputs)
         logits, aux = split_model_output(model(inputs), model)
         ce = F.cross_entropy(logits.float(), target, label_smoothing=self.cfg.loss.label_smoothing)
-        losses = {"loss": ce + sum(aux.values()) if aux else ce, "ce": ce.detach()}
-        losses.update({k: v.detach() for k, v in aux.items()})
-        return losses
+        return loss_with_auxiliary(ce, aux)
 
     def predict(self, model: nn.Module, inputs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Logits ``(B, C)``; averaged over ``eval.num_votes`` augmented views when voting is on."""

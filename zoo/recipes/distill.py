@@ -1,67 +1,31 @@
-"""Dataset distillation with label-space lightening (HeLlO) and its stored-soft-label / hard-label baselines.
+"""The ``hello_distill`` recipe: HeLlO dataset distillation with label-space lightening and its stored-soft-label /
+hard-label baselines (``tools/train.py configs/hello/mnist.yaml``).
 
-The ``hello_distill`` recipe is a study (owns its run: ``tools/train.py configs/hello/mnist.yaml``); every training
-inside it is a nested run in its own sub-directory (finished ones are reused on ``--resume``)::
-
-    teacher/        classify run on data.train_split; a snapshot per epoch (teacher/snapshots/epoch_<n>.pt) --
-                    the final one labels stored soft labels, the trajectory gives the projector's weak teachers
-    encoder/        the projector's encoder pre-training (encoder.kind: rotation = self-supervised 4-way rotation
-                    prediction on the training images, labels unused; or encoder.model.checkpoint_path / a local CLIP)
-    projector/      the HeLlO projector: frozen encoder + head (class means / CLIP text embeddings) + the
-                    ``hello_projector`` adaptation method trained on the teachers' soft labels + CE;
-                    projector.safetensors (adapters + head) and encoder.safetensors (the encoder's weights in fp16,
-                    unless encoder.public names a model anyone can download) are what ships with the images
-    ipc<k>/         images_<objective>.safetensors (distilled, uint8: rded = RDED selection, label_gap = RDED + our
-                    pixel steps), random.safetensors (random real images, for IOR), <images>_soft_labels*.safetensors
-                    + views (stored labels; _equal: cut to the projector side's bytes),
-                    <images>_<labels>/[ce<w>/]seed<s>/ (student runs; reported/ = the chosen one on data.eval_split)
-    real_hard/      students on the whole training split with hard labels (DD-Ranking's Acc(real, hard))
-    results.csv, storage.json, metrics.json, per_example.npz, hello_<dataset>.png   (written by ``run`` / ``report``)
-
-Splits: everything trains on ``data.train_split``; every choice (the students' cross-entropy weight among
-``students.ce_weights``, per label kind) and every evaluation inside a nested run reads ``data.val_split``; only the
-chosen students are evaluated on ``data.eval_split``, the reported numbers.
-
-A study shares one seed's teacher, encoder, projector and image sets between cells: a cell with
-``students.labels: []`` prepares them, the others copy them with ``prepare_from`` (its run directory; the settings
-that made them must agree) and train one label kind on one image set each (configs/hello/study.yaml).
-
-The algorithms live in :mod:`zoo.distill` (views, RDED sets and the image objective, stored labels, the students'
-views and losses, the rotation pretext task, the projector's training loss, files, figures), the projector in
-:mod:`zoo.adapters.hello` and DD-Ranking's scores in :mod:`zoo.metrics.distill`; this file holds the config, the
-nested stage recipes (each a ``classify`` training on the distill data section) and the run that chains them.
+A study (owns its run): :class:`zoo.distill.pipeline.HelloPipeline` runs the stages (teacher, encoder, projector,
+image sets, stored labels, students, report; the run directory's layout is described there) with the settings of
+:mod:`zoo.distill.config`. This file holds the config, the nested trainings (each a ``classify`` training on the
+distill data section) and the wiring between them.
 """
 from __future__ import annotations
 
-import copy
-import json
-import logging
-import statistics
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+from functools import cached_property
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
-from zoo.distill.data import IndexedImages, dataset_targets, image_dataset
-from zoo.distill.images import optimise_images, random_image_set, rded_image_set
-from zoo.distill.labels import (LABEL_DTYPES, LABEL_KINDS, SOFT_LABEL_KINDS, epochs_within_bytes,
-                                generate_soft_labels)
+from zoo.distill.config import (RENAMED_KEYS, DistillDataConfig, EncoderSection, ImagesSection, ProjectorSection,
+                                StudentsSection, TeacherSection)
+from zoo.distill.data import IndexedImages, image_size_kwargs
+from zoo.distill.pipeline import HelloPipeline
 from zoo.distill.projector import projector_training_loss
-from zoo.distill.report import plot_results, save_image_grid, write_results_csv
 from zoo.distill.rotation import NUM_ROTATIONS, random_rotations, rotation_hits
-from zoo.distill.storage import (load_image_set, load_module_weights, load_tensors, save_image_set,
-                                 save_module_weights, save_tensors)
 from zoo.distill.students import StudentTeaching
 from zoo.engine.data import build_loader
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
-from zoo.errors import ConfigError
-from zoo.hub import load_checkpoint
 from zoo.metrics.base import MeanMetric
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.recipes.classify import ClassifyConfig, ClassifyDataConfig, ClassifyRecipe, EvalConfig, LossConfig
@@ -69,188 +33,6 @@ from zoo.registry import create_model
 
 __all__ = ["HelloDistillConfig", "HelloDistillRecipe", "TeacherRecipe", "RotationPretrainRecipe", "ProjectorRecipe",
            "StudentRecipe", "DistillDataConfig"]
-
-_logger = logging.getLogger("zoo")
-
-
-# ================================================================================================ config
-def _check_scale(name: str, scale: Sequence[float]) -> None:
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        raise ConfigError(f"{name} must be [min, max] with 0 < min <= max <= 1, got {list(scale)}")
-
-
-@dataclass
-class DistillDataConfig:
-    """Config section ``data``: the real data (``train_split`` = teacher / projector / candidate pool,
-    ``val_split`` = every choice and every evaluation inside a nested run, ``eval_split`` = held out, only for the
-    reported accuracies of the chosen students)."""
-
-    name: str = "mnist"  # a registered dataset, or imagefolder (root/<split>/<class>/<image>)
-    root: str | None = None
-    train_split: str = "test[:7000]"
-    val_split: str = "test[7000:8000]"
-    eval_split: str = "test[8000:]"
-    image_size: int = 224  # imagefolder only
-    batch_size: int = 64
-    eval_batch_size: int = 500
-    num_workers: int = 0
-    classes: list[str] = field(default_factory=list)  # class names (CLIP text head); default: the dataset's
-
-
-@dataclass
-class TeacherSection:
-    """Config section ``teacher`` (``model.checkpoint_path``: a trained teacher instead of training one; then no
-    trajectory)."""
-
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "convnet_small"})
-    epochs: int = 4
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"teacher.epochs must be >= 1, got {self.epochs!r}")
-
-
-@dataclass
-class EncoderSection:
-    """Config section ``encoder``: the projector's pre-trained encoder (never trained on the teacher's labels)."""
-
-    kind: str = "rotation"  # rotation (self-supervised on data.train_split images) | checkpoint | clip
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "convnet_small"})  # + checkpoint_path (kind=checkpoint)
-    num_features: int | None = None  # default: the model's num_features
-    epochs: int = 3  # rotation pre-training
-    lr: float = 3e-3
-    clip_path: str | None = None  # kind=clip: a transformers directory or an open_clip checkpoint
-    clip_backend: str | None = None  # transformers | open_clip (default from the path)
-    clip_model_name: str | None = None  # open_clip architecture, e.g. RN50
-    clip_template: str = "a photo of a {}."
-    # a public model anyone can download (e.g. "openai/clip RN50"): its bytes are reported but not counted in the
-    # label-side bytes; None: the encoder ships with the labels (encoder.safetensors, fp16), as ours must
-    public: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("rotation", "checkpoint", "clip"):
-            raise ConfigError(f"encoder.kind must be rotation, checkpoint or clip, got {self.kind!r}")
-        has_weights = bool(self.model.get("checkpoint_path"))
-        if (self.kind == "checkpoint") != has_weights:
-            raise ConfigError("encoder.kind=checkpoint needs encoder.model.checkpoint_path (a weights file or run "
-                              "directory of encoder.model), and only that kind reads it")
-        if self.kind == "clip" and not self.clip_path:
-            raise ConfigError("encoder.kind=clip needs encoder.clip_path (a local CLIP checkpoint)")
-
-
-@dataclass
-class ProjectorSection:
-    """Config section ``projector`` (HeLlO; paper IN-1K: ranks 8 / 128, MSE + CE, 9 trajectory teachers). The
-    adapter keys (``encoder_rank``, ``head_rank``, ``encoder_targets``, ``alpha``, ``storage_dtype``) configure the
-    ``hello_projector`` adaptation method (:meth:`adapter`)."""
-
-    encoder_rank: int = 1
-    head_rank: int = 4
-    encoder_targets: list[str] | None = None  # module names inside the encoder (default: every conv / linear)
-    alpha: float | None = None
-    head_init: str = "class_means"  # class_means | text (CLIP)
-    normalize: bool = True
-    logit_scale: float = 10.0
-    teachers: str = "trajectory"  # trajectory (every epoch snapshot of the teacher) | last
-    loss: str = "kl"  # kl | mse
-    temperature: float = 1.0
-    ce_weight: float = 0.5
-    augment: bool = True
-    epochs: int = 3
-    lr: float = 3e-3
-    storage_dtype: str = "float16"
-
-    def __post_init__(self) -> None:
-        if self.head_init not in ("class_means", "text"):
-            raise ConfigError(f"projector.head_init must be class_means or text, got {self.head_init!r}")
-        if self.teachers not in ("trajectory", "last"):
-            raise ConfigError(f"projector.teachers must be trajectory or last, got {self.teachers!r}")
-        if self.loss not in ("kl", "mse"):
-            raise ConfigError(f"projector.loss must be kl or mse, got {self.loss!r}")
-        try:
-            self.adapter()
-        except ConfigError as exc:
-            raise ConfigError(f"projector: {exc}") from None
-
-    def adapter(self) -> Any:
-        """The ``hello_projector`` adaptation method these keys describe."""
-        from zoo.adapters.base import build_adapter
-
-        return build_adapter({"name": "hello_projector", "encoder_rank": self.encoder_rank,
-                              "head_rank": self.head_rank, "alpha": self.alpha,
-                              "target_modules": self.encoder_targets, "storage_dtype": self.storage_dtype},
-                             where="projector")
-
-
-#: the distilled image sets: RDED's selection alone, or RDED + our label-gap pixel steps
-IMAGE_OBJECTIVES = ("rded", "label_gap")
-
-
-@dataclass
-class ImagesSection:
-    """Config section ``images``: the distilled sets, one per entry of ``objectives`` (``rded``: RDED's selection
-    and stitching; ``label_gap``: then ``steps`` Adam steps on the pixels against the teacher-projector gap). Every
-    label kind trains on each of them, so label kinds compare on the same images."""
-
-    ipcs: list[int] = field(default_factory=lambda: [1, 10, 50])
-    mipc: int = 300  # real candidates per class (RDED: 300)
-    num_crop: int = 5  # RDED: 5
-    factor: int = 1  # RDED: 2 on ImageNet, 1 on CIFAR
-    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    objectives: list[str] = field(default_factory=lambda: ["rded", "label_gap"])
-    steps: int = 30
-    lr: float = 0.01
-    temperature: float = 1.0
-    ce_weight: float = 0.1
-    random_baseline: bool = True  # also random real images of the same IPC (DD-Ranking's IOR)
-
-    def __post_init__(self) -> None:
-        if not self.ipcs or any(not isinstance(k, int) or k < 1 for k in self.ipcs):
-            raise ConfigError(f"images.ipcs must be a list of integers >= 1, got {self.ipcs!r}")
-        if self.factor < 1 or self.num_crop < 1 or self.mipc < 1 or self.steps < 0:
-            raise ConfigError("images.factor, images.num_crop, images.mipc must be >= 1 and images.steps >= 0")
-        bad = [o for o in self.objectives if o not in IMAGE_OBJECTIVES]
-        if bad or not self.objectives or len(set(self.objectives)) != len(self.objectives):
-            raise ConfigError(f"images.objectives must list some of {list(IMAGE_OBJECTIVES)} once each, "
-                              f"got {self.objectives!r}")
-        _check_scale("images.crop_scale", self.crop_scale)
-
-
-@dataclass
-class StudentsSection:
-    """Config section ``students``."""
-
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "convnet_small"})
-    labels: list[str] = field(default_factory=lambda: list(LABEL_KINDS))  # []: prepare only (a study's first cell)
-    epochs: int = 300
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    temperature: float = 4.0
-    # soft-label kinds: T^2 KL + w * CE on the true class, w chosen among these on data.val_split per IPC, image set
-    # and label kind (the paper's beta for projector labels; SRe2L / RDED use 0 for stored labels)
-    ce_weights: list[float] = field(default_factory=lambda: [0.0, 0.5])
-    augment: bool = True
-    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    label_dtype: str = "float16"  # stored soft labels
-    seeds: list[int] | None = None  # student seeds (default: [seed])
-    real_epochs: int = 3  # students on the whole training split (hard labels); 0 = skip (no HLR)
-
-    def __post_init__(self) -> None:
-        bad = [k for k in self.labels if k not in LABEL_KINDS]
-        if bad:
-            raise ConfigError(f"students.labels: unknown label kind(s) {bad}; use some of {list(LABEL_KINDS)}")
-        if self.epochs < 1 or self.batch_size < 1 or (self.seeds is not None and not self.seeds):
-            raise ConfigError("students.epochs and students.batch_size must be >= 1, students.seeds non-empty")
-        if not self.ce_weights or any(w < 0 for w in self.ce_weights):
-            raise ConfigError(f"students.ce_weights must list at least one weight >= 0, got {self.ce_weights!r}")
-        if self.label_dtype not in LABEL_DTYPES:
-            raise ConfigError(f"students.label_dtype must be one of {sorted(LABEL_DTYPES)}, got {self.label_dtype!r}")
-        if self.real_epochs < 0:
-            raise ConfigError("students.real_epochs must be >= 0")
-        _check_scale("students.crop_scale", self.crop_scale)
 
 
 @dataclass
@@ -268,15 +50,16 @@ class HelloDistillConfig(RecipeConfig):
     students: StudentsSection = field(default_factory=StudentsSection)
 
 
-def _classify_cfg(model: dict, data: DistillDataConfig, *, epochs: int, lr: float, batch_size: int, seed: int,
-                  weight_decay: float = 0.0, save_every: int | None = None, cpu: bool = False,
-                  eval_split: str | None = None) -> ClassifyConfig:
+def _classify_cfg(model: dict, data: DistillDataConfig, *, epochs: int, lr: float, seed: int,
+                  batch_size: int | None = None, weight_decay: float = 0.0, save_every: int | None = None,
+                  cpu: bool = False, eval_split: str | None = None) -> ClassifyConfig:
     """A ``classify`` config for the nested runs (AdamW, cosine schedule; no tensorboard, no bars, evaluation at the
     end only, on ``eval_split`` -- by default ``data.val_split``: a nested run never reads the reported split; no
     checkpoint is selected)."""
-    d = ClassifyDataConfig(name=data.name, root=data.root, batch_size=batch_size, eval_batch_size=data.eval_batch_size,
-                           num_workers=data.num_workers, train_split=data.train_split,
-                           eval_split=eval_split or data.val_split)
+    d = ClassifyDataConfig(name=data.name, root=data.root, batch_size=batch_size or data.batch_size,
+                           eval_batch_size=data.eval_batch_size, num_workers=data.num_workers,
+                           train_split=data.train_split, eval_split=eval_split or data.val_split,
+                           kwargs=image_size_kwargs(data.name, data.image_size))
     trainer = TrainerConfig(epochs=epochs, eval_every=epochs, save_every=save_every or epochs, log_every=50,
                             tensorboard=False, progress=False, cpu=cpu, save_best=False)
     return ClassifyConfig(recipe="classify", seed=seed, model=dict(model), data=d, loss=LossConfig(),
@@ -285,45 +68,12 @@ def _classify_cfg(model: dict, data: DistillDataConfig, *, epochs: int, lr: floa
                           schedule=ScheduleConfig(name="cosine"))
 
 
-def _without_classifier(model: nn.Module):
-    """A checkpoint filter for a backbone built without its classifier (``num_classes=0``): the model's own filter
-    (official layouts), then the checkpoint's classifier tensors (``pretrained_cfg.classifier_names``, else
-    ``head``) dropped; any other missing / unexpected key stays an error."""
-    own = getattr(model, "checkpoint_filter_fn", None)
-    prefixes = tuple(getattr(getattr(model, "pretrained_cfg", None), "classifier_names", None) or ("head",))
-
-    def fn(state: dict, m: nn.Module) -> dict:
-        state = own(state, m) if own is not None else state
-        keep = m.state_dict()
-        return {k: v for k, v in state.items()
-                if k in keep or not any(k == p or k.startswith(p + ".") for p in prefixes)}
-
-    return fn
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return (statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0)
-
-
 # ================================================================================================ nested stages
-class _DistillData:
-    """A nested ``classify`` training whose datasets come from the distill recipe's data section
-    (:func:`zoo.distill.data.image_dataset`: registered datasets or ``imagefolder``)."""
-
-    def __init__(self, cfg: ClassifyConfig, data: DistillDataConfig, *args: Any, **kwargs: Any):
-        self.distill_data = data
-        super().__init__(cfg, *args, **kwargs)
-
-    def _dataset(self, split, extra, transforms):  # overrides ClassifyRecipe._dataset
-        d = self.distill_data
-        return image_dataset(d.name, split, root=d.root, image_size=d.image_size)
-
-
-class TeacherRecipe(_DistillData, ClassifyRecipe):
+class TeacherRecipe(ClassifyRecipe):
     """The teacher: plain classification on ``data.train_split`` (one snapshot per epoch via a callback)."""
 
 
-class RotationPretrainRecipe(_DistillData, ClassifyRecipe):
+class RotationPretrainRecipe(ClassifyRecipe):
     """Self-supervised encoder pre-training (:mod:`zoo.distill.rotation`): predict which of 0/90/180/270 degrees
     each image of ``data.train_split`` was rotated by (never its label). ``top1`` = rotation accuracy over the 4
     rotations of every held-out image (the one evaluation loop, gathered across processes)."""
@@ -349,14 +99,14 @@ class RotationPretrainRecipe(_DistillData, ClassifyRecipe):
         """Nothing: no class confusion matrix for rotation classes."""
 
 
-class ProjectorRecipe(_DistillData, ClassifyRecipe):
+class ProjectorRecipe(ClassifyRecipe):
     """Trains the HeLlO projector's adapters (``method``, a ``hello_projector`` adaptation method already applied to
     ``projector``) on ``data.train_split`` against ``teachers`` (:func:`zoo.distill.projector_training_loss`).
     Checkpoints hold only the adapters. ``top1`` = the projector's held-out accuracy."""
 
-    def __init__(self, cfg: ClassifyConfig, data: DistillDataConfig, projector: nn.Module, method: Any,
-                 teachers: list[nn.Module], section: ProjectorSection, scale: Sequence[float]):
-        super().__init__(cfg, data)
+    def __init__(self, cfg: ClassifyConfig, projector: nn.Module, method: Any, teachers: list[nn.Module],
+                 section: ProjectorSection, scale: Sequence[float]):
+        super().__init__(cfg)
         self.projector, self.method, self.teachers = projector, method, teachers
         self.section, self.scale = section, tuple(scale)
 
@@ -377,14 +127,14 @@ class ProjectorRecipe(_DistillData, ClassifyRecipe):
         return {"loss": loss, **parts}
 
 
-class StudentRecipe(_DistillData, ClassifyRecipe):
+class StudentRecipe(ClassifyRecipe):
     """A student trained on a fixed image set ``images (N, C, H, W)`` in [0, 1] with classes ``targets (N,)``; what it
     sees and learns from is ``teaching`` (:class:`zoo.distill.students.StudentTeaching`: views and hard / stored /
     projector labels); evaluated on the held-out split."""
 
-    def __init__(self, cfg: ClassifyConfig, data: DistillDataConfig, images: torch.Tensor, targets: torch.Tensor,
-                 teaching: StudentTeaching, classes: Sequence[str] = ()):
-        super().__init__(cfg, data)
+    def __init__(self, cfg: ClassifyConfig, images: torch.Tensor, targets: torch.Tensor, teaching: StudentTeaching,
+                 classes: Sequence[str] = ()):
+        super().__init__(cfg)
         if len(images) != teaching.num_images:
             raise ValueError(f"StudentRecipe: {len(images)} images but the teaching covers {teaching.num_images}")
         self.images, self.targets, self.teaching = images, targets, teaching
@@ -414,9 +164,6 @@ class StudentRecipe(_DistillData, ClassifyRecipe):
 
 
 # ================================================================================================ the recipe
-#: the file the projector's encoder is stored in (projector/), when it must ship with the labels
-ENCODER_FILE = "encoder.safetensors"
-
 _NESTED = "each nested training takes its settings from its own section: teacher, encoder, projector, students"
 
 
@@ -432,450 +179,49 @@ class HelloDistillRecipe(Recipe):
         **{f"trainer.{f.name}": _NESTED for f in fields(TrainerConfig) if f.name != "cpu"},
         "optim": f"{_NESTED}; they use AdamW with the lr / weight_decay set there",
         "schedule": f"{_NESTED}; they use a cosine schedule",
-        "teacher.checkpoint": "renamed: a trained teacher is teacher.model.checkpoint_path",
-        "encoder.checkpoint": "renamed: the encoder's weights are encoder.model.checkpoint_path",
-        "images.objective": "replaced by images.objectives, a list of image sets every label kind trains on "
-                            "(rded = RDED selection only, label_gap = RDED + pixel steps; 'none' is now 'rded')",
-        "students.ce_weight": "replaced by students.ce_weights: candidates chosen on data.val_split per label kind",
-        "students.stored_ce_weight": "replaced by students.ce_weights: candidates chosen on data.val_split per label "
-                                     "kind (stored labels included)",
+        **RENAMED_KEYS,
     }
 
-    def __init__(self, cfg: HelloDistillConfig):
-        super().__init__(cfg)
-        self._pool = None
-        #: where selection, image optimisation and relabelling run (the nested trainings follow trainer.cpu too)
-        self.device = torch.device("cuda" if torch.cuda.is_available() and not cfg.trainer.cpu else "cpu")
+    @cached_property
+    def pipeline(self) -> HelloPipeline:
+        """The stages of this run (:class:`zoo.distill.pipeline.HelloPipeline`), with this recipe's nested trainings."""
+        return HelloPipeline(self.cfg, self, cpu=self.cfg.trainer.cpu)
 
-    # ------------------------------------------------------------------ data
-    @property
-    def pool(self) -> Dataset:
-        if self._pool is None:
-            d = self.cfg.data
-            self._pool = image_dataset(d.name, d.train_split, root=d.root, image_size=d.image_size)
-        return self._pool
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.cfg.data.classes) or list(getattr(self.pool, "classes", [])) or \
-            [str(i) for i in range(int(dataset_targets(self.pool).max()) + 1)]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def _nested(self, model: dict, *, epochs: int, lr: float, batch_size: int | None = None, seed: int | None = None,
-                weight_decay: float = 0.0, save_every: int | None = None,
-                eval_split: str | None = None) -> ClassifyConfig:
-        d = self.cfg.data
-        return _classify_cfg(model, d, epochs=epochs, lr=lr, batch_size=batch_size or d.batch_size,
-                             seed=self.cfg.seed if seed is None else seed, weight_decay=weight_decay,
-                             save_every=save_every, cpu=self.cfg.trainer.cpu, eval_split=eval_split)
-
-    @property
-    def student_seeds(self) -> list[int]:
-        """``students.seeds``, or ``[seed]``."""
-        return list(self.cfg.students.seeds) if self.cfg.students.seeds is not None else [self.cfg.seed]
-
-    # ------------------------------------------------------------------ stages
-    def teacher_models(self, ctx: Any) -> tuple[nn.Module, list[nn.Module], dict]:
-        """(final teacher, the projector's teachers, the teacher run's summary)."""
-        t = self.cfg.teacher
-        model_kwargs = dict(t.model)
-        name = model_kwargs.pop("name")
-        weights = model_kwargs.pop("checkpoint_path", None)
-        model_kwargs.setdefault("num_classes", self.num_classes)
-
-        def build(path: Any, what: str) -> nn.Module:
-            model = create_model(name, **model_kwargs)
-            load_checkpoint(model, path, what=what)
-            return model.eval()
-
-        if weights:
-            teacher = build(weights, "teacher.model.checkpoint_path")
-            return teacher, [teacher], {}
-        snap_dir = ctx.subdir("teacher") / "snapshots"
-
-        def snapshot(trainer, epoch, metrics):
-            if trainer.is_main:
-                from zoo.engine.checkpoint import atomic_save
-
-                snap_dir.mkdir(parents=True, exist_ok=True)
-                state = trainer.accelerator.unwrap_model(trainer.model).state_dict()
-                atomic_save({"model": {k: v.detach().cpu() for k, v in state.items()}}, snap_dir / f"epoch_{epoch}.pt")
-
-        cfg = self._nested({"name": name, **model_kwargs}, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
-                           save_every=1)
-        cfg.trainer.eval_every = 1
-        summary = ctx.train(TeacherRecipe(cfg, self.cfg.data), "teacher", callbacks=[snapshot])
-        final = build(ctx.output_dir / "teacher" / "last.pt", "the teacher run's last.pt")
-        if self.cfg.projector.teachers == "last":
-            return final, [final], summary
-        snaps = sorted(snap_dir.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        return final, [build(p, "a teacher snapshot") for p in snaps] or [final], summary
-
-    def build_encoder(self, ctx: Any) -> tuple[nn.Module, int, Any]:
-        """(encoder module ``(B, C, H, W) -> (B, D)``, D, CLIP handle or None) for the projector. An encoder that
-        ships with the labels (not ``encoder.public``, not CLIP) is written to ``projector/encoder.safetensors`` in
-        the projector's storage dtype and reloaded from it: the projector is trained, and labels the students'
-        views, with exactly the weights that are stored."""
-        from zoo.adapters.hello import FeatureEncoder, clip_preprocess, load_clip
-
-        e = self.cfg.encoder
-        if e.kind == "clip":
-            model, enc, dim, backend = load_clip(e.clip_path, e.clip_backend, e.clip_model_name)
-            return FeatureEncoder(enc, clip_preprocess), dim, (model, backend)
-        kwargs = dict(e.model)
-        name = kwargs.pop("name")
-        weights = kwargs.pop("checkpoint_path", None)
-        if e.kind == "rotation":
-            ctx.train(RotationPretrainRecipe(self._nested({"name": name, **kwargs}, epochs=e.epochs, lr=e.lr),
-                                             self.cfg.data), "encoder")
-            backbone = create_model(name, **{**kwargs, "num_classes": NUM_ROTATIONS})
-            load_checkpoint(backbone, ctx.output_dir / "encoder" / "last.pt", what="the encoder run's last.pt")
-        else:
-            backbone = create_model(name, **{**kwargs, "num_classes": 0})
-            load_checkpoint(backbone, weights, filter_fn=_without_classifier(backbone),
-                            what="encoder.model.checkpoint_path")
-        if hasattr(backbone, "reset_classifier"):
-            backbone.reset_classifier(0)
-        if not e.public:
-            from zoo.adapters.hello import STORAGE_DTYPES
-
-            path = ctx.subdir("projector") / ENCODER_FILE
-            if not path.is_file():  # written once (a resumed run reuses it)
-                save_module_weights(backbone, path, STORAGE_DTYPES[self.cfg.projector.storage_dtype])
-            load_module_weights(backbone, path)
-        dim = e.num_features or int(getattr(backbone, "num_features"))
-        return FeatureEncoder(backbone.eval()), dim, None
-
-    def build_projector(self, encoder: nn.Module, dim: int, clip: Any) -> tuple[nn.Module, Any]:
-        """(the projector with its head initialised -- class means over the training split, or CLIP text
-        embeddings -- and the ``hello_projector`` method applied (zero adapters), the method)."""
-        from zoo.adapters.hello import HelloProjector, class_mean_features, clip_text_embeddings, init_head
-
-        p = self.cfg.projector
-        torch.manual_seed(self.cfg.seed)
-        proj = HelloProjector(encoder, dim, self.num_classes, normalize=p.normalize, logit_scale=p.logit_scale,
-                              head_init=p.head_init)
-        if p.head_init == "text":
-            if clip is None:
-                raise ConfigError("projector.head_init=text needs encoder.kind=clip (class text embeddings)")
-            model, backend = clip
-            e = self.cfg.encoder
-            vectors = clip_text_embeddings(model, backend, self.class_names, e.clip_template, e.clip_path,
-                                           e.clip_model_name)
-        else:
-            loader = build_loader(self.pool, self.cfg.data.eval_batch_size, shuffle=False)
-            vectors = class_mean_features(proj, ((x, y) for x, y in loader), self.num_classes)
-        init_head(proj, vectors)
-        method = p.adapter()
-        method.apply(proj)
-        return proj, method
-
-    def train_projector(self, ctx: Any, teachers: list[nn.Module]) -> tuple[nn.Module, Path, dict]:
-        """Train (or reuse) the projector; returns (the projector *reloaded from its stored file*, the file, summary)."""
-        encoder, dim, clip = self.build_encoder(ctx)
-        proj, method = self.build_projector(encoder, dim, clip)
-        p = self.cfg.projector
-        cfg = self._nested({"name": "hello_projector"}, epochs=p.epochs, lr=p.lr)
-        recipe = ProjectorRecipe(cfg, self.cfg.data, proj, method, teachers, p, self.cfg.images.crop_scale)
-        summary = ctx.train(recipe, "projector")
-        run_dir = ctx.output_dir / "projector"
-        from zoo.engine.checkpoint import read_checkpoint
-
-        method.load_state_dict(proj, read_checkpoint(run_dir / "last.pt", what="the projector run's last.pt")["model"])
-        path = run_dir / method.weights_file
-        if not path.is_file():
-            method.save(proj, run_dir)
-        stored = copy.deepcopy(proj)
-        method.load(stored, path)  # students use exactly what is stored (rounded to storage_dtype)
-        return stored.eval(), path, summary
-
-    def label_side_storage(self, ctx: Any, projector_file: Path) -> dict[str, Any]:
-        """The bytes that must ship for projector labels to be regenerated: ``projector`` (adapters + head file),
-        ``encoder`` (``encoder.safetensors``; for CLIP, the size of ``encoder.clip_path``), ``encoder_public`` (the
-        name of a public encoder, whose bytes are then not counted) and ``projector_side`` (what counts)."""
-        from zoo.metrics.distill import storage_report
-
-        e = self.cfg.encoder
-        out: dict[str, Any] = {"projector": storage_report({"p": projector_file})["p"]}
-        if e.kind == "clip":
-            clip = Path(e.clip_path)
-            out["encoder"] = (sum(f.stat().st_size for f in clip.rglob("*") if f.is_file()) if clip.is_dir()
-                              else clip.stat().st_size)
-        else:
-            out["encoder"] = storage_report({"e": ctx.output_dir / "projector" / ENCODER_FILE})["e"] \
-                if not e.public else None
-        public = e.public or (f"CLIP ({e.clip_model_name or Path(e.clip_path).name})" if e.kind == "clip" else None)
-        out["encoder_public"] = public
-        out["projector_side"] = out["projector"] + (0 if public else int(out["encoder"] or 0))
-        return out
-
-    # ------------------------------------------------------------------ image sets and stored labels
-    def image_sets(self, ctx: Any, ipc: int, teacher: nn.Module, projector: nn.Module) -> dict[str, Path]:
-        """Write (or reuse) ``ipc<k>/images_<objective>.safetensors`` for every ``images.objectives`` (the RDED set
-        is selected once; ``label_gap`` optimises a copy of it) and ``ipc<k>/random.safetensors``."""
-        im, seed = self.cfg.images, self.cfg.seed
-        out = ctx.subdir(f"ipc{ipc}")
-        files = {o: out / f"images_{o}.safetensors" for o in im.objectives}
-        targets = dataset_targets(self.pool)
-        if not all(f.is_file() for f in files.values()):
-            images, labels = rded_image_set(self.pool, targets, teacher, self.num_classes, ipc, mipc=im.mipc,
-                                            num_crop=im.num_crop, factor=im.factor, scale=im.crop_scale, seed=seed,
-                                            device=self.device)
-            for objective, path in files.items():
-                if path.is_file():
-                    continue
-                history: list[float] = []
-                result = images
-                if objective == "label_gap" and im.steps:
-                    dev = self.device
-                    result, history = optimise_images(images.to(dev), labels.to(dev), teacher.to(dev),
-                                                      projector.to(dev), steps=im.steps, lr=im.lr,
-                                                      temperature=im.temperature, ce_weight=im.ce_weight,
-                                                      scale=im.crop_scale, seed=seed)
-                (out / f"image_objective_{objective}.json").write_text(
-                    json.dumps({"objective": objective, "history": history}))
-                save_image_set(path, result, labels)
-        if im.random_baseline:
-            files["random"] = out / "random.safetensors"
-            if not files["random"].is_file():
-                save_image_set(files["random"], *random_image_set(self.pool, targets, self.num_classes, ipc, seed=seed))
-        return files
-
-    def stored_labels(self, ctx: Any, ipc: int, kind: str, images: torch.Tensor, teacher: nn.Module,
-                      budget_bytes: int | None = None) -> dict[str, Path]:
-        """Write (or reuse) the stored soft labels (and views) of one image set (``kind``: an objective or
-        ``random``): every epoch's views (``budget_bytes`` None), or as many epochs as fit in ``budget_bytes``
-        (``stored_equal``: labels only, the views are regenerated from the seed; never more than the student's
-        epochs)."""
-        s = self.cfg.students
-        out = ctx.subdir(f"ipc{ipc}")
-        if budget_bytes is None:
-            files = {"labels": out / f"{kind}_soft_labels.safetensors", "views": out / f"{kind}_views.safetensors"}
-            epochs = s.epochs
-        else:
-            files = {"labels": out / f"{kind}_soft_labels_equal.safetensors"}
-            epochs = min(s.epochs, epochs_within_bytes(budget_bytes, len(images), self.num_classes, s.label_dtype))
-        if not all(f.is_file() for f in files.values()):
-            labels, views = generate_soft_labels(teacher.to(self.device), images.to(self.device), epochs,
-                                                 self.cfg.seed, scale=s.crop_scale, dtype=s.label_dtype,
-                                                 augment=s.augment)
-            save_tensors(files["labels"], {"soft_labels": labels})
-            if "views" in files:
-                save_tensors(files["views"], {"views": views})
-        return files
-
-    # ------------------------------------------------------------------ students
-    def student(self, images: torch.Tensor, targets: torch.Tensor, labels: str, seed: int, *, epochs: int | None = None,
-                soft: dict[str, Path] | None = None, projector: nn.Module | None = None, ce_weight: float = 0.0,
-                eval_split: str | None = None) -> StudentRecipe:
-        """A student recipe on ``images`` with label kind ``labels`` (``soft``: the stored files; ``projector``;
-        ``ce_weight``: of the cross-entropy term of soft-label kinds), evaluated on ``eval_split`` (default: the
-        validation split)."""
-        s = self.cfg.students
-        epochs = epochs or s.epochs
-        cfg = self._nested(s.model | {"num_classes": self.num_classes}, epochs=epochs, lr=s.lr,
-                           batch_size=s.batch_size, seed=seed, weight_decay=s.weight_decay,
-                           save_every=max(1, epochs // 4), eval_split=eval_split)
-        stored = {}
-        if labels in ("stored", "stored_equal"):
-            stored = {"soft_labels": load_tensors(soft["labels"])["soft_labels"]}
-            if "views" in soft:
-                stored["views"] = load_tensors(soft["views"])["views"]
-        teaching = StudentTeaching(labels, len(images), epochs, projector=projector, view_seed=self.cfg.seed,
-                                   augment=s.augment, scale=s.crop_scale, temperature=s.temperature,
-                                   ce_weight=ce_weight if labels in SOFT_LABEL_KINDS else 0.0, **stored)
-        return StudentRecipe(cfg, self.cfg.data, images, targets, teaching, classes=self.class_names)
-
-    def train_student(self, ctx: Any, name: str, images: torch.Tensor, targets: torch.Tensor, labels: str, seed: int,
-                      **kwargs: Any) -> dict[str, Any]:
-        """Train the student candidates of one label kind on one image set (one per ``students.ce_weights`` for
-        soft labels) into ``name/[ce<w>/]seed<s>``, keep the one with the best ``data.val_split`` top-1 (ties: the
-        first listed), and evaluate it on ``data.eval_split`` into ``<its run>/reported/``. Returns ``{top1 (reported),
-        val_top1, ce_weight, per_example (reported, 100/0 per example), run}``."""
-        weights = list(self.cfg.students.ce_weights) if labels in SOFT_LABEL_KINDS else [0.0]
-        best = None
-        for w in weights:
-            sub = f"{name}/ce{w:g}/seed{seed}" if labels in SOFT_LABEL_KINDS else f"{name}/seed{seed}"
-            summ = ctx.train(self.student(images, targets, labels, seed, ce_weight=w, **kwargs), sub)
-            val = float(summ["final"]["top1"])
-            if best is None or val > best[1]:
-                best = (w, val, sub)
-        w, val, sub = best
-        top1, per_example = self.evaluate_reported(ctx, sub, images, targets, labels, seed, ce_weight=w, **kwargs)
-        return {"top1": top1, "val_top1": val, "ce_weight": w, "per_example": per_example, "run": sub}
-
-    def evaluate_reported(self, ctx: Any, sub: str, images: torch.Tensor, targets: torch.Tensor, labels: str,
-                          seed: int, **kwargs: Any) -> tuple[float, np.ndarray]:
-        """The student of run ``sub`` (its ``last.pt``) on ``data.eval_split``: (top-1, per-example 100/0), written
-        to ``<sub>/reported/`` (reused when there)."""
-        from zoo.engine.checkpoint import read_checkpoint
-        from zoo.engine.evaluate import evaluate_model
-        from zoo.studies.per_example import load_per_example
-
-        out = ctx.output_dir / sub / "reported"
-        done = out / "metrics.json"
-        if not done.is_file():
-            recipe = self.student(images, targets, labels, seed, eval_split=self.cfg.data.eval_split, **kwargs)
-            model = recipe.build_model()
-            state = read_checkpoint(ctx.output_dir / sub / "last.pt", what="a student's last.pt")["model"]
-            model.load_state_dict(state)
-            out.mkdir(parents=True, exist_ok=True)
-            values = evaluate_model(recipe, model, output_dir=out, cpu=True if self.cfg.trainer.cpu else None)
-            done.write_text(json.dumps({"split": self.cfg.data.eval_split, "top1": float(values["top1"])}))
-        return float(json.loads(done.read_text())["top1"]), load_per_example(out)["top1"]
-
-    # ------------------------------------------------------------------ sharing a prepared run
-    _PREPARED = ("teacher", "encoder", "projector")
-
-    def copy_prepared(self, ctx: Any) -> None:
-        """``prepare_from``: copy the teacher, encoder and projector runs and the image sets of a finished run
-        (which must have been made with the same data, teacher, encoder, projector and image settings and seed)
-        into this run's directory, where the stages below find and reuse them."""
-        import shutil
-
-        import yaml
-
-        src = Path(self.cfg.prepare_from)
-        cfg_file = src / "config.yaml"
-        if not (src / "metrics.json").is_file() or not cfg_file.is_file():
-            raise FileNotFoundError(f"prepare_from: {src} is not a finished hello_distill run (no metrics.json / "
-                                    "config.yaml); run the preparing cell first")
-        theirs = yaml.safe_load(cfg_file.read_text())
-        mine = ctx.config
-        for key in ("seed", "data", "teacher", "encoder", "projector", "images"):
-            a, b = theirs.get(key), mine.get(key)
-            if key == "images":
-                a = {k: v for k, v in (a or {}).items() if k not in ("objectives", "random_baseline")}
-                b = {k: v for k, v in (b or {}).items() if k not in ("objectives", "random_baseline")}
-            if a != b:
-                raise ConfigError(f"prepare_from: {src} was made with other '{key}' settings ({a!r} there, {b!r} "
-                                  "here); prepare with this run's settings")
-        missing = [o for o in self.cfg.images.objectives if o not in theirs.get("images", {}).get("objectives", [])]
-        if missing:
-            raise ConfigError(f"prepare_from: {src} has no image sets for images.objectives {missing}")
-        for name in self._PREPARED:
-            if (src / name).is_dir() and not (ctx.output_dir / name).exists():
-                shutil.copytree(src / name, ctx.output_dir / name)
-        names = [f"{prefix}{o}{suffix}" for o in self.cfg.images.objectives
-                 for prefix, suffix in (("images_", ".safetensors"), ("image_objective_", ".json"))]
-        names += ["random.safetensors"] if self.cfg.images.random_baseline else []
-        for ipc in self.cfg.images.ipcs:
-            for name in names:
-                f, dst = src / f"ipc{ipc}" / name, ctx.output_dir / f"ipc{ipc}" / name
-                if f.is_file() and not dst.exists():
-                    ctx.subdir(f"ipc{ipc}")
-                    shutil.copy2(f, dst)
-
-    # ------------------------------------------------------------------ the run
     def run(self, ctx: Any) -> dict[str, Any]:
-        """Every stage in order (finished ones reused); returns the metrics (``ipc<k>/<images>/<labels>/top1`` ...,
-        with one image set and one label kind also ``ipc<k>``; ``results``: the table's rows, ``storage_bytes``:
-        the size of every file a method stores) and writes ``per_example.npz`` (the reported students' scores)."""
-        from zoo.metrics.distill import score_rows, storage_report
-        from zoo.studies.per_example import save_per_example
-
-        c, s = self.cfg, self.cfg.students
-        torch.manual_seed(c.seed)
-        if c.prepare_from:
-            self.copy_prepared(ctx)
-        teacher, teachers, teacher_summary = self.teacher_models(ctx)
-        projector, projector_file, projector_summary = self.train_projector(ctx, teachers)
-        storage: dict[str, Any] = self.label_side_storage(ctx, projector_file)
-        budget = storage["projector_side"]
-        rows: list[dict[str, Any]] = []
-        per_example: dict[str, np.ndarray] = {}
-        real_top1 = None
-        if s.real_epochs and s.labels:
-            pool_loader = build_loader(self.pool, c.data.eval_batch_size, shuffle=False)
-            xs, ys = zip(*pool_loader)
-            real_x, real_y = torch.cat(xs).float(), torch.cat(ys).long()
-            accs = [self.train_student(ctx, "real_hard", real_x, real_y, "hard", seed, epochs=s.real_epochs)["top1"]
-                    for seed in self.student_seeds]
-            real_top1 = _mean_std(accs)
-            del real_x, real_y
-        for ipc in c.images.ipcs:
-            files = self.image_sets(ctx, ipc, teacher, projector)
-            for kind, path in files.items():
-                if kind != "random":
-                    storage[f"ipc{ipc}/images_{kind}"] = storage_report({"x": path})["x"]
-                if not s.labels:
-                    continue
-                images, targets = load_image_set(path)
-                for labels in s.labels:
-                    soft, epochs_stored, label_bytes = None, None, 0
-                    if labels == "stored":
-                        soft = self.stored_labels(ctx, ipc, kind, images, teacher)
-                        rep = storage_report(soft)
-                        storage[f"ipc{ipc}/{kind}/stored_labels"] = label_bytes = rep["labels"]
-                        storage[f"ipc{ipc}/{kind}/stored_views"] = rep["views"]
-                        epochs_stored = s.epochs
-                    elif labels == "stored_equal":
-                        soft = self.stored_labels(ctx, ipc, kind, images, teacher, budget_bytes=budget)
-                        label_bytes = storage_report(soft)["labels"]
-                        storage[f"ipc{ipc}/{kind}/stored_equal_labels"] = label_bytes
-                        epochs_stored = int(load_tensors(soft["labels"])["soft_labels"].shape[0])
-                    elif labels == "projector":
-                        label_bytes = budget
-                    outs = [self.train_student(ctx, f"ipc{ipc}/{kind}_{labels}", images, targets, labels, seed,
-                                               soft=soft, projector=projector if labels == "projector" else None)
-                            for seed in self.student_seeds]
-                    accs = [o["top1"] for o in outs]
-                    mean, std = _mean_std(accs)
-                    row = {"ipc": ipc, "images": kind, "labels": labels, "top1": mean, "top1_std": std,
-                           "seeds": len(accs), "val_top1": statistics.fmean(o["val_top1"] for o in outs),
-                           "ce_weight": [o["ce_weight"] for o in outs], "label_bytes": label_bytes,
-                           "per_seed": accs}
-                    if epochs_stored is not None:
-                        row["stored_epochs"] = epochs_stored
-                    rows.append(row)
-                    per_example[f"ipc{ipc}/{kind}/{labels}"] = np.mean([o["per_example"] for o in outs], axis=0)
-        metrics: dict[str, Any] = {"storage_bytes": storage, "label_side_bytes": budget}
-        if teacher_summary.get("final"):
-            metrics["teacher_val_top1"] = float(teacher_summary["final"]["top1"])
-        if projector_summary.get("final"):
-            metrics["projector_val_top1"] = float(projector_summary["final"]["top1"])
-        if real_top1 is not None:
-            metrics["real_hard_top1"] = real_top1[0]
-        metrics.update(score_rows(rows, None if real_top1 is None else real_top1[0]))
-        for r in rows:
-            key = f"ipc{r['ipc']}/{r['images']}/{r['labels']}"
-            metrics[f"{key}/val_top1"] = r["val_top1"]
-            metrics[f"{key}/ce_weight"] = r["ce_weight"][0]
-            if "stored_epochs" in r:
-                metrics[f"{key}/stored_epochs"] = r["stored_epochs"]
-        distilled = [r for r in rows if r["images"] != "random"]
-        if distilled and len({(r["images"], r["labels"]) for r in distilled}) == 1:
-            # one image set and one label kind (a study cell): short names, one per IPC
-            for r in distilled:
-                k = f"ipc{r['ipc']}"
-                metrics.update({k: r["top1"], f"{k}_val": r["val_top1"], f"{k}_label_bytes": r["label_bytes"],
-                                f"{k}_ce_weight": r["ce_weight"][0]})
-                if "stored_epochs" in r:
-                    metrics[f"{k}_stored_epochs"] = r["stored_epochs"]
-                per_example[k] = per_example[f"ipc{r['ipc']}/{r['images']}/{r['labels']}"]
-        metrics["results"] = rows
-        if per_example:
-            save_per_example(ctx.output_dir, per_example)
-        return metrics
+        """Every stage in order (finished ones reused): :meth:`zoo.distill.pipeline.HelloPipeline.run`."""
+        return self.pipeline.run(ctx)
 
     def report(self, summary: dict[str, Any], run_dir: Any) -> None:
-        """``results.csv``, ``storage.json``, the figure ``hello_<dataset>.png`` and ``ipc<k>/images.png``."""
-        out, m = Path(run_dir), summary["final"]
-        (out / "storage.json").write_text(json.dumps(m["storage_bytes"], indent=2))
-        if not m["results"]:
-            return
-        write_results_csv(out / "results.csv", m["results"])
-        real = m.get("real_hard_top1")
-        try:
-            plot_results(m["results"], out / f"hello_{self.cfg.data.name}.png", None if real is None else (real, 0.0))
-            for ipc in self.cfg.images.ipcs:
-                sets = {f"IPC {ipc} {o}": load_image_set(out / f"ipc{ipc}" / f"images_{o}.safetensors")
-                        for o in self.cfg.images.objectives}
-                if (out / f"ipc{ipc}" / "random.safetensors").is_file():
-                    sets[f"IPC {ipc} random real"] = load_image_set(out / f"ipc{ipc}" / "random.safetensors")
-                save_image_grid(sets, out / f"ipc{ipc}" / "images.png", per_class=min(ipc, 10))
-        except ImportError:
-            _logger.warning("matplotlib is not installed: no figure")
+        """``results.csv``, ``storage.json`` and the figures: :meth:`zoo.distill.pipeline.HelloPipeline.report`."""
+        self.pipeline.report(summary, run_dir)
+
+    # ------------------------------------------------------------------ the nested trainings (NestedRecipes)
+    def _nested(self, model: dict, seed: int | None = None, **kwargs: Any) -> ClassifyConfig:
+        return _classify_cfg(model, self.cfg.data, seed=self.cfg.seed if seed is None else seed,
+                             cpu=self.cfg.trainer.cpu, **kwargs)
+
+    def teacher(self, model: dict[str, Any]) -> TeacherRecipe:
+        """The teacher run: ``teacher.epochs`` / ``lr`` / ``weight_decay``, evaluated and saved every epoch."""
+        t = self.cfg.teacher
+        cfg = self._nested(model, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay, save_every=1)
+        cfg.trainer.eval_every = 1
+        return TeacherRecipe(cfg)
+
+    def rotation(self, model: dict[str, Any]) -> RotationPretrainRecipe:
+        """The encoder's rotation pre-training: ``encoder.epochs`` / ``lr``."""
+        e = self.cfg.encoder
+        return RotationPretrainRecipe(self._nested(model, epochs=e.epochs, lr=e.lr))
+
+    def projector(self, projector: nn.Module, method: Any, teachers: list[nn.Module]) -> ProjectorRecipe:
+        """The projector's adapter training: ``projector.epochs`` / ``lr``, views cropped by ``images.crop_scale``."""
+        p = self.cfg.projector
+        cfg = self._nested({"name": "hello_projector"}, epochs=p.epochs, lr=p.lr)
+        return ProjectorRecipe(cfg, projector, method, teachers, p, self.cfg.images.crop_scale)
+
+    def student(self, model: dict[str, Any], images: torch.Tensor, targets: torch.Tensor, teaching: StudentTeaching,
+                classes: Sequence[str], *, seed: int, epochs: int, eval_split: str | None) -> StudentRecipe:
+        """A student run: ``students.lr`` / ``batch_size`` / ``weight_decay``, 4 checkpoints over ``epochs``."""
+        s = self.cfg.students
+        cfg = self._nested(model, epochs=epochs, lr=s.lr, batch_size=s.batch_size, seed=seed,
+                           weight_decay=s.weight_decay, save_every=max(1, epochs // 4), eval_split=eval_split)
+        return StudentRecipe(cfg, images, targets, teaching, classes=classes)

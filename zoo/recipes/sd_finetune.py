@@ -1,23 +1,17 @@
 """Stable Diffusion (1.x/2.x and SDXL) fine-tuning on a folder of captioned images (style / subject) with any
-adaptation method of :mod:`zoo.adapters` (``adapter:`` section; SaRA by default).
+adaptation method of :mod:`zoo.adapters` (``adapter:`` section; SaRA by default): diffusers'
+``train_text_to_image(_lora).py`` on the zoo's Trainer, the objective and its settings in :mod:`zoo.diffusion.finetune`.
 
-The recipe of diffusers' ``train_text_to_image(_lora).py`` on the zoo's Trainer: the VAE encodes the images to
-latents, noise is added at random DDPM timesteps, the UNet predicts the noise (or the velocity) from the noisy
-latents and the CLIP text embedding of the caption, and the loss is the MSE, optionally Min-SNR weighted
-(:mod:`zoo.diffusion.denoising`). Only the UNet is adapted, by the method the ``adapter`` section names
-(``sara``, ``lora``, ``peft_lora``, ``full``, ``plp``, ... — :func:`zoo.adapters.base.adapter_names`); a method
-that measures something on data first (``needs_calibration``, e.g. CoLoRA) gets ``data.calibration_batches``
-training batches and this recipe's denoising loss before it is applied. The VAE and the text encoder stay frozen
-in the mixed-precision dtype. Checkpoints hold only what the method trains.
-
-Evaluation: ``val_loss``, the denoising loss on the first ``data.eval_images`` images (centre crops) at
-``eval.num_timesteps`` fixed timesteps with fixed per-example noise. The final evaluation also writes the method's
-file (:func:`zoo.diffusion.adapters.save_for_pipeline`: ``sara_weights.safetensors``,
-``pytorch_lora_weights.safetensors``, ``unet/``, or the folder its ``save`` writes) and ``samples.png`` (each
-``sample.prompts`` rendered without and with the adapter). Importing this module does not import diffusers.
+Only the UNet is adapted; the VAE and the text encoders stay frozen in the mixed-precision dtype. A method that
+measures something on data first (``needs_calibration``, e.g. CoLoRA) gets ``data.calibration_batches`` training
+batches and the denoising loss before it is applied. Checkpoints hold only what the method trains. Evaluation:
+``val_loss`` on the first ``data.eval_images`` images (centre crops) at fixed timesteps and noise; the final one also
+writes the method's file (:func:`zoo.diffusion.adapters.save_for_pipeline`) and ``samples.png`` (each
+``sample.prompts`` without and with the adapter). Importing this module does not import diffusers.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -29,6 +23,8 @@ import torch
 from torch import nn
 
 from zoo.adapters.base import build_adapter
+from zoo.diffusion.finetune import (SDEvalConfig, SDModelConfig, SDSampleConfig, denoising_loss,
+                                    load_training_components, sample_comparison, validation_loss)
 from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
@@ -36,19 +32,6 @@ from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 __all__ = ["SDModelConfig", "SDDataConfig", "SDSampleConfig", "SDEvalConfig", "SDFinetuneConfig", "SDFinetuneRecipe"]
 
 _logger = logging.getLogger("zoo")
-
-
-@dataclass
-class SDModelConfig:
-    """Config section ``model``: the pipeline and the training objective (the method is the ``adapter`` section)."""
-
-    pretrained: str | None = None  # diffusers folder (model_index.json) or a single .safetensors/.ckpt file
-    single_file_config: str | None = None  # for single files offline: a local diffusers folder with the configs
-    original_config: str | None = None  # ... or the original inference yaml
-    gradient_checkpointing: bool = False
-    prediction_type: str | None = None  # epsilon | v_prediction (default: the scheduler's)
-    noise_offset: float = 0.0
-    snr_gamma: float | None = None  # Min-SNR loss weighting (e.g. 5.0); None: plain MSE
 
 
 @dataclass
@@ -69,29 +52,6 @@ class SDDataConfig:
     eval_images: int = 8  # validation loss on the first N images (centre crops, no flip)
     calibration_batches: int = 2  # training batches a data-driven method (needs_calibration) measures on
     num_workers: int = 0
-
-
-@dataclass
-class SDSampleConfig:
-    """Config section ``sample``: the grid of the final evaluation."""
-
-    enabled: bool = True
-    prompts: list[str] = field(default_factory=lambda: ["a dog", "a house by a lake", "a portrait of a woman"])
-    use_prefix: bool = True  # prepend data.prefix to each prompt
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5
-    seed: int = 0
-    height: int | None = None  # default: data.resolution
-    width: int | None = None
-    compare_base: bool = True  # full fine-tuning: reload the original UNet for the "base" column
-
-
-@dataclass
-class SDEvalConfig:
-    """Config section ``eval``."""
-
-    num_timesteps: int = 4  # evenly spaced timesteps per image for the validation loss
-    seed: int = 1234  # of the validation noise
 
 
 @dataclass
@@ -140,18 +100,9 @@ class SDFinetuneRecipe(Recipe):
     # ---------------------------------------------------------------- components
     @cached_property
     def components(self) -> Any:
-        from zoo.diffusion.pipeline import load_components
-
-        m = self.cfg.model
-        # float32 master weights whatever the stored dtype; the frozen parts are cast by place_frozen
-        c = load_components(m.pretrained, single_file_config=m.single_file_config, original_config=m.original_config,
-                            torch_dtype=torch.float32)
-        if m.prediction_type is not None:
-            c.noise_scheduler.register_to_config(prediction_type=m.prediction_type)
-        c.vae.requires_grad_(False).eval()
-        for text_encoder in c.text_encoders:
-            text_encoder.requires_grad_(False).eval()
-        return c
+        """The pipeline's parts, VAE and text encoders frozen
+        (:func:`zoo.diffusion.finetune.load_training_components`)."""
+        return load_training_components(self.cfg.model)
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -174,17 +125,12 @@ class SDFinetuneRecipe(Recipe):
         with the denoising loss (backward through the run's accelerator), then is applied."""
         if not self.method.needs_calibration:
             return unet
-        from zoo.recipes.base import calibrate_adapter
-
         loader = build_loader(self._dataset(True), self.cfg.data.batch_size, shuffle=True, seed=self.cfg.seed,
                               collate_fn=self.components.collate())
-        batches = []
-        for batch in loader:
-            if len(batches) == self.cfg.data.calibration_batches:
-                break
-            batches.append({k: v.to(accelerator.device) for k, v in batch.items()})
-        return calibrate_adapter(self.method, unet, batches,
-                                 lambda model, batch: self._denoising_loss(model, batch)[0], accelerator)
+        batches = [{k: v.to(accelerator.device) for k, v in batch.items()}
+                   for batch in itertools.islice(loader, self.cfg.data.calibration_batches)]
+        return self.method.calibrate_and_apply(unet, batches, lambda m, batch: self._denoising_loss(m, batch)[0],
+                                               accelerator)
 
     def _total_steps(self) -> int:
         """Optimiser steps of the whole run (SaRA's progressive schedule as a fraction of it): the Trainer's plan,
@@ -257,15 +203,8 @@ class SDFinetuneRecipe(Recipe):
         return self.components.encode(batch, sample, self.weight_dtype, self.cfg.data.resolution)
 
     def _denoising_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any]:
-        """(the denoising MSE of one batch at random noise and timesteps, the noising ``(noisy, t, text, cond)``)."""
-        from zoo.diffusion.denoising import add_training_noise, denoising_mse, min_snr_weights, prediction_target
-
-        m, sched = self.cfg.model, self.components.noise_scheduler
-        latents, text, cond = self._encode(batch, sample=True)
-        noisy, noise, t = add_training_noise(sched, latents, m.noise_offset)
-        pred = model(noisy, t, text, added_cond_kwargs=cond, return_dict=False)[0]
-        target = prediction_target(sched, latents, noise, t)
-        return denoising_mse(pred, target, min_snr_weights(sched, t, m.snr_gamma)), (noisy, t, text, cond)
+        """(the denoising MSE of one batch, its noising): :func:`zoo.diffusion.finetune.denoising_loss`."""
+        return denoising_loss(model, self.components.noise_scheduler, *self._encode(batch, sample=True), self.cfg.model)
 
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         mse, _ = self._denoising_loss(model, batch)
@@ -278,16 +217,9 @@ class SDFinetuneRecipe(Recipe):
     # ---------------------------------------------------------------- evaluation
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         """``{"val_loss": (B,)}``: the denoising loss per image at the fixed timesteps, with the noise of each
-        image's index (the batches of a one-process evaluation, seeded ``eval.seed + 1000 · batch``)."""
-        from zoo.diffusion.denoising import eval_timesteps, example_noise, fixed_noise_loss
-
-        sched = self.components.noise_scheduler
-        timesteps = eval_timesteps(sched, self.cfg.eval.num_timesteps)
-        latents, text, cond = self._encode(batch, sample=False)
-        noise = example_noise(batch["index"], latents.shape[1:], len(timesteps), self._eval_batch_size,
-                              self._eval_size, lambda b: self.cfg.eval.seed + 1000 * b)
-        denoise = lambda noisy, t: model(noisy, t, text, added_cond_kwargs=cond, return_dict=False)[0]  # noqa: E731
-        return {"val_loss": fixed_noise_loss(denoise, sched, latents, noise, timesteps)}
+        image's index (:func:`zoo.diffusion.finetune.validation_loss`)."""
+        return {"val_loss": validation_loss(model, self.components.noise_scheduler, *self._encode(batch, sample=False),
+                                            batch["index"], self.cfg.eval, self._eval_batch_size, self._eval_size)}
 
     def build_metrics(self, kind: str = "eval") -> Any:
         from zoo.metrics.base import MeanMetric
@@ -309,30 +241,9 @@ class SDFinetuneRecipe(Recipe):
         return values
 
     def render_samples(self, unet: nn.Module, device: torch.device) -> Any:
-        """``samples.png``'s grid: each prompt without (base) and with the trained adapter, same noise."""
-        from zoo.diffusion.adapters import sample_switch
-        from zoo.diffusion.sampling import comparison_grid
-
-        c, s, d, m = self.components, self.cfg.sample, self.cfg.data, self.cfg.model
-        c.place_frozen(device, self.weight_dtype)
-        pipe = c.pipeline(unet)  # StableDiffusionPipeline or StableDiffusionXLPipeline
-        pipe.set_progress_bar_config(disable=True)
-
-        def load_base() -> nn.Module:
-            from zoo.diffusion.pipeline import load_components
-
-            return load_components(m.pretrained, single_file_config=m.single_file_config,
-                                   original_config=m.original_config, torch_dtype=torch.float32).unet.to(device)
-
-        set_enabled = sample_switch(self.method, pipe, unet, load_base if s.compare_base else None)
-        prompts = [(d.prefix if s.use_prefix else "") + p for p in s.prompts]
-        was_training = unet.training
-        unet.eval()
-        try:
-            return comparison_grid(pipe, prompts, set_enabled, num_inference_steps=s.num_inference_steps,
-                                   guidance_scale=s.guidance_scale, seed=s.seed, height=s.height or d.resolution,
-                                   width=s.width or d.resolution, autocast_dtype=self.weight_dtype)
-        finally:
-            if set_enabled is not None:
-                set_enabled(True)
-            unet.train(was_training)
+        """``samples.png``'s grid: each prompt without (base) and with the trained adapter, same noise
+        (:func:`zoo.diffusion.finetune.sample_comparison`)."""
+        m, d = self.cfg.model, self.cfg.data
+        load_base = lambda: load_training_components(m, frozen=False).unet.to(device)  # noqa: E731
+        return sample_comparison(self.components, unet, self.method, self.cfg.sample, prefix=d.prefix,
+                                 resolution=d.resolution, dtype=self.weight_dtype, device=device, load_base=load_base)

@@ -26,10 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.data import build_dataset
+from zoo.data.registry import DataSection
 from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
-from zoo.metrics.segmentation import restricted_argmax, save_part_figure
-from zoo.models._contract import pop_auxiliary_losses
+from zoo.data.pointcloud.shapenetpart import seg_classes_of, shape_part_labels
+from zoo.data.pointcloud.voting import predict_parts_with_votes
+from zoo.metrics.segmentation import keep_shapes, restricted_argmax, save_part_figure
+from zoo.models._contract import loss_with_auxiliary, pop_auxiliary_losses
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.registry import create_model
 
@@ -37,19 +40,14 @@ __all__ = ["SegmentConfig", "SegmentDataConfig", "SegmentEvalConfig", "SegmentRe
 
 
 @dataclass
-class SegmentDataConfig:
+class SegmentDataConfig(DataSection):
     """Config section ``data``."""
 
     name: str = "shapenetpart"
-    root: str | None = None
     batch_size: int = 16
-    eval_batch_size: int | None = None  # default: batch_size
-    num_workers: int = 0
     drop_last: bool = True  # training only (the official loader drops the last batch)
-    train_split: str = "train"
     eval_split: str = "val"  # selection split; report test with tools/eval.py ... data.eval_split=test
     kwargs: dict[str, Any] = field(default_factory=dict)  # dataset arguments for every split (num_points, ...)
-    train_kwargs: dict[str, Any] = field(default_factory=dict)
     eval_kwargs: dict[str, Any] = field(default_factory=lambda: {"seed": 0})  # fixed point draws: reproducible
     augment: bool = True  # the official scale + shift, per batch
     scale_low: float = 0.8
@@ -57,12 +55,7 @@ class SegmentDataConfig:
     shift_range: float = 0.1
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "eval_batch_size"):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"data.{key} must be an integer >= 1, got {value!r}")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers!r}")
+        super().__post_init__()
         if not 0 < self.scale_low <= self.scale_high:
             raise ConfigError(f"data.scale_low / data.scale_high must satisfy 0 < low <= high, got "
                               f"{self.scale_low!r}, {self.scale_high!r}")
@@ -96,15 +89,6 @@ class SegmentConfig(RecipeConfig):
     model: dict[str, Any] = field(default_factory=lambda: {"name": "pointramba_partseg"})
     data: SegmentDataConfig = field(default_factory=SegmentDataConfig)
     eval: SegmentEvalConfig = field(default_factory=SegmentEvalConfig)
-
-
-def _seg_classes(dataset: Any) -> dict[str, list[int]]:
-    """``{category: parts}`` in category-index order, from the dataset module (ShapeNetPart's by default)."""
-    from zoo.data.pointcloud import shapenetpart
-
-    names = getattr(dataset, "all_categories", shapenetpart.CATEGORIES)
-    table = getattr(dataset, "seg_classes", shapenetpart.SEG_CLASSES)
-    return {n: list(table[n]) for n in names}
 
 
 @register_recipe("segment")
@@ -178,28 +162,17 @@ class SegmentRecipe(Recipe):
         points, category, target = batch
         points = self.augment(points)
         logits = model(points[..., :3].contiguous(), category)
-        aux = pop_auxiliary_losses(model)
         ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1))
-        losses = {"loss": ce + sum(aux.values()) if aux else ce, "ce": ce.detach()}
-        losses.update({k: v.detach() for k, v in aux.items()})
-        return losses
+        return loss_with_auxiliary(ce, pop_auxiliary_losses(model))
 
     def predict(self, model: nn.Module, points: torch.Tensor, category: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """``(B, N, parts)`` scores: logits, or with voting the mean softmax over scaled copies."""
+        """``(B, N, parts)`` scores: logits, or with voting the mean softmax over scaled copies
+        (:func:`zoo.data.pointcloud.voting.predict_parts_with_votes`)."""
         ev = self.cfg.eval
-        xyz = points[..., :3].contiguous()
-        if ev.num_votes == 1:
-            out = model(xyz, category)
-            pop_auxiliary_losses(model)
-            return out.float()
-        total = 0.0
-        for _ in range(ev.num_votes):
-            scale = torch.rand(xyz.shape[0], 1, 1, generator=generator, device=xyz.device)
-            scale = scale * (ev.vote_scale_high - ev.vote_scale_low) + ev.vote_scale_low
-            total = total + model(xyz * scale, category).float().softmax(-1)
-            pop_auxiliary_losses(model)
-        return total / ev.num_votes
+        return predict_parts_with_votes(model, points[..., :3].contiguous(), category, ev.num_votes,
+                                        ev.vote_scale_low, ev.vote_scale_high, generator,
+                                        after_forward=lambda: pop_auxiliary_losses(model))
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, Any]:
         """Metrics over the eval loader (the one evaluation loop); votes are seeded per process, and a few shapes
@@ -220,28 +193,19 @@ class SegmentRecipe(Recipe):
         if ev.num_votes == 1:  # per-shape mean cross-entropy (every shape has the same number of points)
             ce = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1), reduction="none")
             out["loss"] = ce.reshape(target.shape).mean(1)
-        self._keep_for_figure(points, category, target, pred)
+        keep_shapes(self._shown, self.cfg.eval.figure_shapes, len(getattr(self.eval_dataset, "categories", [])),
+                    points, category, target, pred)  # a few of every category for the figure
         return out
 
     @cached_property
     def _parts_of(self) -> list[list[int]]:
-        return [list(p) for p in _seg_classes(self.eval_dataset).values()]
-
-    def _keep_for_figure(self, points, category, target, pred) -> None:
-        """Keep up to ``eval.figure_shapes`` shapes, a few of every category, for ``partseg_predictions.png``."""
-        limit = self.cfg.eval.figure_shapes
-        n_cats = len(getattr(self.eval_dataset, "categories", [])) or 1
-        per_cat_max = max(1, -(-limit // n_cats))
-        for b in range(len(category)):
-            c = int(category[b])
-            if len(self._shown) < limit and sum(1 for s in self._shown if s[1] == c) < per_cat_max:
-                self._shown.append((points[b, :, :3].cpu(), c, target[b].cpu(), pred[b].cpu()))
+        return [list(p) for p in seg_classes_of(self.eval_dataset).values()]
 
     def build_metrics(self, kind: str = "eval") -> list:
         from zoo.metrics.base import MeanMetric
         from zoo.metrics.segmentation import PartSegmentationMetric
 
-        seg_classes = _seg_classes(self.eval_dataset)
+        seg_classes = seg_classes_of(self.eval_dataset)
         metrics: list = [PartSegmentationMetric(seg_classes)]
         if self.cfg.eval.num_votes == 1:
             metrics.append(MeanMetric("loss"))
@@ -267,9 +231,4 @@ class SegmentRecipe(Recipe):
         """``{category: most frequent part}`` over the training split (``eval.majority_baseline``)."""
         from zoo.metrics.segmentation import majority_part_by_category
 
-        ds = self.train_dataset
-        if hasattr(ds, "raw") and hasattr(ds, "items"):  # ShapeNetPart: every stored point, no resampling
-            samples = ((ds.items[i][0], ds.raw(i)[:, 6].astype("int64")) for i in range(len(ds)))
-        else:
-            samples = ((ds[i][1], ds[i][2].numpy()) for i in range(len(ds)))
-        return majority_part_by_category(samples)
+        return majority_part_by_category(shape_part_labels(self.train_dataset))

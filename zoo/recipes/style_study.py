@@ -1,242 +1,67 @@
-"""The SaRA study's stages on the MNIST text-to-image model (``configs/sara/sweep.yaml``, ``configs/sara/study.yaml``):
-style fine-tuning with any adapter method compared *at equal style* on the prior it keeps.
-
-Five recipes, each owning its run (a study cell), around the ``sd_finetune`` cells that do the fine-tuning:
-
-* ``style_data`` — one replicate's data and reference: the style set (:func:`zoo.data.images.style_digits.
-  build_style_set`) of style ``sets.styles[seed % len(styles)]`` (so seeds 0..8 over three styles are three seeds
-  of each style; the digits and texture crops follow the seed) in ``<run>/style/``, and the **base model's** scores
-  on it (:func:`zoo.diffusion.style_eval.evaluate_style`: the ``base`` row, ``style_gain = leak = lr = 0``) with their
-  per-image values;
-* ``style_eval`` — a fine-tuned run (``runs.finetune``: an ``sd_finetune`` run directory; its method and learning
-  rate are read from its ``config.yaml``) loaded into the pipeline and scored like the base model of its replicate
-  (``runs.data``; the ``eval`` settings must equal those the base was scored with); ``style_gain`` and ``leak``
-  relative to that base (``samples.png``: the first styled and plain image of each digit); with ``runs.memory``
-  also the counted and measured memory of its training step
-  (:func:`zoo.diffusion.memory.measure_training_step`);
-* ``style_memory`` — the counted and measured memory of one fine-tuning run's training step (``memory.finetune``),
-  once per method;
-* ``style_equal`` — a method at equal style: its metrics at ``equal.target`` ``style_gain`` read off the line
-  through two of its evaluations (``equal.lo`` / ``equal.hi``: two learning rates of one replicate;
-  :func:`zoo.diffusion.style_eval.interpolate_at`, per-image scores too);
-* ``style_lr_choice`` — the learning rates of the study from a validation sweep's summary (``choice.results``):
-  per method (variant names ``<method>.<anything>``) the two adjacent swept learning rates whose mean
-  ``style_gain`` brackets ``choice.target`` (:func:`zoo.diffusion.style_eval.bracketing_learning_rates`); writes
-  ``chosen.yaml`` (the ``optim.lr`` of each ``<method>.lo`` / ``<method>.hi`` variant) and returns them.
-
-Every scoring cell writes ``per_example.npz`` (:func:`zoo.studies.save_per_example`) for the summary's paired
-bootstrap over images. Importing this module does not import diffusers.
+"""The SaRA study's stages on the MNIST text-to-image model (``configs/sara/sweep.yaml``, ``configs/sara/study.yaml``),
+around the ``sd_finetune`` cells that do the fine-tuning: five recipes, each owning its run (a study cell), each
+wiring its config sections to one stage of :mod:`zoo.diffusion.style_study` (what each computes is described there).
+Importing this module does not import diffusers.
 """
 from __future__ import annotations
 
-import json
-import logging
-import math
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from zoo.config import ConfigError
+from zoo.diffusion import style_study as study
 from zoo.diffusion.style_eval import StyleEvalSettings
-from zoo.recipes.base import NOTHING_TRAINED, Recipe, RecipeConfig, register_recipe
+from zoo.diffusion.pretrained import PipelineSection
+from zoo.diffusion.style_study import (StyleChoiceSection, StyleEqualSection, StyleMemorySection, StyleRunsSection,
+                                       StyleSetsSection)
+from zoo.recipes.base import RecipeConfig, StudyStage, register_recipe
 
-__all__ = ["StyleModelSection", "StyleSetsSection", "StyleDataConfig", "StyleDataRecipe", "StyleRunsSection",
-           "StyleEvalConfig", "StyleEvalRecipe", "StyleMemorySection", "StyleMemoryConfig", "StyleMemoryRecipe",
-           "StyleEqualSection", "StyleEqualConfig", "StyleEqualRecipe",
-           "StyleChoiceSection", "StyleChoiceConfig", "StyleChoiceRecipe"]
-
-_logger = logging.getLogger("zoo")
-
-
-@dataclass
-class StyleModelSection:
-    """Config section ``model``: the base pipeline (a diffusers folder or a shipped name, e.g. tiny_t2i_mnist)."""
-
-    pretrained: str = "tiny_t2i_mnist"
-
-
-def _pipeline(pretrained: str) -> Any:
-    from zoo.diffusion.pipeline import load_pipeline
-    from zoo.diffusion.pretrained import PRETRAINED_PIPELINES, pretrained_pipeline_dir
-
-    path = str(pretrained_pipeline_dir(pretrained)) if pretrained in PRETRAINED_PIPELINES else pretrained
-    pipe = load_pipeline(path, torch_dtype=torch.float32)  # the shipped folder stores fp16: score in fp32
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _read_final(run_dir: str | Path, what: str) -> dict[str, Any]:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise ConfigError(f"{what}: {path} does not exist (run that cell first)")
-    summary = json.loads(path.read_text())
-    if not summary.get("complete", True):
-        raise ConfigError(f"{what}: {path} belongs to an unfinished run")
-    return summary.get("final", {})
-
-
-# ====================================================================================================== data
-@dataclass
-class StyleSetsSection:
-    """Config section ``sets`` of ``style_data``."""
-
-    styles: list[str] = field(default_factory=lambda: ["brick", "grass", "gravel"])  # replicate k: styles[k % n]
-    num_images: int = 20  # 2 per digit
-    split: str = "test[:7000]"  # the digits drawn in the style (fine-tuning data: the training split)
-    background: str = "style"  # style | black
-    mnist_root: str | None = None
-
-    def __post_init__(self) -> None:
-        from zoo.data.images.style_digits import BACKGROUNDS, STYLES
-
-        bad = [s for s in self.styles if s not in STYLES]
-        if not self.styles or bad:
-            raise ConfigError(f"sets.styles must name styles of {', '.join(STYLES)}; got {self.styles}")
-        if self.background not in BACKGROUNDS:
-            raise ConfigError(f"sets.background must be one of {', '.join(BACKGROUNDS)}, got '{self.background}'")
-        if self.num_images < 2:
-            raise ConfigError(f"sets.num_images must be >= 2, got {self.num_images}")
+__all__ = ["StyleDataConfig", "StyleDataRecipe", "StyleEvalConfig", "StyleEvalRecipe", "StyleMemoryConfig",
+           "StyleMemoryRecipe", "StyleEqualConfig", "StyleEqualRecipe", "StyleChoiceConfig", "StyleChoiceRecipe"]
 
 
 @dataclass
 class StyleDataConfig(RecipeConfig):
     recipe: str = "style_data"
-    model: StyleModelSection = field(default_factory=StyleModelSection)
+    model: PipelineSection = field(default_factory=PipelineSection)
     sets: StyleSetsSection = field(default_factory=StyleSetsSection)
     eval: StyleEvalSettings = field(default_factory=StyleEvalSettings)
 
 
 @register_recipe("style_data")
-class StyleDataRecipe(Recipe):
-    """One replicate's style set and the base model's scores on it (see the module doc)."""
+class StyleDataRecipe(StudyStage):
+    """One replicate's style set and the base model's scores on it (:func:`zoo.diffusion.style_study.score_base`)."""
 
     Config = StyleDataConfig
-    run_shape = "study"
-    unread_keys = NOTHING_TRAINED
 
     def style(self) -> str:
         """The replicate's style: ``sets.styles[seed % len(sets.styles)]``."""
-        styles = self.cfg.sets.styles
-        return styles[self.cfg.seed % len(styles)]
+        return study.replicate_style(self.cfg.sets.styles, self.cfg.seed)
 
     def run(self, ctx: Any) -> dict[str, Any]:
-        from zoo.data.images.style_digits import build_style_set, style_images_tensor
-        from zoo.diffusion.style_eval import evaluate_style, samples_strip
-        from zoo.studies import save_per_example
-
-        start = time.perf_counter()
-        s, seed = self.cfg.sets, self.cfg.seed
-        style = self.style()
-        offset = (s.num_images // 10) * (seed // len(s.styles))  # other digits for each replicate of a style
-        root = build_style_set(ctx.output_dir / "style", style, s.num_images, seed=seed, root=s.mnist_root,
-                               split=s.split, background=s.background, offset=offset)
-        metrics, per_example, samples = evaluate_style(_pipeline(self.cfg.model.pretrained), style,
-                                                       style_images_tensor(root), self.cfg.eval)
-        samples_strip(samples).save(ctx.output_dir / "samples.png")
-        ids = per_example.pop("example_id")
-        save_per_example(ctx.output_dir, per_example, example_id=ids)
-        _logger.info("style_data seed %d (%s): base %s", seed, style, metrics)
-        return {**metrics, "style_gain": 0.0, "leak": 0.0, "lr": 0.0, "style": style, "style_root": str(root),
-                "pretrained": self.cfg.model.pretrained, "eval_settings": self.cfg.eval.as_dict(),
-                "wall_time_s": time.perf_counter() - start}
-
-
-# ====================================================================================================== eval
-@dataclass
-class StyleRunsSection:
-    """Config section ``runs`` of ``style_eval``."""
-
-    finetune: str | None = None  # the sd_finetune run directory (studies: ${stage:finetune})
-    data: str | None = None  # the replicate's style_data run directory (studies: ${stage:data})
-    memory: bool = False  # also count and measure the training step's memory (a fresh process, ~20 s)
+        c = self.cfg
+        return study.score_base(c.model.pretrained, c.sets, c.eval, c.seed, ctx.output_dir)
 
 
 @dataclass
 class StyleEvalConfig(RecipeConfig):
     recipe: str = "style_eval"
-    model: StyleModelSection = field(default_factory=StyleModelSection)
+    model: PipelineSection = field(default_factory=PipelineSection)
     runs: StyleRunsSection = field(default_factory=StyleRunsSection)
     eval: StyleEvalSettings = field(default_factory=StyleEvalSettings)
 
 
-def _effective_lr(run_cfg: dict[str, Any]) -> float:
-    """The learning rate an ``sd_finetune`` run trained with (SaRA's ``lr_rule``: ``1e-3 · exp(-350 θ)``)."""
-    from zoo.adapters.sara import sara_lr
-
-    adapter = run_cfg.get("adapter") or {}
-    if adapter.get("name") == "sara" and adapter.get("lr_rule"):
-        return sara_lr(float(adapter["threshold"]))
-    return float(run_cfg["optim"]["lr"])
-
-
 @register_recipe("style_eval")
-class StyleEvalRecipe(Recipe):
-    """Score a fine-tuned run against its replicate's base model (see the module doc)."""
+class StyleEvalRecipe(StudyStage):
+    """Score a fine-tuned run against its replicate's base model (:func:`zoo.diffusion.style_study.score_finetuned`)."""
 
     Config = StyleEvalConfig
-    run_shape = "study"
-    unread_keys = NOTHING_TRAINED
 
     def __init__(self, cfg: StyleEvalConfig):
         super().__init__(cfg)
-        for key in ("finetune", "data"):
-            value = getattr(cfg.runs, key)
-            if not value or not Path(value).is_dir():
-                raise ConfigError(f"runs.{key} must be a run directory (studies set it with ${{stage:NAME}}), got "
-                                  f"{value!r}")
+        cfg.runs.check()
 
     def run(self, ctx: Any) -> dict[str, Any]:
-        import yaml
-
-        from zoo.data.images.style_digits import style_images_tensor
-        from zoo.diffusion.adapters import load_adapter
-        from zoo.diffusion.style_eval import evaluate_style, relative_to_base, samples_strip
-        from zoo.studies import save_per_example
-
-        start = time.perf_counter()
-        r = self.cfg.runs
-        base = _read_final(r.data, "runs.data")
-        if base.get("eval_settings") != self.cfg.eval.as_dict():
-            raise ConfigError(f"eval settings {self.cfg.eval.as_dict()} differ from those the base model of {r.data} "
-                              f"was scored with ({base.get('eval_settings')}); give both stages the same eval section")
-        if base.get("pretrained") != self.cfg.model.pretrained:
-            raise ConfigError(f"model.pretrained '{self.cfg.model.pretrained}' is not the base model of {r.data} "
-                              f"('{base.get('pretrained')}')")
-        run_cfg = yaml.safe_load((Path(r.finetune) / "config.yaml").read_text())
-        method = run_cfg["adapter"]["name"]
-        pipe = _pipeline(self.cfg.model.pretrained)
-        load_adapter(pipe, r.finetune, method)
-        style = base["style"]
-        metrics, per_example, samples = evaluate_style(pipe, style, style_images_tensor(base["style_root"]),
-                                                       self.cfg.eval)
-        samples_strip(samples).save(ctx.output_dir / "samples.png")
-        if all(metrics[k] == base[k] for k in ("style_gram", "plain_gram", "fd_plain")):
-            raise RuntimeError(f"{r.finetune}: the fine-tuned pipeline scores exactly as the base model (nothing was "
-                               "trained or loaded)")
-        metrics = relative_to_base(metrics, base)
-        lr = _effective_lr(run_cfg)
-        out: dict[str, Any] = {**metrics, "lr": lr, "log10_lr": math.log10(lr), "method": method, "style": style}
-        ids = per_example.pop("example_id")
-        save_per_example(ctx.output_dir, per_example, example_id=ids)
-        if r.memory:
-            from zoo.diffusion.memory import measure_training_step
-
-            out["memory"] = measure_training_step(Path(r.finetune) / "config.yaml")
-        _logger.info("style_eval %s (%s, lr %.3g): %s", r.finetune, method, lr, metrics)
-        out["wall_time_s"] = time.perf_counter() - start
-        return out
-
-
-# ====================================================================================================== memory
-@dataclass
-class StyleMemorySection:
-    """Config section ``memory`` of ``style_memory``."""
-
-    finetune: str | None = None  # the sd_finetune run directory whose training step is measured
-    repeat: int = 3  # timed steps after the first
+        return study.score_finetuned(self.cfg.model.pretrained, self.cfg.runs, self.cfg.eval, ctx.output_dir)
 
 
 @dataclass
@@ -246,39 +71,13 @@ class StyleMemoryConfig(RecipeConfig):
 
 
 @register_recipe("style_memory")
-class StyleMemoryRecipe(Recipe):
-    """The counted and measured memory of one fine-tuning run's training step
-    (:func:`zoo.diffusion.memory.measure_training_step` on its ``config.yaml``, in a fresh process): a study measures
-    it once per method (the counted bytes do not depend on the replicate), not in every scoring cell."""
+class StyleMemoryRecipe(StudyStage):
+    """The memory of one fine-tuning run's training step (:func:`zoo.diffusion.style_study.measure_memory`)."""
 
     Config = StyleMemoryConfig
-    run_shape = "study"
-    unread_keys = NOTHING_TRAINED
 
     def run(self, ctx: Any) -> dict[str, Any]:
-        import yaml
-
-        from zoo.diffusion.memory import measure_training_step
-
-        run_dir = self.cfg.memory.finetune
-        if not run_dir or not (Path(run_dir) / "config.yaml").is_file():
-            raise ConfigError(f"memory.finetune must be an sd_finetune run directory with a config.yaml (studies set "
-                              f"it with ${{stage:finetune}}), got {run_dir!r}")
-        method = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["adapter"]["name"]
-        measured = measure_training_step(Path(run_dir) / "config.yaml", repeat=self.cfg.memory.repeat)
-        _logger.info("style_memory %s (%s): %s", run_dir, method, measured)
-        return {"memory": measured, "method": method}
-
-
-# ====================================================================================================== equal
-@dataclass
-class StyleEqualSection:
-    """Config section ``equal`` of ``style_equal``."""
-
-    lo: str | None = None  # style_eval run directories of one method and replicate at two learning rates
-    hi: str | None = None
-    target: float = 0.5  # the common style_gain
-    key: str = "style_gain"
+        return study.measure_memory(self.cfg.memory)
 
 
 @dataclass
@@ -288,53 +87,13 @@ class StyleEqualConfig(RecipeConfig):
 
 
 @register_recipe("style_equal")
-class StyleEqualRecipe(Recipe):
-    """A method's metrics at equal style from two of its evaluations (see the module doc). ``final``: every
-    numeric metric of the two evaluations interpolated, ``t`` (0 at ``lo``, 1 at ``hi``; outside [0, 1]:
-    extrapolated, also flagged by ``extrapolated`` = 1), ``lr_equal`` (the learning rate interpolated in log-lr),
-    ``lr_lo`` / ``lr_hi``, and ``memory`` of ``lo`` when it was measured."""
+class StyleEqualRecipe(StudyStage):
+    """A method's metrics at equal style from two of its evaluations (:func:`zoo.diffusion.style_study.equal_style`)."""
 
     Config = StyleEqualConfig
-    run_shape = "study"
-    unread_keys = NOTHING_TRAINED
 
     def run(self, ctx: Any) -> dict[str, Any]:
-        from zoo.diffusion.style_eval import interpolate_at
-        from zoo.studies import load_per_example, save_per_example
-
-        e = self.cfg.equal
-        if not e.lo or not e.hi:
-            raise ConfigError("equal.lo and equal.hi must be style_eval run directories (studies set them with "
-                              "${stage:eval/<method>.lo} and ${stage:eval/<method>.hi})")
-        lo, hi = _read_final(e.lo, "equal.lo"), _read_final(e.hi, "equal.hi")
-        if lo.get("method") != hi.get("method") or lo.get("style") != hi.get("style"):
-            raise ConfigError(f"equal.lo and equal.hi must be one method on one replicate; got {lo.get('method')} / "
-                              f"{lo.get('style')} and {hi.get('method')} / {hi.get('style')}")
-        values, arrays, t = interpolate_at(lo, hi, e.target, e.key, load_per_example(e.lo), load_per_example(e.hi))
-        ids = arrays.pop("example_id", None)
-        save_per_example(ctx.output_dir, arrays, example_id=ids)
-        out: dict[str, Any] = {**values, "t": t, "extrapolated": float(not 0.0 <= t <= 1.0),
-                               "lr_equal": 10 ** values["log10_lr"], "lr_lo": lo["lr"], "lr_hi": hi["lr"],
-                               "method": lo["method"], "style": lo["style"]}
-        out.pop("wall_time_s", None)
-        if "memory" in lo:
-            out["memory"] = lo["memory"]
-        if out["extrapolated"]:
-            _logger.warning("style_equal: %s = %g is outside [%g, %g] of %s; extrapolated (t = %.2f)", e.key, e.target,
-                            lo[e.key], hi[e.key], lo["method"], t)
-        return out
-
-
-# ====================================================================================================== choice
-@dataclass
-class StyleChoiceSection:
-    """Config section ``choice`` of ``style_lr_choice``."""
-
-    results: str | None = None  # the sweep summary's results.json (studies: ${stage:summary}/results.json)
-    target: float = 0.5  # the style_gain the study compares methods at
-    key: str = "style_gain"
-    lr_metric: str = "lr"  # the summarised metric holding each variant's learning rate
-    methods: list[str] | None = None  # the methods to choose for (None: every <method>.<k> variant)
+        return study.equal_style(self.cfg.equal, ctx.output_dir)
 
 
 @dataclass
@@ -344,41 +103,11 @@ class StyleChoiceConfig(RecipeConfig):
 
 
 @register_recipe("style_lr_choice")
-class StyleChoiceRecipe(Recipe):
-    """Pick each method's two learning rates around the target style from a sweep (see the module doc)."""
+class StyleChoiceRecipe(StudyStage):
+    """Each method's two learning rates around the target style from a sweep
+    (:func:`zoo.diffusion.style_study.choose_learning_rates`)."""
 
     Config = StyleChoiceConfig
-    run_shape = "study"
-    unread_keys = NOTHING_TRAINED
 
     def run(self, ctx: Any) -> dict[str, Any]:
-        import yaml
-
-        from zoo.diffusion.style_eval import bracketing_learning_rates
-
-        c = self.cfg.choice
-        if not c.results or not Path(c.results).is_file():
-            raise ConfigError(f"choice.results must be a sweep summary's results.json, got {c.results!r}")
-        results = json.loads(Path(c.results).read_text())
-        curves: dict[str, list[tuple[float, float]]] = {}
-        for key, entry in results["variants"].items():
-            metrics = entry["metrics"]
-            if c.lr_metric not in metrics or c.key not in metrics or "." not in entry["variant"]:
-                continue  # e.g. the base model's row
-            if metrics[c.lr_metric]["mean"] is None or metrics[c.key]["mean"] is None:
-                continue  # a variant not scored (a summary with allow_missing)
-            method = entry["variant"].split(".", 1)[0]
-            if c.methods is not None and method not in c.methods:
-                continue
-            curves.setdefault(method, []).append((metrics[c.lr_metric]["mean"], metrics[c.key]["mean"]))
-        if not curves:
-            raise ConfigError(f"{c.results}: no variant named <method>.<k> with metrics '{c.lr_metric}' and '{c.key}'"
-                              f"{'' if c.methods is None else f' among choice.methods {c.methods}'}")
-        chosen = {method: bracketing_learning_rates(points, c.target) for method, points in curves.items()}
-        snippet = {f"{m}.{side}": {"optim.lr": float(f"{v[side]:.6g}")} for m, v in chosen.items()
-                   for side in ("lo", "hi")}
-        (ctx.output_dir / "chosen.yaml").write_text(
-            f"# learning rates bracketing {c.key} = {c.target} on the validation sweep ({c.results})\n"
-            + yaml.safe_dump(snippet, sort_keys=False))
-        return {"target": c.target, "key": c.key, "chosen": chosen,
-                "curves": {m: [list(p) for p in sorted(pts)] for m, pts in curves.items()}}
+        return study.choose_learning_rates(self.cfg.choice, ctx.output_dir)

@@ -38,12 +38,20 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-__all__ = ["CORRUPTIONS", "corrupt", "frost_texture", "plasma_fractal"]
+__all__ = ["CORRUPTIONS", "CORRUPTION_FAMILIES", "corrupt", "frost_texture", "plasma_fractal"]
 
 CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
     "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
 )
+#: the four corruption categories of Hendrycks & Dietterich (ICLR 2019); a stream reports each category's mean error
+#: (``family/<name>``) when it holds all of its corruptions
+CORRUPTION_FAMILIES = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather": ("snow", "frost", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+}
 SIZE = 32  # the CIFAR-10-C constants are for 32×32 images
 
 

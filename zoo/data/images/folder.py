@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from zoo.data.registry import register_dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "CaptionedImageFolder", "find_captioned_images", "captioned_images"]
+__all__ = ["IMAGE_EXTENSIONS", "CaptionedImageFolder", "find_captioned_images", "captioned_images", "image_folder"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -153,6 +153,19 @@ def captioned_images(root: str | None = None, split: str = "train", **kwargs: An
         kwargs.setdefault("center_crop", True)
         kwargs.setdefault("random_flip", False)
     return CaptionedImageFolder(root, **kwargs)
+
+
+@register_dataset("imagefolder")
+def image_folder(root: str | None = None, split: str = "train", image_size: int = 224) -> Dataset:
+    """torchvision's ``ImageFolder`` at ``root/<split>`` (``<class>/<image>``; ImageNet's train / val folders) as
+    ``(image (3, image_size, image_size) float in [0, 1], label)``: resized and centre-cropped to ``image_size``."""
+    from torchvision import datasets, transforms
+
+    folder = Path(root or ".") / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.root/{split}: no folder {folder} (ImageFolder layout <class>/<image>)")
+    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()])
+    return datasets.ImageFolder(str(folder), transform=tf)
 
 
 def collate_captioned(batch: list[dict[str, Any]]) -> dict[str, Any]:

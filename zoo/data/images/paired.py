@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from zoo.data.images.degradations import PROD, SingleDegradation
 from zoo.data.registry import register_dataset
 
 __all__ = ["IMAGE_EXTENSIONS", "load_rgb", "list_images", "select_split", "make_degradation", "random_patch",
-           "DegradedPatches", "DegradedImages", "PairedFolder", "root_files"]
+           "DegradedPatches", "DegradedImages", "PairedFolder", "root_files",
+           "collate_pairs", "collate_listed"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -264,3 +265,15 @@ def paired_folder(root=None, split: str = "all", **kwargs) -> PairedFolder:
     if root is None:
         raise ValueError("paired_folder needs root= a folder holding lq/ and gt/ (config key data.root)")
     return PairedFolder(root, split=split, **kwargs)
+
+
+def collate_pairs(items: list[dict]) -> dict[str, Any]:
+    """A training batch of pairs of one size: ``lq``, ``gt`` ``(B, C, H, W)`` and their names."""
+    return {"lq": torch.stack([i["lq"] for i in items]), "gt": torch.stack([i["gt"] for i in items]),
+            "name": [i["name"] for i in items]}
+
+
+def collate_listed(items: list[dict]) -> dict[str, Any]:
+    """An evaluation batch of whole images: ``lq``, ``gt`` lists of ``(C, H, W)`` images (sizes may differ) and
+    their names."""
+    return {"lq": [i["lq"] for i in items], "gt": [i["gt"] for i in items], "name": [i["name"] for i in items]}

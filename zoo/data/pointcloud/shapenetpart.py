@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ __all__ = [
     "SPLITS",
     "ShapeNetPart",
     "category_of_part",
+    "seg_classes_of",
+    "shape_part_labels",
     "read_shape_txt",
     "scale_shift",
 ]
@@ -86,6 +89,22 @@ def category_of_part(num_parts: int = NUM_PARTS) -> np.ndarray:
     for c, name in enumerate(CATEGORIES):
         out[SEG_CLASSES[name]] = c
     return out
+
+
+def seg_classes_of(dataset: Any) -> dict[str, list[int]]:
+    """``{category: its global part labels}`` in category-index order, from ``dataset`` (``all_categories`` /
+    ``seg_classes``) or ShapeNetPart's official table."""
+    names = getattr(dataset, "all_categories", CATEGORIES)
+    table = getattr(dataset, "seg_classes", SEG_CLASSES)
+    return {n: list(table[n]) for n in names}
+
+
+def shape_part_labels(dataset: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """``(category, part labels (P,))`` of every shape of ``dataset``: for :class:`ShapeNetPart` every stored point
+    (no resampling), for any other part dataset the points of its items ``(points, category, parts)``."""
+    if hasattr(dataset, "raw") and hasattr(dataset, "items"):
+        return ((dataset.items[i][0], dataset.raw(i)[:, 6].astype("int64")) for i in range(len(dataset)))
+    return ((dataset[i][1], dataset[i][2].numpy()) for i in range(len(dataset)))
 
 
 def read_shape_txt(path: str | os.PathLike) -> np.ndarray:

@@ -10,12 +10,13 @@ average the logits (``mean`` over votes, then ``argmax``). Differences: the rand
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from zoo.data.pointcloud.transforms import Compose, PointTransform, ScaleTranslate, _random_subset
 
-__all__ = ["predict_with_votes"]
+__all__ = ["predict_with_votes", "predict_parts_with_votes"]
 
 
 @torch.no_grad()
@@ -68,4 +69,27 @@ def predict_with_votes(
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"model must return logits of shape (B={B}, num_classes), got {got}")
         total = logits.float() if total is None else total + logits.float()
+    return total / num_votes
+
+
+def predict_parts_with_votes(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], xyz: torch.Tensor,
+                             category: torch.Tensor, num_votes: int, scale_low: float, scale_high: float,
+                             generator: torch.Generator | None = None,
+                             after_forward: Callable[[], Any] | None = None) -> torch.Tensor:
+    """Part scores of ``xyz (B, N, 3)`` of objects ``category (B,)``: ``model(xyz, category)``'s ``(B, N, parts)``
+    logits, or with ``num_votes > 1`` the mean softmax over that many copies each scaled by U[``scale_low``,
+    ``scale_high``) per cloud (Point-BERT's part-segmentation voting; seeded by ``generator``).
+    ``after_forward``: called after every forward (e.g. to drop the auxiliary losses the model kept)."""
+    def forward(points: torch.Tensor) -> torch.Tensor:
+        out = model(points, category).float()
+        if after_forward is not None:
+            after_forward()
+        return out
+
+    if num_votes == 1:
+        return forward(xyz)
+    total = 0.0
+    for _ in range(num_votes):
+        scale = torch.rand(xyz.shape[0], 1, 1, generator=generator, device=xyz.device)
+        total = total + forward(xyz * (scale * (scale_high - scale_low) + scale_low)).softmax(-1)
     return total / num_votes
