@@ -48,7 +48,7 @@ def test_style_benchmark_runs_end_to_end_at_tiny_size(tmp_path):
         assert r["step_ms"] > 0 and 0 <= r["fid_style"] <= 100 and r["style_gram"] >= 0
     assert by["full"]["state_mb"] > 5 * by["sara"]["state_mb"] > 0  # exact training state (zoo.diffusion.memory)
     saved = json.loads((out / "table.json").read_text())
-    assert saved["lora_rank"] >= 1 and len(saved["runs"]) == 4
+    assert saved["kind"] == "benchmark" and saved["details"]["lora_rank"] >= 1 and len(saved["details"]["runs"]) == 4
     assert (out / "brick_sara_seed0" / "sara_weights.safetensors").is_file()
     assert (out / "brick_lora_seed0" / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "brick_full_seed0" / "unet" / "config.json").is_file()
