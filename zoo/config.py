@@ -29,7 +29,7 @@ from zoo.errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "load_raw_config", "apply_overrides", "parse_override", "validate_config",
            "dump_config", "to_container", "schema_keys", "stage_dir", "stage_scope", "refuse_unread_keys",
-           "refuse_replaced_keys"]
+           "refuse_replaced_keys", "load_run_config"]
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -286,6 +286,23 @@ def refuse_replaced_keys(section: Any, replaced: Mapping[str, str]) -> None:
     for key, instead in replaced.items():
         if getattr(section, key) is not None:
             raise ConfigError(f"config key '{key}' of recipe '{section.recipe}' was replaced: {instead}")
+
+
+def load_run_config(config: str, overrides: Iterable[str] = ()) -> tuple[type, Any, dict[str, Any]]:
+    """(recipe class, validated config, merged raw config) of a run from a config file and ``key=value``
+    overrides; a key the recipe declares unread (``Recipe.unread_keys``) is an error naming it."""
+    from zoo.registry import RECIPES
+
+    raw = load_config(config, list(overrides))
+    name = raw.get("recipe")
+    if not name:
+        raise ConfigError(f"{config}: the config names no recipe; add e.g. 'recipe: classify'")
+    try:
+        recipe_cls = RECIPES.get(name)
+    except KeyError as exc:
+        raise ConfigError(f"{config}: recipe: {exc.args[0]}") from None
+    refuse_unread_keys(raw, recipe_cls.unread_keys, f"recipe '{name}'")
+    return recipe_cls, validate_config(raw, recipe_cls.Config), raw
 
 
 def validate_config(cfg: Mapping | DictConfig, schema: type, *, prefix: str = "", what: str | None = None) -> Any:

@@ -84,7 +84,7 @@ def test_classify_recipe_recalibrates_before_evaluation_and_saves_the_statistics
     model.load_state_dict(last["model"])
     from toys import ToyBlobs
 
-    from zoo.engine.data import build_loader
+    from zoo.data.loader import build_loader
 
     loader = build_loader(ToyBlobs(split="train", n=96), 16, shuffle=True, seed=0)
     recalibrate_batchnorm(model, (x for x, _ in loader), num_batches=2)

@@ -10,7 +10,7 @@ import yaml
 
 from zoo.cli.train import run_training
 from zoo.errors import ConfigError
-from zoo.recipes.evaluate import evaluate_weights
+from zoo.engine.evaluate import evaluate_weights
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "studies" / "tiny_classify.yaml")

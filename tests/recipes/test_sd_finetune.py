@@ -344,11 +344,11 @@ def test_any_method_on_the_unet_is_a_config_change(tiny_sd, style, tmp_path, sec
 
     recipe, _, summary = _fit(tiny_sd, style, tmp_path / "m", f"adapter={section}", "trainer.epochs=1",
                               "sample.enabled=false")
-    name = recipe.method.name
+    name = recipe.adapter.name
     assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["final"]["val_loss"]))
     last = torch.load(tmp_path / "m" / "last.pt", map_location="cpu", weights_only=True)
-    assert set(last["model"]) == set(recipe.method.state_dict(recipe.components.unet))
-    fresh = build_adapter(recipe.method.config)
+    assert set(last["model"]) == set(recipe.adapter.state_dict(recipe.components.unet))
+    fresh = build_adapter(recipe.adapter.config)
     from zoo.diffusion.pipeline import load_pipeline
 
     untrained = fresh.state_dict(fresh.apply(load_pipeline(tiny_sd).unet))

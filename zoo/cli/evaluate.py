@@ -30,7 +30,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     setup_console_logging()
     if not (args.pretrained or args.checkpoint):
         parser.error("give --pretrained or --checkpoint FILE (evaluating random weights is rarely what you want)")
-    from zoo.recipes.evaluate import evaluate_weights
+    from zoo.engine.evaluate import evaluate_weights
 
     try:
         metrics = evaluate_weights(args.config, args.overrides, model=args.model, pretrained=args.pretrained,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from zoo.cli._common import fail, is_main_process, launcher
+from zoo.config import load_run_config  # re-exported: zoo.cli.load_run_config
 from zoo.cli._runs import Suggestions
 from zoo.errors import USER_ERRORS
 
@@ -18,14 +19,6 @@ __all__ = ["train_main", "run_training", "build_recipe", "load_run_config"]
 _logger = logging.getLogger("zoo")
 
 SCRIPT = "train.py"
-
-
-def load_run_config(config: str, overrides: Sequence[str] = ()):
-    """(recipe class, validated config, merged raw config) from a config file and ``key=value`` overrides
-    (:func:`zoo.recipes.evaluate.load_run_config`)."""
-    from zoo.recipes.evaluate import load_run_config as load
-
-    return load(config, overrides)
 
 
 def build_recipe(config: str, overrides: Sequence[str] = ()):

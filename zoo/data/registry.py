@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from zoo._registry_base import Registry
 from zoo.errors import ConfigError
@@ -84,3 +84,24 @@ class DataSection:
 
     def __post_init__(self) -> None:
         check_loader_settings(self)
+
+    def build(self, split: str, extra: Mapping[str, Any] | None = None, transform: Callable | None = None) -> Dataset:
+        """The dataset of ``split`` with ``kwargs``, then ``extra`` (e.g. ``train_kwargs``) and ``transform``."""
+        kwargs = {**self.kwargs, **(extra or {})}
+        if transform is not None:
+            kwargs["transform"] = transform
+        return build_dataset(self.name, root=self.root, split=split, **kwargs)
+
+    def train_loader(self, dataset: Dataset, seed: int) -> DataLoader:
+        """Shuffled (seeded) training batches of the global ``batch_size``; ``drop_last`` when more than one batch."""
+        from zoo.data.loader import build_loader
+
+        return build_loader(dataset, self.batch_size, shuffle=True, seed=seed, num_workers=self.num_workers,
+                            drop_last=self.drop_last and len(dataset) > self.batch_size)
+
+    def eval_loader(self, dataset: Dataset, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        """Evaluation batches of ``eval_batch_size`` (default ``batch_size``), in order unless ``shuffle``."""
+        from zoo.data.loader import build_loader
+
+        return build_loader(dataset, self.eval_batch_size or self.batch_size, shuffle=shuffle, seed=seed,
+                            num_workers=self.num_workers)

@@ -132,7 +132,7 @@ def compare_compositions(pretrained: str, settings: B4MEvalSection, plp: dict[st
     from zoo.diffusion.captions import prompt
     from zoo.diffusion.sampling import composition_grid
     from zoo.engine.accel import RunAccelerator
-    from zoo.engine.data import build_loader
+    from zoo.data.loader import build_loader
     from zoo.engine.evaluate import evaluation_loop
     from zoo.metrics.generation import load_digit_classifier, stroke_mask
 

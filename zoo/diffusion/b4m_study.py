@@ -117,7 +117,7 @@ class CompositionScorer:
         from zoo.diffusion import composition_eval as ce
         from zoo.diffusion.style_eval import KeepOutputs
         from zoo.engine.accel import RunAccelerator
-        from zoo.engine.data import build_loader
+        from zoo.data.loader import build_loader
         from zoo.engine.evaluate import evaluation_loop
         from zoo.metrics.base import MeanMetric
 

@@ -6,52 +6,20 @@ label 0..9; ``prompt(digit)`` is the canonical one ("a handwritten digit seven")
 caption is a handful of word tokens (``"a handwritten digit seven"`` -> 4 tokens + start/end); other words still
 split into single characters (the character tokens of :func:`zoo.diffusion.tiny.tiny_tokenizer` are kept), so any
 prompt tokenizes. It is saved with the pipeline (``tokenizer/``: ``vocab.json`` + ``merges.txt``) and loads with
-``CLIPTokenizer.from_pretrained`` like any Stable Diffusion tokenizer.
+``CLIPTokenizer.from_pretrained`` like any Stable Diffusion tokenizer. The caption texts live with the data
+(:mod:`zoo.data.images.captions`) and are re-exported here.
 """
 from __future__ import annotations
 
-import random
 import string
 from typing import Any, Sequence
+
+from zoo.data.images.captions import DIGIT_WORDS, STYLE_WORDS, TEMPLATES, VOCAB_WORDS, caption, prompt
 
 __all__ = ["DIGIT_WORDS", "TEMPLATES", "STYLE_WORDS", "VOCAB_WORDS", "caption", "prompt", "word_tokenizer",
            "MAX_LENGTH"]
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-#: caption templates: ``{w}`` the digit's word, ``{d}`` its numeral
-TEMPLATES = (
-    "a handwritten digit {w}",
-    "the number {d}",
-    "a drawing of the digit {w}",
-    "handwritten {w}",
-    "the digit {d}",
-    "a picture of the number {w}",
-    "a scanned handwritten {d}",
-    "digit {w}",
-)
-#: words of the style fine-tuning captions (not used in pre-training). In the vocabulary; all but "background"
-#: become one token (the merges of "grass"/"gravel" split it first) — the shipped tokenizer has this vocabulary
-STYLE_WORDS = ("in", "style", "brick", "grass", "gravel", "texture", "with", "on", "coloured", "background")
-VOCAB_WORDS = tuple(dict.fromkeys(
-    [w for t in TEMPLATES for w in t.replace("{w}", "").replace("{d}", "").split()]
-    + list(DIGIT_WORDS) + [str(d) for d in range(10)] + list(STYLE_WORDS)
-))
 MAX_LENGTH = 16
-
-
-def prompt(digit: int) -> str:
-    """The canonical prompt of ``digit`` (0..9): ``"a handwritten digit seven"``."""
-    if not 0 <= int(digit) <= 9:
-        raise ValueError(f"digit must be 0..9, got {digit}")
-    return TEMPLATES[0].format(w=DIGIT_WORDS[int(digit)], d=int(digit))
-
-
-def caption(digit: int, rng: random.Random | None = None, templates: Sequence[str] = TEMPLATES) -> str:
-    """One caption of ``digit`` from a random template (``rng``; ``None``: the canonical :func:`prompt`)."""
-    if not 0 <= int(digit) <= 9:
-        raise ValueError(f"digit must be 0..9, got {digit}")
-    t = templates[0] if rng is None else rng.choice(list(templates))
-    return t.format(w=DIGIT_WORDS[int(digit)], d=int(digit))
 
 
 def _vocab_and_merges(words: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -179,7 +179,7 @@ def evaluate_style(pipe: Any, style: str, style_images: torch.Tensor, settings: 
     ``classifier`` / ``real_features``: computed from ``settings`` when not given."""
     from zoo.diffusion.generate import collate_items, generate_step
     from zoo.engine.accel import RunAccelerator
-    from zoo.engine.data import build_loader
+    from zoo.data.loader import build_loader
     from zoo.engine.evaluate import evaluation_loop
     from zoo.metrics.generation import load_digit_classifier
 

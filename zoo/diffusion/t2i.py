@@ -295,7 +295,7 @@ def train_digits_loader(d: T2IDataConfig, seed: int, vae: Any = None) -> Any:
     (``vae`` None) grey digits of which a share ``d.colour_prob`` are colour / texture composites, no captions; for
     the UNet the digits encoded once by the frozen ``vae`` (:class:`LatentDigits`), with drawn captions."""
     from zoo.data.images.style_digits import ColourDigits
-    from zoo.engine.data import build_loader
+    from zoo.data.loader import build_loader
 
     if vae is None:
         colour = ColourDigits(d.colour_prob, seed=seed) if d.colour_prob > 0 else None
@@ -309,7 +309,7 @@ def train_digits_loader(d: T2IDataConfig, seed: int, vae: Any = None) -> Any:
 def eval_digits_loader(d: T2IDataConfig, colour_seed: int | None = None) -> Any:
     """The evaluation loader of both pre-training recipes: the first ``d.eval_images`` digits of ``d.eval_split``
     (:class:`EvalDigits`; with ``colour_seed`` also their colour composites), in order."""
-    from zoo.engine.data import build_loader
+    from zoo.data.loader import build_loader
 
     ds = EvalDigits(d.eval_split, d.root, limit=d.eval_images, colour_seed=colour_seed)
     return build_loader(ds, d.eval_batch_size, shuffle=False, collate_fn=collate_digits)

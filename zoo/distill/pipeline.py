@@ -53,7 +53,7 @@ from zoo.distill.rotation import NUM_ROTATIONS
 from zoo.distill.storage import (load_image_set, load_module_weights, load_tensors, save_image_set,
                                  save_module_weights, save_tensors)
 from zoo.distill.students import StudentTeaching
-from zoo.engine.data import build_loader
+from zoo.data.loader import build_loader
 from zoo.errors import ConfigError
 from zoo.hub import load_checkpoint, without_classifier
 from zoo.registry import create_model

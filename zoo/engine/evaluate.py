@@ -9,7 +9,7 @@ No recipe writes its own evaluation loop: it supplies the step and the metrics (
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -62,3 +62,17 @@ def evaluate_model(recipe: Any, model: nn.Module, output_dir: str | os.PathLike 
         model.eval()
         with torch.no_grad():
             return recipe.evaluate(model, eval_loader, accelerator, output_dir=output_dir)
+
+
+def evaluate_weights(config: str, overrides: Sequence[str] = (), *, model: str | None = None,
+                     pretrained: bool = False, checkpoint: str | None = None,
+                     output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Metrics of ``model`` (default: the config's) with its shipped weights (``pretrained``) or ``checkpoint`` on
+    the eval split of ``config`` + ``overrides``; the recipe's evaluation writes its files to ``output_dir``. The
+    function behind ``tools/eval.py`` and ``recipe: evaluate``."""
+    from zoo.config import load_run_config
+
+    recipe_cls, cfg, _ = load_run_config(config, overrides)
+    recipe = recipe_cls(cfg)
+    return evaluate_model(recipe, recipe.build_eval_model(model, pretrained=pretrained, checkpoint_path=checkpoint),
+                          output_dir=output_dir)

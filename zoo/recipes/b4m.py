@@ -30,7 +30,7 @@ from zoo.config import ConfigError
 from zoo.data.images.folder import CaptionedImageFolder
 from zoo.data.images.glyphs import build_b4m_sets
 from zoo.diffusion.b4m import B4MDataSection, B4MSection, StepSnapshots, two_set_step, ziplora_step
-from zoo.engine.data import build_loader, cycle_loader
+from zoo.data.loader import build_loader, cycle_loader
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.recipes.sd_finetune import SDFinetuneConfig, SDFinetuneRecipe
 
@@ -67,7 +67,7 @@ class B4MRecipe(SDFinetuneRecipe):
                 raise ConfigError(f"model.pretrained: {exc}") from None
         d.root = d.root or b.required_main_root()
         super().__init__(cfg)
-        self.method = b.stage_method(self.method.config)
+        self.adapter = b.stage_method(self.adapter.config)
         b.check_inputs(d.caption_column, d.image_column)
         self._aux_iters: list[Iterator[Any]] | None = None
         self._snapshots = StepSnapshots(b.snapshot_every, cfg.trainer.grad_accum_steps)  # b4m.snapshot_every
@@ -100,7 +100,7 @@ class B4MRecipe(SDFinetuneRecipe):
         ``b4m.routing=official``: both reach both). Stage 2: both losses -> the merged adapter (AdamWr steps
         once after). ziplora: the two distillation terms and the merger similarity."""
         b = self.cfg.b4m
-        self._snapshots.before_batch(self.method, model)
+        self._snapshots.before_batch(self.adapter, model)
         n_aux = len(b.second_roots())
         if b.stage == "ziplora":
             return ziplora_step(model, lambda: self._denoiser(model, batch),
@@ -117,7 +117,7 @@ class B4MRecipe(SDFinetuneRecipe):
         checkpoint every 50 stage-2 steps; the last step is the run's own file)."""
         values = super().evaluate(model, loader, accelerator, output_dir)
         if output_dir is not None and accelerator.is_main_process:
-            self._snapshots.write(self.method, accelerator.unwrap_model(model), self.save_adapter, output_dir)
+            self._snapshots.write(self.adapter, accelerator.unwrap_model(model), self.save_adapter, output_dir)
         return values
 
     def recipe_state(self) -> dict[str, Any]:

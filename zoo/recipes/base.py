@@ -11,8 +11,8 @@ from zoo.registry import RECIPES
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 
-__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "check_unread_keys",
-           "NOTHING_TRAINED", "StudyStage"]
+__all__ = ["RecipeConfig", "Recipe", "RECIPES", "RUN_SHAPES", "register_recipe", "get_recipe", "NOTHING_TRAINED",
+           "StudyStage"]
 
 #: how a recipe's run goes: ``plain`` (the Trainer trains, then evaluates), ``stream`` (the stream loop: test-time
 #: adaptation over ordered domains, scored online), ``study`` (the recipe drives its whole run: a search, nested
@@ -83,6 +83,9 @@ class Recipe:
     run_shape: ClassVar[str] = "plain"
     automatic_optimization: ClassVar[bool] = True
     unread_keys: ClassVar[Mapping[str, str]] = {}
+    #: with an ``adapter`` (the :class:`zoo.adapters.base.AdapterMethod` a recipe trains, set in ``__init__``),
+    #: checkpoints hold only what it trains; False: the whole model, adapters included
+    adapter_checkpoints: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -98,6 +101,7 @@ class Recipe:
     def __init__(self, cfg: RecipeConfig):
         self.cfg = cfg
         self.plan: Any = None  # zoo.engine.trainer.TrainPlan, set by the Trainer before configure_optimizer
+        self.adapter: Any = None  # the adaptation method trained on a frozen model, if any
 
     # ---------------------------------------------------------------- shape of the run
     @classmethod
@@ -191,17 +195,32 @@ class Recipe:
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
         """Metrics over the whole ``loader``, gathered across processes (the one evaluation loop over
-        :meth:`eval_step` and :meth:`build_metrics`); then :meth:`after_evaluate` writes files when
-        ``output_dir`` is given (main process)."""
+        :meth:`eval_step` and :meth:`build_metrics`); then :meth:`after_evaluate` and :meth:`save_outputs` write
+        files when ``output_dir`` is given (main process)."""
         from zoo.engine.evaluate import evaluation_loop
 
+        self._eval_generator, self._process_index = None, accelerator.process_index
         progress = getattr(getattr(self.cfg, "trainer", None), "progress", None)
         metrics = evaluation_loop(model, loader, accelerator, self.eval_step, self.build_metrics("eval"),
                                   progress=progress)
         values = metrics.compute()
         if output_dir is not None and accelerator.is_main_process:
             self.after_evaluate(metrics, values, output_dir)
+            values.update(self.save_outputs(accelerator.unwrap_model(model), output_dir))
         return values
+
+    def save_outputs(self, model: nn.Module, output_dir: Any) -> dict[str, Any]:
+        """What an evaluation with ``output_dir`` (the final one, main process) saves from the evaluated ``model``
+        (an adapter file, a diffusers folder, samples); returns values to add to its metrics. Default: nothing."""
+        return {}
+
+    def eval_generator(self, device: Any) -> torch.Generator:
+        """The evaluation's random generator (e.g. voting views), seeded ``seed + process index`` once per
+        :meth:`evaluate`, so an evaluation is reproducible."""
+        if getattr(self, "_eval_generator", None) is None:
+            seed = self.cfg.seed + getattr(self, "_process_index", 0)
+            self._eval_generator = torch.Generator(device).manual_seed(seed)
+        return self._eval_generator
 
     def after_evaluate(self, metrics: Any, values: dict[str, Any], output_dir: Any) -> None:
         """Files written after an evaluation into ``output_dir`` (main process), e.g. a confusion matrix;
@@ -222,13 +241,18 @@ class Recipe:
         return build_optimizer(self.optimizer_params(model), cfg)
 
     def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The weights written to ``last.pt``/``best.pt``: the full state dict by default; adapter recipes
-        return only what they train, so a checkpoint of a fine-tuned Stable Diffusion stays small."""
+        """The weights written to ``last.pt``/``best.pt``: the full state dict, or with an ``adapter`` (and
+        ``adapter_checkpoints``) only what it trains, so a checkpoint of a fine-tuned Stable Diffusion stays small."""
+        if self.adapter is not None and self.adapter_checkpoints:
+            return self.adapter.state_dict(model)
         return model.state_dict()
 
     def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`checkpoint_state` (strict)."""
-        model.load_state_dict(state)
+        if self.adapter is not None and self.adapter_checkpoints:
+            self.adapter.load_state_dict(model, state)
+        else:
+            model.load_state_dict(state)
 
 
 class StudyStage(Recipe):
@@ -238,12 +262,3 @@ class StudyStage(Recipe):
     _shape_base = True
     run_shape = "study"
     unread_keys = NOTHING_TRAINED
-
-
-def check_unread_keys(recipe_cls: type[Recipe], raw: Mapping[str, Any]) -> None:
-    """Raise :class:`~zoo.errors.ConfigError` when the config ``raw`` (merged, before defaults) sets a key that
-    ``recipe_cls`` declares unread (``unread_keys``), naming the key, the recipe and why
-    (:func:`zoo.config.refuse_unread_keys`)."""
-    from zoo.config import refuse_unread_keys
-
-    refuse_unread_keys(raw, recipe_cls.unread_keys, f"recipe '{raw.get('recipe')}'")

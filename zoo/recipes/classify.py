@@ -12,9 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.adapters.base import build_adapter
-from zoo.data import build_dataset
 from zoo.data.registry import DataSection
-from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
 from zoo.metrics.classification import ClassificationMetric, save_confusion_matrix
 from zoo.models._contract import loss_with_auxiliary, split_model_output
@@ -105,12 +103,7 @@ class ClassifyRecipe(Recipe):
 
     # ---------------------------------------------------------------- data
     def _dataset(self, split: str, extra: dict, transforms: list) -> Any:
-        d = self.cfg.data
-        kwargs = {**d.kwargs, **extra}
-        transform = _point_transforms(transforms)
-        if transform is not None:
-            kwargs["transform"] = transform
-        return build_dataset(d.name, root=d.root, split=split, **kwargs)
+        return self.cfg.data.build(split, extra, _point_transforms(transforms))
 
     @cached_property
     def train_dataset(self):
@@ -135,14 +128,10 @@ class ClassifyRecipe(Recipe):
         return _point_transforms(self.cfg.data.eval_batch_transforms)
 
     def build_dataloaders(self):
-        d = self.cfg.data
-        train = build_loader(self.train_dataset, d.batch_size, shuffle=True, seed=self.cfg.seed,
-                             num_workers=d.num_workers, drop_last=d.drop_last and len(self.train_dataset) > d.batch_size)
-        return train, self.build_eval_loader()
+        return self.cfg.data.train_loader(self.train_dataset, self.cfg.seed), self.build_eval_loader()
 
     def build_eval_loader(self):
-        d = self.cfg.data
-        return build_loader(self.eval_dataset, d.eval_batch_size or d.batch_size, shuffle=False, num_workers=d.num_workers)
+        return self.cfg.data.eval_loader(self.eval_dataset)
 
     @cached_property
     def calibration_dataset(self):
@@ -158,9 +147,7 @@ class ClassifyRecipe(Recipe):
             return
         from zoo.engine.batchnorm import recalibrate_batchnorm
 
-        d = self.cfg.data
-        loader = build_loader(self.calibration_dataset, d.eval_batch_size or d.batch_size, shuffle=True,
-                              seed=self.cfg.seed)
+        loader = self.cfg.data.eval_loader(self.calibration_dataset, shuffle=True, seed=self.cfg.seed)
 
         def forward(m: nn.Module, batch: Any) -> None:
             inputs = batch[0].to(accelerator.device)
@@ -180,15 +167,6 @@ class ClassifyRecipe(Recipe):
         if self.adapter is None:
             return model
         return self.adapter.param_groups(model, lr=self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay)
-
-    def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return model.state_dict() if self.adapter is None else self.adapter.state_dict(model)
-
-    def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        if self.adapter is None:
-            model.load_state_dict(state)
-        else:
-            self.adapter.load_state_dict(model, state)
 
     def build_eval_model(self, model_name: str | None = None, pretrained: bool = False,
                          checkpoint_path: str | None = None) -> nn.Module:
@@ -243,22 +221,18 @@ class ClassifyRecipe(Recipe):
         logits, _ = split_model_output(model(inputs), model)  # drops any losses a train-mode forward kept
         return logits
 
-    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
-        """Metrics over the eval loader (the one evaluation loop); voting views are seeded per process, so an
-        evaluation is reproducible. With an ``adapter`` the final evaluation also saves it (``<run>/adapter/``)."""
-        self._vote_generator = None
-        self._process_index = accelerator.process_index
-        if output_dir is not None and self.adapter is not None and accelerator.is_main_process:
-            self.adapter.save(accelerator.unwrap_model(model), Path(output_dir) / "adapter")
-        return super().evaluate(model, loader, accelerator, output_dir)
+    def save_outputs(self, model: nn.Module, output_dir: Any) -> dict[str, Any]:
+        """With an ``adapter`` section, the final evaluation saves the adapter (``<run>/adapter/``)."""
+        if self.cfg.adapter:
+            self.adapter.save(model, Path(output_dir) / "adapter")
+        return {}
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         inputs, target = batch
         if self._eval_batch_transform is not None:
             inputs = self._eval_batch_transform(inputs)
-        if self._vote_generator is None and self.cfg.eval.num_votes > 1:
-            self._vote_generator = torch.Generator(inputs.device).manual_seed(self.cfg.seed + self._process_index)
-        return {"logits": self.predict(model, inputs, self._vote_generator).float(), "target": target}
+        generator = self.eval_generator(inputs.device) if self.cfg.eval.num_votes > 1 else None
+        return {"logits": self.predict(model, inputs, generator).float(), "target": target}
 
     def build_metrics(self, kind: str = "eval") -> list:
         return [ClassificationMetric(self.cfg.eval.topk)]

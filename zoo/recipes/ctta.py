@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.data import build_dataset
 from zoo.data.images.cifar_c import ArrayImageDataset, images_as_uint8_rgb
 from zoo.config import refuse_replaced_keys
 from zoo.errors import ConfigError
@@ -194,11 +193,10 @@ class CTTASourceRecipe(ClassifyRecipe):
     (``ctta``'s ``model.checkpoint_path``, :func:`zoo.tta.base.load_source_model`)."""
 
     Config = CTTASourceConfig
+    adapter_checkpoints = False  # the whole model (class doc)
 
     def _rgb(self, split: str):
-        d = self.cfg.data
-        dataset = build_dataset(d.name, root=d.root, split=split, **d.kwargs)
-        images, labels = images_as_uint8_rgb(dataset, self.cfg.rgb_size)
+        images, labels = images_as_uint8_rgb(self.cfg.data.build(split), self.cfg.rgb_size)
         return ArrayImageDataset(images, labels)
 
     @cached_property
@@ -224,12 +222,6 @@ class CTTASourceRecipe(ClassifyRecipe):
         kwargs.pop("checkpoint_path", None)
         model = super()._create_model(kwargs, **load)
         return load_source_model(model, read_start_weights(path) if path else None, self.adapter)
-
-    def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return model.state_dict()  # the whole model, adapters included (class doc)
-
-    def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        model.load_state_dict(state)
 
     def training_step(self, model, batch):
         if self.cfg.augment.tta:

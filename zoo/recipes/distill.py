@@ -23,7 +23,7 @@ from zoo.distill.pipeline import HelloPipeline
 from zoo.distill.projector import projector_training_loss
 from zoo.distill.rotation import NUM_ROTATIONS, random_rotations, rotation_hits
 from zoo.distill.students import StudentTeaching
-from zoo.engine.data import build_loader
+from zoo.data.loader import build_loader
 from zoo.engine.optim import OptimConfig, ScheduleConfig
 from zoo.engine.trainer import TrainerConfig
 from zoo.metrics.base import MeanMetric
@@ -107,17 +107,11 @@ class ProjectorRecipe(ClassifyRecipe):
     def __init__(self, cfg: ClassifyConfig, projector: nn.Module, method: Any, teachers: list[nn.Module],
                  section: ProjectorSection, scale: Sequence[float]):
         super().__init__(cfg)
-        self.projector, self.method, self.teachers = projector, method, teachers
+        self.projector, self.adapter, self.teachers = projector, method, teachers
         self.section, self.scale = section, tuple(scale)
 
     def build_model(self) -> nn.Module:
         return self.projector
-
-    def checkpoint_state(self, model):
-        return self.method.state_dict(model)
-
-    def load_checkpoint_state(self, model, state):
-        self.method.load_state_dict(model, state)
 
     def training_step(self, model, batch):
         x, y = batch

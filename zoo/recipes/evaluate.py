@@ -9,46 +9,17 @@ are study cells (a pipeline stage with variants, ``metrics.json`` per cell, tabl
       overrides: [eval.num_votes=10]                      # applied to that config
 
 The same evaluation as ``tools/eval.py --config CONFIG --model MODEL --pretrained OVERRIDES --output RUN_DIR``
-(:func:`evaluate_weights` is the function behind both).
+(:func:`zoo.engine.evaluate.evaluate_weights` is the function behind both).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from zoo.recipes.base import Recipe, RecipeConfig, check_unread_keys, get_recipe, register_recipe
+from zoo.engine.evaluate import evaluate_weights
+from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 
-__all__ = ["load_run_config", "evaluate_weights", "EvaluateSection", "EvaluateConfig", "EvaluateRecipe"]
-
-
-def load_run_config(config: str, overrides: Sequence[str] = ()):
-    """(recipe class, validated config, merged raw config) from a config file and ``key=value`` overrides."""
-    from zoo.config import ConfigError, load_config, validate_config
-
-    raw = load_config(config, overrides)
-    name = raw.get("recipe")
-    if not name:
-        raise ConfigError(f"{config}: the config names no recipe; add e.g. 'recipe: classify'")
-    try:
-        recipe_cls = get_recipe(name)
-    except KeyError as exc:
-        raise ConfigError(f"{config}: recipe: {exc.args[0]}") from None
-    check_unread_keys(recipe_cls, raw)
-    return recipe_cls, validate_config(raw, recipe_cls.Config), raw
-
-
-def evaluate_weights(config: str, overrides: Sequence[str] = (), *, model: str | None = None,
-                     pretrained: bool = False, checkpoint: str | None = None,
-                     output_dir: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of ``model`` (default: the config's) with its shipped weights (``pretrained``) or ``checkpoint``
-    on the eval split of ``config`` + ``overrides``; the recipe's evaluation writes its files to ``output_dir``."""
-    from zoo.engine.evaluate import evaluate_model
-
-    recipe_cls, cfg, _ = load_run_config(config, overrides)
-    recipe = recipe_cls(cfg)
-    return evaluate_model(recipe, recipe.build_eval_model(model, pretrained=pretrained, checkpoint_path=checkpoint),
-                          output_dir=output_dir)
+__all__ = ["EvaluateSection", "EvaluateConfig", "EvaluateRecipe"]
 
 
 @dataclass

@@ -28,10 +28,11 @@ from torch import nn
 
 from zoo.adapters.base import adapter_config_from_dict, build_adapter
 from zoo.data.images.paired import collate_listed, collate_pairs
+from zoo.data.loader import build_loader
 from zoo.data.registry import DatasetSpec, check_loader_settings
-from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
 from zoo.metrics.image import ImageQualityMetric
+from zoo.models._contract import loss_with_auxiliary
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 from zoo.registry import create_model
 from zoo.restoration.evaluate import RestoreEvalConfig, restore_and_score, save_triplets
@@ -86,6 +87,7 @@ class RestoreRecipe(Recipe):
     Config = RestoreConfig
     main_metric = "psnr"
     unread_keys = _RENAMED
+    adapter_checkpoints = False  # checkpoints hold the whole model, deltas included (tools/eval.py loads them so)
 
     def __init__(self, cfg: RestoreConfig):
         super().__init__(cfg)
@@ -164,11 +166,9 @@ class RestoreRecipe(Recipe):
     # ---------------------------------------------------------------- steps
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         out = model(batch["lq"])
-        losses = {"loss": restoration_loss(self.cfg.loss.type, out.float(), batch["gt"].float())}
+        loss = restoration_loss(self.cfg.loss.type, out.float(), batch["gt"].float())
         extra = self.adapter.extra_losses(model)
-        if extra:
-            losses = {"loss": losses["loss"] + sum(extra.values()), "task_loss": losses["loss"], **extra}
-        return losses
+        return loss_with_auxiliary(loss, extra, name="task_loss") if extra else {"loss": loss}
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         """Per image: PSNR / SSIM of the output and of the degraded input, ``(B,)`` each

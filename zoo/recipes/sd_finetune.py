@@ -25,8 +25,9 @@ from torch import nn
 from zoo.adapters.base import build_adapter
 from zoo.diffusion.finetune import (SDEvalConfig, SDModelConfig, SDSampleConfig, denoising_loss,
                                     load_training_components, sample_comparison, validation_loss)
-from zoo.engine.data import build_loader
+from zoo.data.loader import build_loader
 from zoo.errors import ConfigError
+from zoo.models._contract import loss_with_auxiliary
 from zoo.recipes.base import Recipe, RecipeConfig, register_recipe
 
 __all__ = ["SDModelConfig", "SDDataConfig", "SDSampleConfig", "SDEvalConfig", "SDFinetuneConfig", "SDFinetuneRecipe"]
@@ -83,11 +84,11 @@ class SDFinetuneRecipe(Recipe):
         from zoo.diffusion.pipeline import require_diffusers, resolve_pipeline_path
 
         m, d = cfg.model, cfg.data
-        self.method = build_adapter(cfg.adapter)
+        self.adapter = build_adapter(cfg.adapter)
         if m.prediction_type not in (None, "epsilon", "v_prediction"):
             raise ConfigError(f"model.prediction_type must be epsilon or v_prediction, got '{m.prediction_type}'")
-        if cfg.trainer.ema_decay and not self.method.supports_ema:
-            raise ConfigError(f"trainer.ema_decay is not supported with adapter.name={self.method.name} in "
+        if cfg.trainer.ema_decay and not self.adapter.supports_ema:
+            raise ConfigError(f"trainer.ema_decay is not supported with adapter.name={self.adapter.name} in "
                               f"{cfg.recipe} (an EMA copy of an adapter run would duplicate the whole UNet; use "
                               "adapter.name=full)")
         require_diffusers()
@@ -115,21 +116,21 @@ class SDFinetuneRecipe(Recipe):
         unet = self.components.unet
         if self.cfg.model.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        if not self.method.needs_calibration:  # else applied by calibrate(), after measuring on data
-            self.method.apply(unet)
+        if not self.adapter.needs_calibration:  # else applied by calibrate(), after measuring on data
+            self.adapter.apply(unet)
         unet.train()
         return unet
 
     def calibrate(self, unet: nn.Module, accelerator: Any) -> nn.Module:
         """A data-driven method (``needs_calibration``) measures on ``data.calibration_batches`` training batches
         with the denoising loss (backward through the run's accelerator), then is applied."""
-        if not self.method.needs_calibration:
+        if not self.adapter.needs_calibration:
             return unet
         loader = build_loader(self._dataset(True), self.cfg.data.batch_size, shuffle=True, seed=self.cfg.seed,
                               collate_fn=self.components.collate())
         batches = [{k: v.to(accelerator.device) for k, v in batch.items()}
                    for batch in itertools.islice(loader, self.cfg.data.calibration_batches)]
-        return self.method.calibrate_and_apply(unet, batches, lambda m, batch: self._denoising_loss(m, batch)[0],
+        return self.adapter.calibrate_and_apply(unet, batches, lambda m, batch: self._denoising_loss(m, batch)[0],
                                                accelerator)
 
     def _total_steps(self) -> int:
@@ -147,21 +148,14 @@ class SDFinetuneRecipe(Recipe):
 
     def configure_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
         """The method's own optimiser (SaRA's sparse AdamW) or the ``optim`` section's over the trainable tensors."""
-        opt = self.method.configure_optimizer(model, cfg, self._total_steps)
+        opt = self.adapter.configure_optimizer(model, cfg, self._total_steps)
         return opt if opt is not None else super().configure_optimizer(model, cfg)
-
-    def checkpoint_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Only what the method trains (the adapter's tensors; the whole UNet for ``full``)."""
-        return self.method.state_dict(model)
-
-    def load_checkpoint_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        self.method.load_state_dict(model, state)
 
     def save_adapter(self, model: nn.Module, output_dir: str | Path) -> Path:
         """Write the trained part into ``output_dir`` (:func:`zoo.diffusion.adapters.save_for_pipeline`)."""
         from zoo.diffusion.adapters import save_for_pipeline
 
-        return save_for_pipeline(self.method, model, output_dir)
+        return save_for_pipeline(self.adapter, model, output_dir)
 
     # ---------------------------------------------------------------- data
     def _dataset(self, train: bool) -> Any:
@@ -207,12 +201,8 @@ class SDFinetuneRecipe(Recipe):
         return denoising_loss(model, self.components.noise_scheduler, *self._encode(batch, sample=True), self.cfg.model)
 
     def training_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        mse, _ = self._denoising_loss(model, batch)
-        losses = {"loss": mse, "mse": mse.detach()}
-        for name, term in self.method.extra_losses(model).items():  # e.g. SaRA's nuclear-norm loss ("rank")
-            losses["loss"] = losses["loss"] + term
-            losses[name] = term.detach()
-        return losses
+        mse, _ = self._denoising_loss(model, batch)  # + the method's terms, e.g. SaRA's nuclear norm ("rank")
+        return loss_with_auxiliary(mse, self.adapter.extra_losses(model), name="mse")
 
     # ---------------------------------------------------------------- evaluation
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
@@ -234,7 +224,7 @@ class SDFinetuneRecipe(Recipe):
             if accelerator.is_main_process:
                 unet = accelerator.unwrap_model(model)
                 path = self.save_adapter(unet, output_dir)
-                _logger.info("saved the trained %s to %s", self.method.name, path)
+                _logger.info("saved the trained %s to %s", self.adapter.name, path)
                 if self.cfg.sample.enabled and self.cfg.sample.prompts:
                     self.render_samples(unet, accelerator.device).save(Path(output_dir) / "samples.png")
             accelerator.wait_for_everyone()
@@ -245,5 +235,5 @@ class SDFinetuneRecipe(Recipe):
         (:func:`zoo.diffusion.finetune.sample_comparison`)."""
         m, d = self.cfg.model, self.cfg.data
         load_base = lambda: load_training_components(m, frozen=False).unet.to(device)  # noqa: E731
-        return sample_comparison(self.components, unet, self.method, self.cfg.sample, prefix=d.prefix,
+        return sample_comparison(self.components, unet, self.adapter, self.cfg.sample, prefix=d.prefix,
                                  resolution=d.resolution, dtype=self.weight_dtype, device=device, load_base=load_base)

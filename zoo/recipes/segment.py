@@ -25,9 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.data import build_dataset
 from zoo.data.registry import DataSection
-from zoo.engine.data import build_loader
 from zoo.errors import ConfigError
 from zoo.data.pointcloud.shapenetpart import seg_classes_of, shape_part_labels
 from zoo.data.pointcloud.voting import predict_parts_with_votes
@@ -105,29 +103,19 @@ class SegmentRecipe(Recipe):
             raise ConfigError("config section 'model' needs a 'name' (a registered model, see zoo.list_models())")
 
     # ---------------------------------------------------------------- data
-    def _dataset(self, split: str, extra: dict) -> Any:
-        d = self.cfg.data
-        return build_dataset(d.name, root=d.root, split=split, **{**d.kwargs, **extra})
-
     @cached_property
     def train_dataset(self):
-        return self._dataset(self.cfg.data.train_split, self.cfg.data.train_kwargs)
+        return self.cfg.data.build(self.cfg.data.train_split, self.cfg.data.train_kwargs)
 
     @cached_property
     def eval_dataset(self):
-        return self._dataset(self.cfg.data.eval_split, self.cfg.data.eval_kwargs)
+        return self.cfg.data.build(self.cfg.data.eval_split, self.cfg.data.eval_kwargs)
 
     def build_dataloaders(self):
-        d = self.cfg.data
-        drop_last = d.drop_last and len(self.train_dataset) > d.batch_size
-        train = build_loader(self.train_dataset, d.batch_size, shuffle=True, seed=self.cfg.seed,
-                             num_workers=d.num_workers, drop_last=drop_last)
-        return train, self.build_eval_loader()
+        return self.cfg.data.train_loader(self.train_dataset, self.cfg.seed), self.build_eval_loader()
 
     def build_eval_loader(self):
-        d = self.cfg.data
-        return build_loader(self.eval_dataset, d.eval_batch_size or d.batch_size, shuffle=False,
-                            num_workers=d.num_workers)
+        return self.cfg.data.eval_loader(self.eval_dataset)
 
     # ---------------------------------------------------------------- model
     def build_model(self) -> nn.Module:
@@ -177,17 +165,13 @@ class SegmentRecipe(Recipe):
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, Any]:
         """Metrics over the eval loader (the one evaluation loop); votes are seeded per process, and a few shapes
         of every category (from this process) are kept for the figure."""
-        self._vote_generator = None
-        self._process_index = accelerator.process_index
         self._shown: list = []
         return super().evaluate(model, loader, accelerator, output_dir)
 
     def eval_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         points, category, target = batch
         ev = self.cfg.eval
-        if self._vote_generator is None and ev.num_votes > 1:
-            self._vote_generator = torch.Generator(points.device).manual_seed(self.cfg.seed + self._process_index)
-        scores = self.predict(model, points, category, self._vote_generator)
+        scores = self.predict(model, points, category, self.eval_generator(points.device) if ev.num_votes > 1 else None)
         pred = restricted_argmax(scores, category, self._parts_of)
         out = {"pred": pred, "category": category, "target": target}
         if ev.num_votes == 1:  # per-shape mean cross-entropy (every shape has the same number of points)

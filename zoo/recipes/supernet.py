@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from zoo.engine.batchnorm import recalibrate_batchnorm
-from zoo.engine.data import build_loader
+from zoo.data.loader import build_loader
 from zoo.engine.evaluate import evaluate_model
 from zoo.models._contract import unwrap_model
 from zoo.models.bignas import BigNASNet, resize_input
@@ -48,9 +48,7 @@ class _SupernetMixin:
     def calibration_batches(self, resolution: int, num_batches: int, device: Any = None) -> list[torch.Tensor]:
         """The same ``num_batches`` un-augmented training batches every time (seeded shuffle), resized to
         ``resolution``, ``(B, C, r, r)`` each (on ``device`` when given)."""
-        d = self.cfg.data
-        loader = build_loader(self.calibration_dataset, d.eval_batch_size or d.batch_size, shuffle=True,
-                              seed=self.cfg.seed)
+        loader = self.cfg.data.eval_loader(self.calibration_dataset, shuffle=True, seed=self.cfg.seed)
         return [resize_input(x if device is None else x.to(device), resolution)
                 for x, _ in itertools.islice(loader, num_batches)]
 

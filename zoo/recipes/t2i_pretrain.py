@@ -78,14 +78,11 @@ class T2IVAERecipe(Recipe):
 
         return [MeanMetric("psnr"), MeanMetric("psnr_colour"), LatentStats()]
 
-    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
-        """The gathered metrics; with ``output_dir`` (the final evaluation) also ``vae/`` (a diffusers folder with
-        ``scaling_factor = 1 / std`` of the training digits' latents, :func:`zoo.diffusion.t2i.save_vae`; also
-        returned as ``train_latent_std`` / ``train_latent_mean`` / ``scaling_factor``)."""
-        values = super().evaluate(model, loader, accelerator)
-        if output_dir is not None and accelerator.is_main_process:
-            values.update(save_vae(accelerator.unwrap_model(model), self.cfg.data, output_dir))
-        return values
+    def save_outputs(self, model: nn.Module, output_dir: Any) -> dict[str, Any]:
+        """``vae/`` (a diffusers folder with ``scaling_factor = 1 / std`` of the training digits' latents,
+        :func:`zoo.diffusion.t2i.save_vae`), also returned as ``train_latent_std`` / ``train_latent_mean`` /
+        ``scaling_factor``."""
+        return save_vae(model, self.cfg.data, output_dir)
 
 
 # ====================================================================================================== UNet
@@ -177,14 +174,10 @@ class T2IUNetRecipe(Recipe):
     def build_metrics(self, kind: str = "eval") -> Any:
         return [MeanMetric("val_loss")]
 
-    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
-        """The gathered ``val_loss``; with ``output_dir`` (the final evaluation) also ``pipeline/`` (a
-        ``StableDiffusionPipeline`` folder) and ``samples.png`` (rows: digits 0-9)."""
-        values = super().evaluate(model, loader, accelerator)
-        if output_dir is not None and accelerator.is_main_process:
-            save_pipeline_and_samples(self.vae, accelerator.unwrap_model(model), self.tokenizer, self.cfg.sample,
-                                      output_dir)
-        return values
+    def save_outputs(self, model: nn.Module, output_dir: Any) -> dict[str, Any]:
+        """``pipeline/`` (a ``StableDiffusionPipeline`` folder) and ``samples.png`` (rows: digits 0-9)."""
+        save_pipeline_and_samples(self.vae, model, self.tokenizer, self.cfg.sample, output_dir)
+        return {}
 
 
 # ====================================================================================================== measure

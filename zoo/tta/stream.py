@@ -24,7 +24,7 @@ import torch
 from zoo.data import build_dataset
 from zoo.data.images.cifar_c import ArrayImageDataset
 from zoo.data.images.corruptions import CORRUPTION_FAMILIES, CORRUPTIONS
-from zoo.engine.data import build_loader
+from zoo.data.loader import build_loader
 from zoo.errors import ConfigError
 
 __all__ = ["PROTOCOLS", "MIXED", "CTTADataConfig", "build_stream", "StreamAdaptation", "stream_summary"]

@@ -136,7 +136,7 @@ def build_digit_set(out_dir: str | Path, digit: int, num_images: int = 8, root: 
     prompt (``"a handwritten digit seven"``). Returns ``out_dir``."""
     from zoo.data.images.mnist import MNIST
     from zoo.data.images.style_digits import pad_digit
-    from zoo.diffusion.captions import prompt
+    from zoo.data.images.captions import prompt
 
     ds = MNIST(root=root, split=split)
     idx = [i for i, t in enumerate(ds.targets.tolist()) if t == digit][:num_images]

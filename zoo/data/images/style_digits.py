@@ -147,7 +147,7 @@ def build_style_set(out_dir: str | Path, style: str = "brick", num_images: int =
     from PIL import Image
 
     from zoo.data.images.mnist import MNIST
-    from zoo.diffusion.captions import prompt
+    from zoo.data.images.captions import prompt
 
     if style not in STYLES:
         raise ValueError(f"unknown style '{style}'; choose one of {', '.join(STYLES)} (zoo/data/images/style_digits.py)")
