@@ -42,7 +42,7 @@ from zoo.engine.optim import OptimConfig, ScheduleConfig, build_scheduler
 from zoo.engine.step import StepContext
 from zoo.errors import ConfigError
 
-__all__ = ["TrainerConfig", "Trainer", "TrainPlan", "find_resume_checkpoint", "LOOPS", "MIXED_PRECISION"]
+__all__ = ["TrainerConfig", "Trainer", "TrainPlan", "plan_training", "find_resume_checkpoint", "LOOPS", "MIXED_PRECISION"]
 
 _logger = logging.getLogger("zoo")
 
@@ -122,6 +122,25 @@ class TrainPlan:
     total_steps: int
     steps_per_epoch: int | None
     epochs: int | None
+
+
+def plan_training(cfg: TrainerConfig, loader_length: int | None, loop: str) -> tuple[TrainPlan, int | None]:
+    """(the run's :class:`TrainPlan`, batches per epoch) for a training loader of ``loader_length`` batches
+    (``None``: no length) under the ``trainer`` section ``cfg`` and ``loop`` (``epoch`` or ``iteration``)."""
+    n = loader_length
+    if n is not None and cfg.max_steps_per_epoch:
+        n = min(n, cfg.max_steps_per_epoch * cfg.grad_accum_steps)
+    elif n is None and cfg.max_steps_per_epoch:
+        n = cfg.max_steps_per_epoch * cfg.grad_accum_steps
+    steps_per_epoch = math.ceil(n / cfg.grad_accum_steps) if n is not None else None
+    if loop == "iteration":
+        if not cfg.max_steps:
+            raise ConfigError("the iteration loop needs trainer.max_steps (the number of optimiser steps)")
+        return TrainPlan(cfg.max_steps, steps_per_epoch, None), n
+    if steps_per_epoch is None:
+        raise ConfigError("the training loader has no length (an iterable dataset): set trainer.max_steps to "
+                          "train by steps (iteration loop), or trainer.max_steps_per_epoch")
+    return TrainPlan(steps_per_epoch * cfg.epochs, steps_per_epoch, cfg.epochs), n
 
 
 def find_resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -219,23 +238,9 @@ class Trainer:
         return "iteration" if self.cfg.max_steps else "epoch"
 
     def _plan(self, train_loader: Any) -> TrainPlan:
-        cfg = self.cfg
-        n = _loader_length(train_loader)
-        if n is not None and cfg.max_steps_per_epoch:
-            n = min(n, cfg.max_steps_per_epoch * cfg.grad_accum_steps)
-        elif n is None and cfg.max_steps_per_epoch:
-            n = cfg.max_steps_per_epoch * cfg.grad_accum_steps
-        self.batches_per_epoch = n
-        steps_per_epoch = math.ceil(n / cfg.grad_accum_steps) if n is not None else None
-        self.steps_per_epoch = steps_per_epoch
-        if self.loop_name == "iteration":
-            if not cfg.max_steps:
-                raise ConfigError("the iteration loop needs trainer.max_steps (the number of optimiser steps)")
-            return TrainPlan(cfg.max_steps, steps_per_epoch, None)
-        if steps_per_epoch is None:
-            raise ConfigError("the training loader has no length (an iterable dataset): set trainer.max_steps to "
-                                "train by steps (iteration loop), or trainer.max_steps_per_epoch")
-        return TrainPlan(steps_per_epoch * cfg.epochs, steps_per_epoch, cfg.epochs)
+        plan, self.batches_per_epoch = plan_training(self.cfg, _loader_length(train_loader), self.loop_name)
+        self.steps_per_epoch = plan.steps_per_epoch
+        return plan
 
     def _setup(self) -> None:
         from accelerate.utils import set_seed

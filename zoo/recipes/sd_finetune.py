@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -136,15 +135,11 @@ class SDFinetuneRecipe(Recipe):
     def _total_steps(self) -> int:
         """Optimiser steps of the whole run (SaRA's progressive schedule as a fraction of it): the Trainer's plan,
         which knows the loop (``trainer.max_steps`` or epochs); computed from the loader outside a Trainer."""
-        if self.plan is not None:
-            return self.plan.total_steps
-        t = self.cfg.trainer
-        if t.max_steps:
-            return t.max_steps
-        n = len(self._train_loader)
-        if t.max_steps_per_epoch:
-            n = min(n, t.max_steps_per_epoch * t.grad_accum_steps)
-        return math.ceil(n / t.grad_accum_steps) * t.epochs
+        from zoo.engine.trainer import plan_training
+
+        t, loader = self.cfg.trainer, getattr(self, "_train_loader", None)
+        loop = t.loop or ("iteration" if t.max_steps else "epoch")
+        return (self.plan or plan_training(t, None if loader is None else len(loader), loop)[0]).total_steps
 
     def configure_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
         """The method's own optimiser (SaRA's sparse AdamW) or the ``optim`` section's over the trainable tensors."""
