@@ -380,7 +380,9 @@ def run(args: argparse.Namespace) -> None:
     baseline = "full" if any(r["name"] == "full" for r in rows) else rows[0]["name"]
     results = BenchmarkResults("sara", args)
     results.add("step", "One training step (fwd + bwd + AdamW)", rows, baseline=baseline,
-                ratios={"time_ms": "speedup", "peak_mb": "fraction"})
+                ratios={"time_ms": "speedup", "peak_mb": "fraction"},
+                columns={"trainable_M": "trainable (M)", "opt_state_mb": "optimiser state",
+                         "adapter_mb": "adapter memory", "peak_mb": "peak memory", "time_ms": "step time"})
     layer_rows = [Row(**r) for r in (_spawn(v, args) for v in LAYER_VARIANTS if args.layer) if r is not None]
     if layer_rows:
         results.add("layer", f"Backward of one SaRA Linear {LAYER_IN}->{LAYER_OUT} over {args.batch * LAYER_TOKENS} "
