@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from zoo.cli._common import fail, is_main_process, launcher
-from zoo.config import load_run_config  # re-exported: zoo.cli.load_run_config
 from zoo.cli._runs import Suggestions
+from zoo.config import load_run_config  # re-exported: zoo.cli.load_run_config
 from zoo.errors import USER_ERRORS
 
 __all__ = ["train_main", "run_training", "build_recipe", "load_run_config"]

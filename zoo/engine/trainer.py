@@ -42,7 +42,8 @@ from zoo.engine.optim import OptimConfig, ScheduleConfig, build_scheduler
 from zoo.engine.step import StepContext
 from zoo.errors import ConfigError
 
-__all__ = ["TrainerConfig", "Trainer", "TrainPlan", "plan_training", "find_resume_checkpoint", "LOOPS", "MIXED_PRECISION"]
+__all__ = ["TrainerConfig", "Trainer", "TrainPlan", "choose_loop", "plan_training", "find_resume_checkpoint", "LOOPS",
+           "MIXED_PRECISION"]
 
 _logger = logging.getLogger("zoo")
 
@@ -122,6 +123,16 @@ class TrainPlan:
     total_steps: int
     steps_per_epoch: int | None
     epochs: int | None
+
+
+def choose_loop(cfg: TrainerConfig, stream: bool = False) -> str:
+    """The training loop a run uses: ``trainer.loop`` when set, else ``stream`` for a stream recipe, ``iteration``
+    with ``trainer.max_steps``, ``epoch`` otherwise."""
+    if cfg.loop is not None:
+        return cfg.loop
+    if stream:
+        return "stream"
+    return "iteration" if cfg.max_steps else "epoch"
 
 
 def plan_training(cfg: TrainerConfig, loader_length: int | None, loop: str) -> tuple[TrainPlan, int | None]:
@@ -212,7 +223,7 @@ class Trainer:
         )
         self.accelerator = self._run_accelerator.accelerator
         self.best_metric = cfg.best_metric or getattr(recipe, "main_metric", None)
-        self.loop_name = self._choose_loop()
+        self.loop_name = choose_loop(self.cfg, getattr(self.recipe, "has_stream", lambda: False)())
         self.epoch = 0  # completed epochs (passes over the training loader)
         self.global_step = 0  # optimiser steps (stream loop: batches)
         self.batch_in_epoch = 0  # batches of the current epoch (or stream domain) already trained on
@@ -229,13 +240,6 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
-
-    def _choose_loop(self) -> str:
-        if self.cfg.loop is not None:
-            return self.cfg.loop
-        if getattr(self.recipe, "has_stream", lambda: False)():
-            return "stream"
-        return "iteration" if self.cfg.max_steps else "epoch"
 
     def _plan(self, train_loader: Any) -> TrainPlan:
         plan, self.batches_per_epoch = plan_training(self.cfg, _loader_length(train_loader), self.loop_name)

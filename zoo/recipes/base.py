@@ -102,6 +102,8 @@ class Recipe:
         self.cfg = cfg
         self.plan: Any = None  # zoo.engine.trainer.TrainPlan, set by the Trainer before configure_optimizer
         self.adapter: Any = None  # the adaptation method trained on a frozen model, if any
+        self._eval_generator: torch.Generator | None = None  # of the current evaluation (eval_generator)
+        self._process_index = 0
 
     # ---------------------------------------------------------------- shape of the run
     @classmethod
@@ -217,9 +219,8 @@ class Recipe:
     def eval_generator(self, device: Any) -> torch.Generator:
         """The evaluation's random generator (e.g. voting views), seeded ``seed + process index`` once per
         :meth:`evaluate`, so an evaluation is reproducible."""
-        if getattr(self, "_eval_generator", None) is None:
-            seed = self.cfg.seed + getattr(self, "_process_index", 0)
-            self._eval_generator = torch.Generator(device).manual_seed(seed)
+        if self._eval_generator is None:
+            self._eval_generator = torch.Generator(device).manual_seed(self.cfg.seed + self._process_index)
         return self._eval_generator
 
     def after_evaluate(self, metrics: Any, values: dict[str, Any], output_dir: Any) -> None:

@@ -135,11 +135,10 @@ class SDFinetuneRecipe(Recipe):
     def _total_steps(self) -> int:
         """Optimiser steps of the whole run (SaRA's progressive schedule as a fraction of it): the Trainer's plan,
         which knows the loop (``trainer.max_steps`` or epochs); computed from the loader outside a Trainer."""
-        from zoo.engine.trainer import plan_training
+        from zoo.engine.trainer import choose_loop, plan_training
 
         t, loader = self.cfg.trainer, getattr(self, "_train_loader", None)
-        loop = t.loop or ("iteration" if t.max_steps else "epoch")
-        return (self.plan or plan_training(t, None if loader is None else len(loader), loop)[0]).total_steps
+        return (self.plan or plan_training(t, None if loader is None else len(loader), choose_loop(t))[0]).total_steps
 
     def configure_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
         """The method's own optimiser (SaRA's sparse AdamW) or the ``optim`` section's over the trainable tensors."""
