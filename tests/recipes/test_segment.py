@@ -112,7 +112,7 @@ def test_majority_baseline_and_figure(synth, tmp_path):
     recipe = _recipe(synth, "eval.majority_baseline=true", "eval.figure_shapes=3")
     model = recipe.build_model().eval()
     acc = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, process_index=0,
-                          gather_for_metrics=lambda x: x, unwrap_model=lambda m: m)
+                          gather_for_metrics=lambda x: x, unwrap_model=lambda m: m, wait_for_everyone=lambda: None)
     with torch.no_grad():
         m = recipe.evaluate(model, recipe.build_eval_loader(), acc, output_dir=tmp_path)
     assert 0 < m["baseline_instance_miou"] < 100 and 0 < m["baseline_accuracy"] <= 100  # percent

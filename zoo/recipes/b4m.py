@@ -111,13 +111,12 @@ class B4MRecipe(SDFinetuneRecipe):
         second = [lambda i=i: self._loss(model, self._aux_batch(i, ctx.device)) for i in range(n_aux)]
         return two_set_step(model, b.stage, b.routing, lambda: self._loss(model, batch), second, ctx.backward)
 
-    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
-        """:meth:`SDFinetuneRecipe.evaluate`; the final one (``output_dir``) also writes each snapshot of
-        ``b4m.snapshot_every`` as ``<run>/steps/step<N>/pytorch_lora_weights.safetensors`` (the official saves a
-        checkpoint every 50 stage-2 steps; the last step is the run's own file)."""
-        values = super().evaluate(model, loader, accelerator, output_dir)
-        if output_dir is not None and accelerator.is_main_process:
-            self._snapshots.write(self.adapter, accelerator.unwrap_model(model), self.save_adapter, output_dir)
+    def save_outputs(self, model: nn.Module, output_dir: Any) -> dict[str, Any]:
+        """:meth:`SDFinetuneRecipe.save_outputs`, and each snapshot of ``b4m.snapshot_every`` as
+        ``<run>/steps/step<N>/pytorch_lora_weights.safetensors`` (the official saves a checkpoint every 50 stage-2
+        steps; the last step is the run's own file)."""
+        values = super().save_outputs(model, output_dir)
+        self._snapshots.write(self.adapter, model, self.save_adapter, output_dir)
         return values
 
     def recipe_state(self) -> dict[str, Any]:

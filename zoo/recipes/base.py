@@ -198,7 +198,7 @@ class Recipe:
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
         """Metrics over the whole ``loader``, gathered across processes (the one evaluation loop over
         :meth:`eval_step` and :meth:`build_metrics`); then :meth:`after_evaluate` and :meth:`save_outputs` write
-        files when ``output_dir`` is given (main process)."""
+        files when ``output_dir`` is given (main process), and every process waits until they are written."""
         from zoo.engine.evaluate import evaluation_loop
 
         self._eval_generator, self._process_index = None, accelerator.process_index
@@ -209,6 +209,8 @@ class Recipe:
         if output_dir is not None and accelerator.is_main_process:
             self.after_evaluate(metrics, values, output_dir)
             values.update(self.save_outputs(accelerator.unwrap_model(model), output_dir))
+        if output_dir is not None:
+            accelerator.wait_for_everyone()  # no process reads a run's files before the main one has written them
         return values
 
     def save_outputs(self, model: nn.Module, output_dir: Any) -> dict[str, Any]:

@@ -210,19 +210,14 @@ class SDFinetuneRecipe(Recipe):
 
         return [MeanMetric("val_loss")]
 
-    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Any = None) -> dict[str, float]:
-        """The gathered ``val_loss``; with ``output_dir`` (the final evaluation) also the method's file and
-        ``samples.png``, written from the evaluated UNet on the main process."""
-        values = super().evaluate(model, loader, accelerator)
-        if output_dir is not None:
-            if accelerator.is_main_process:
-                unet = accelerator.unwrap_model(model)
-                path = self.save_adapter(unet, output_dir)
-                _logger.info("saved the trained %s to %s", self.adapter.name, path)
-                if self.cfg.sample.enabled and self.cfg.sample.prompts:
-                    self.render_samples(unet, accelerator.device).save(Path(output_dir) / "samples.png")
-            accelerator.wait_for_everyone()
-        return values
+    def save_outputs(self, model: nn.Module, output_dir: Any) -> dict[str, Any]:
+        """The final evaluation's files: the method's file and ``samples.png``, from the evaluated UNet ``model``."""
+        path = self.save_adapter(model, output_dir)
+        _logger.info("saved the trained %s to %s", self.adapter.name, path)
+        if self.cfg.sample.enabled and self.cfg.sample.prompts:
+            device = next(model.parameters()).device
+            self.render_samples(model, device).save(Path(output_dir) / "samples.png")
+        return {}
 
     def render_samples(self, unet: nn.Module, device: torch.device) -> Any:
         """``samples.png``'s grid: each prompt without (base) and with the trained adapter, same noise
