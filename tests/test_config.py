@@ -103,3 +103,18 @@ def test_data_resolver(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_DATA", str(tmp_path))
     path = write(tmp_path / "c.yaml", "data: {root: '${data:modelnet10}'}\n")
     assert load_config(path).data.root == str(tmp_path / "modelnet10")
+
+
+def test_require_paths_names_the_key_what_and_how(tmp_path):
+    from types import SimpleNamespace
+
+    from zoo.config import require_paths
+
+    (tmp_path / "f.txt").write_text("x")
+    section = SimpleNamespace(run=str(tmp_path), file=str(tmp_path / "f.txt"), missing=None)
+    require_paths(section, "runs", ("run",), directory=True)
+    require_paths(section, "runs", ("run", "file"))  # a file is an existing path
+    with pytest.raises(ConfigError, match=r"runs.file must be a run directory \(studies set it with \$\{stage:NAME\}"):
+        require_paths(section, "runs", ("file",), directory=True, what="a run directory")
+    with pytest.raises(ConfigError, match=r"^select.missing must be an existing path, got None$"):
+        require_paths(section, "select", ("missing",), hint=None)

@@ -288,6 +288,17 @@ def refuse_replaced_keys(section: Any, replaced: Mapping[str, str]) -> None:
             raise ConfigError(f"config key '{key}' of recipe '{section.recipe}' was replaced: {instead}")
 
 
+def require_paths(section: Any, prefix: str, keys: Iterable[str], *, directory: bool = False,
+                  what: str | None = None, hint: str | None = "studies set it with ${stage:NAME}") -> None:
+    """Raise :class:`ConfigError` unless every ``section.<key>`` of ``keys`` names an existing path (a directory
+    with ``directory``), naming the key as ``<prefix>.<key>``, ``what`` it must be and ``hint`` (how to set it)."""
+    what = what or ("a directory" if directory else "an existing path")
+    for key in keys:
+        value = getattr(section, key)
+        if not value or not (Path(value).is_dir() if directory else Path(value).exists()):
+            raise ConfigError(f"{prefix}.{key} must be {what}" + (f" ({hint})" if hint else "") + f", got {value!r}")
+
+
 def load_run_config(config: str, overrides: Iterable[str] = ()) -> tuple[type, Any, dict[str, Any]]:
     """(recipe class, validated config, merged raw config) of a run from a config file and ``key=value``
     overrides; a key the recipe declares unread (``Recipe.unread_keys``) is an error naming it."""

@@ -43,6 +43,7 @@ import numpy as np
 from zoo.diffusion.b4m import LORA_FILE
 from zoo.diffusion.pretrained import load_named_pipeline
 from zoo.engine.rundir import read_final
+from zoo.config import require_paths
 from zoo.errors import ConfigError
 
 __all__ = ["COMPOSITIONS", "B4MScoreSettings", "B4MDataPaths", "CompositionScorer", "score_pipe", "merge_snapshots",
@@ -83,11 +84,8 @@ class B4MDataPaths:
     style_root: str | None = None  # the style images
 
     def check(self) -> None:
-        for key in ("content_eval_root", "style_root"):
-            value = getattr(self, key)
-            if not value or not Path(value).is_dir():
-                raise ConfigError(f"data.{key} must be a folder of images (studies: ${{stage:data}}/...), "
-                                  f"got {value!r}")
+        require_paths(self, "data", ("content_eval_root", "style_root"), directory=True, what="a folder of images",
+                      hint="studies: ${stage:data}/...")
 
 
 class CompositionScorer:
@@ -184,8 +182,7 @@ def select_step(pretrained: str, select: B4MSelectSection, data: B4MDataPaths, s
     start = time.perf_counter()
     c = select
     data.check()
-    if not c.run or not Path(c.run).is_dir():
-        raise ConfigError(f"select.run must be a b4m merge run directory, got {c.run!r}")
+    require_paths(c, "select", ("run",), directory=True, what="a b4m merge run directory", hint=None)
     snapshots = merge_snapshots(c.run)
     if not snapshots:
         raise ConfigError(f"select.run: no {LORA_FILE} in {c.run} or its steps/ (set b4m.snapshot_every)")
@@ -241,11 +238,7 @@ def check_composition(compose: B4MComposeSection, data: B4MDataPaths, settings: 
     if c.kind == "base":
         return
     needed = ("reference", "content_adapter", "style_adapter") + (("adapter",) if c.kind != "weighted_sum" else ())
-    for key in needed:
-        value = getattr(c, key)
-        if not value or not Path(value).exists():
-            raise ConfigError(f"compose.{key} must exist for compose.kind={c.kind} (studies set it with "
-                              f"${{stage:NAME}}), got {value!r}")
+    require_paths(c, "compose", needed, what=f"an existing path for compose.kind={c.kind}")
 
 
 def score_composition(pretrained: str, compose: B4MComposeSection, data: B4MDataPaths, settings: B4MScoreSettings,

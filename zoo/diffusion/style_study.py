@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from zoo.config import require_paths
 from zoo.diffusion.pretrained import load_named_pipeline
 from zoo.diffusion.style_eval import StyleEvalSettings
 from zoo.engine.rundir import read_final
@@ -112,11 +113,7 @@ class StyleRunsSection:
 
     def check(self) -> None:
         """Both run directories exist (``ConfigError`` naming the key otherwise)."""
-        for key in ("finetune", "data"):
-            value = getattr(self, key)
-            if not value or not Path(value).is_dir():
-                raise ConfigError(f"runs.{key} must be a run directory (studies set it with ${{stage:NAME}}), got "
-                                  f"{value!r}")
+        require_paths(self, "runs", ("finetune", "data"), directory=True, what="a run directory")
 
 
 def effective_lr(run_cfg: dict[str, Any]) -> float:
