@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from zoo.config import require_paths
 from zoo.diffusion.b4m import LORA_FILE
 from zoo.diffusion.pretrained import load_named_pipeline
 from zoo.engine.rundir import read_final
-from zoo.config import require_paths
 from zoo.errors import ConfigError
 
 __all__ = ["COMPOSITIONS", "B4MScoreSettings", "B4MDataPaths", "CompositionScorer", "score_pipe", "merge_snapshots",
